@@ -1,0 +1,147 @@
+"""Golden integer reference: runs an artifact on integer inputs with NumPy only.
+
+This module is the oracle that the QAT model, the RTL and the HLS C-simulation are
+compared against, element by element. It never imports torch.
+
+Every arithmetic step is on int64 NumPy arrays:
+
+* ``conv``/``linear`` stage: ``acc = sum(w * x) + bias`` (exact), then
+  :func:`requantize` if the stage has a ``requant`` record, else the accumulator is
+  the output.
+* :func:`requantize`: ``shift > 0`` is a rounding arithmetic right shift with
+  round-half-to-even (what ``torch.round`` does); ``shift <= 0`` is an exact left
+  shift; then clamp to ``[lo, hi]`` (``lo == 0`` is ReLU).
+
+Tensors are batched NCHW (conv) or NC (linear) int64 arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = [
+    "round_shift",
+    "requantize",
+    "conv_accumulate",
+    "conv_stage",
+    "linear_stage",
+    "run_layer",
+    "run",
+]
+
+
+def round_shift(acc: np.ndarray, shift: int) -> np.ndarray:
+    """``round_half_even(acc / 2**shift)`` for ``shift > 0``; ``acc << -shift`` otherwise."""
+    acc = np.asarray(acc, dtype=np.int64)
+    if shift <= 0:
+        return acc << (-shift)
+    floor = acc >> shift                      # arithmetic shift = floor division
+    rem = acc - (floor << shift)              # 0 <= rem < 2**shift
+    half = np.int64(1) << (shift - 1)
+    round_up = (rem > half) | ((rem == half) & ((floor & 1) == 1))
+    return floor + round_up.astype(np.int64)
+
+
+def requantize(acc: np.ndarray, requant: dict) -> np.ndarray:
+    """Apply a manifest ``requant`` record: rounding shift, then clamp to ``clamp``."""
+    lo, hi = requant["clamp"]
+    return np.clip(round_shift(acc, int(requant["shift"])), lo, hi)
+
+
+def _pad(x: np.ndarray, padding: int, value: int = 0) -> np.ndarray:
+    if padding == 0:
+        return x
+    p = padding
+    return np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=value)
+
+
+def _windows(x: np.ndarray, kernel: int, stride: int, padding: int, value: int = 0):
+    """(N, C, Ho, Wo, k, k) view of the k x k windows of ``x``."""
+    xp = _pad(x, padding, value)
+    win = sliding_window_view(xp, (kernel, kernel), axis=(2, 3))
+    return win[:, :, ::stride, ::stride]
+
+
+def conv_accumulate(x: np.ndarray, weight: np.ndarray, bias, stage: dict) -> np.ndarray:
+    """Exact accumulator of a (grouped) convolution: (N, C, H, W) -> (N, M, Ho, Wo) int64."""
+    k, s, p, groups = stage["kernel"], stage["stride"], stage["padding"], stage.get("groups", 1)
+    w = weight.astype(np.int64)
+    win = _windows(x.astype(np.int64), k, s, p)          # N, C, Ho, Wo, k, k
+    n, c, ho, wo = win.shape[:4]
+    m = w.shape[0]
+    cg, mg = c // groups, m // groups
+    out = np.empty((n, m, ho, wo), dtype=np.int64)
+    for g in range(groups):
+        xg = win[:, g * cg:(g + 1) * cg]                   # N, cg, Ho, Wo, k, k
+        wg = w[g * mg:(g + 1) * mg]                        # mg, cg, k, k
+        out[:, g * mg:(g + 1) * mg] = np.einsum("nchwij,mcij->nmhw", xg, wg, optimize=True)
+    if bias is not None:
+        out += bias.astype(np.int64)[None, :, None, None]
+    return out
+
+
+def conv_stage(x: np.ndarray, stage: dict, tensors: dict) -> np.ndarray:
+    """One conv stage (a dense conv, or U1/G/U2 of a Tucker-2 layer)."""
+    bias = tensors[stage["bias"]] if stage.get("bias") else None
+    acc = conv_accumulate(x, tensors[stage["weight"]], bias, stage)
+    return requantize(acc, stage["requant"]) if stage.get("requant") else acc
+
+
+def linear_stage(x: np.ndarray, stage: dict, tensors: dict) -> np.ndarray:
+    """Fully connected stage: (N, C) -> (N, M)."""
+    acc = x.astype(np.int64) @ tensors[stage["weight"]].astype(np.int64).T
+    if stage.get("bias"):
+        acc = acc + tensors[stage["bias"]].astype(np.int64)[None, :]
+    return requantize(acc, stage["requant"]) if stage.get("requant") else acc
+
+
+def _stage_fn(stage: dict):
+    """Stages of kind ``linear`` (and ``op: linear`` layers) are matrix products."""
+    return linear_stage if "linear" in (stage.get("kind"), stage.get("op")) else conv_stage
+
+
+def run_layer(layer: dict, inputs: list, tensors: dict) -> tuple[np.ndarray, dict]:
+    """Run one manifest layer. Returns (output, {stage_name: tensor}) intermediates."""
+    op = layer["op"]
+    stages = {}
+    if op in ("conv", "linear"):
+        out = _stage_fn(layer)(inputs[0], layer, tensors)
+    elif op in ("tucker2", "lowrank"):
+        out = inputs[0]
+        for stage in layer["stages"]:
+            out = _stage_fn(stage)(out, stage, tensors)
+            stages[stage["name"]] = out
+    elif op == "add":
+        (a, b), (sa, sb) = inputs, layer["align"]
+        out = requantize((a.astype(np.int64) << sa) + (b.astype(np.int64) << sb), layer["requant"])
+    elif op == "requant":
+        out = requantize(inputs[0].astype(np.int64), layer["requant"])
+    elif op == "maxpool":
+        lo = np.iinfo(np.int64).min
+        win = _windows(inputs[0].astype(np.int64), layer["kernel"], layer["stride"], layer["padding"], lo)
+        out = win.max(axis=(4, 5))
+    elif op == "global_sum_pool":
+        out = requantize(inputs[0].astype(np.int64).sum(axis=(2, 3)), layer["requant"])
+    else:
+        raise ValueError(f"layer {layer['name']}: unknown op {op!r}")
+    return out, stages
+
+
+def run(artifact, x: np.ndarray, collect: bool = False, upto: str | None = None):
+    """Run the whole network on integer input ``x`` of shape (N, *input.shape).
+
+    Returns the output tensor (the logits accumulator), or with ``collect=True`` a dict
+    ``{tensor_name: array}`` holding the input, every layer's output and every stage's
+    output (keyed ``"<layer>.<stage>"``). ``upto`` stops after the named layer.
+    """
+    manifest, tensors = artifact.manifest, artifact.tensors
+    values = {"input": np.asarray(x, dtype=np.int64)}
+    for layer in manifest["layers"]:
+        ins = [values[name] for name in layer["inputs"]]
+        out, stages = run_layer(layer, ins, tensors)
+        values[layer["name"]] = out
+        if collect:
+            values.update({f"{layer['name']}.{k}": v for k, v in stages.items()})
+        if upto == layer["name"]:
+            return values if collect else out
+    return values if collect else values[manifest["output"]]
