@@ -14,6 +14,14 @@ Per layer, with P_in / P_out input / output positions (H*W, or tokens):
 Training = forward + gradient w.r.t. the input + gradient w.r.t. the weights; each
 backward product costs the forward MACs, except that the network's first layer needs
 no input gradient: 3 x forward (2 x for the first layer's first stage).
+
+Extra MACs: a module of the model (not made by the factory) that defines
+``extra_macs(tokens) -> int`` declares products the layer table would miss, e.g. a
+self-attention module's Q K^T and A V matmuls (``2 * T^2 * D`` per image).
+``measure_shapes`` calls it with the module's input positions (T of a (B, T, D)
+input, H*W of a (B, C, H, W) one) and stores the result by module name in
+``factory.extra``; ``table`` adds one row per entry, the same in dense and low-rank
+form, and 3 x forward for training (both operands are activations that need gradients).
 """
 from __future__ import annotations
 
@@ -27,8 +35,21 @@ from .blocks import LayerFactory, LayerSpec
 
 def measure_shapes(model: nn.Module, factory: LayerFactory, input_shape) -> None:
     """Run one forward pass on zeros of ``(1, *input_shape)`` and record each layer's
-    input/output positions in its spec (``in_size``, ``out_size``)."""
+    input/output positions in its spec (``in_size``, ``out_size``), and the MACs of
+    modules declaring ``extra_macs`` in ``factory.extra`` (name -> MACs)."""
     handles = []
+    factory.extra = {}
+
+    def extra_hook(name):
+        def record(module, args, _out):
+            x = getattr(args[0], "value", args[0])
+            tokens = x.shape[1] if x.dim() == 3 else int(torch.tensor(x.shape[2:]).prod())
+            factory.extra[name] = int(module.extra_macs(int(tokens)))
+        return record
+
+    for name, module in model.named_modules():
+        if callable(getattr(module, "extra_macs", None)):
+            handles.append(module.register_forward_hook(extra_hook(name)))
 
     def hook(spec):
         def record(_module, args, out):
@@ -105,9 +126,17 @@ class Row:
     params: int
 
 
+def extra_macs(factory: LayerFactory) -> int:
+    """Total MACs declared by ``extra_macs`` modules (after ``measure_shapes``)."""
+    return sum(getattr(factory, "extra", {}).values())
+
+
 def table(factory: LayerFactory, extra: dict | None = None) -> list[Row]:
-    """Per-layer accounting rows in construction order. ``extra`` maps a name to MACs
-    counted outside the factory's layers (same in dense and low-rank)."""
+    """Per-layer accounting rows in construction order, then one row per extra-MACs
+    entry: those ``measure_shapes`` recorded in ``factory.extra`` and ``extra`` (a name
+    -> MACs map of products counted outside the factory's layers; same in dense and
+    low-rank form)."""
+    extra = {**getattr(factory, "extra", {}), **(extra or {})}
     rows = []
     for i, s in enumerate(factory.specs.values()):
         stages = stage_macs(s)
@@ -117,7 +146,7 @@ def table(factory: LayerFactory, extra: dict | None = None) -> list[Row]:
         rows.append(Row(s.name, kind, geometry, "x".join(map(str, s.ranks)) if s.ranks else "-",
                         dense_macs(s), sum(stages), training_macs([dense_macs(s)], i == 0),
                         training_macs(stages, i == 0), dense_params(s), params(s)))
-    for name, macs in (extra or {}).items():
+    for name, macs in extra.items():
         rows.append(Row(name, "other", "", "-", macs, macs, 3 * macs, 3 * macs, 0, 0))
     return rows
 

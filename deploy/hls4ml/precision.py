@@ -17,7 +17,7 @@ from hls4ml.model.types import FixedPrecisionType, RoundingMode, SaturationMode
 
 from artifact import int_range
 
-__all__ = ["HLSConversionError", "fixed", "requant_type", "exponent_of"]
+__all__ = ["HLSConversionError", "fixed", "ap_string", "requant_type", "exponent_of"]
 
 
 class HLSConversionError(ValueError):
@@ -34,6 +34,13 @@ def fixed(bits: int, exponent: int, signed: bool, rounding: str | None = None,
     return FixedPrecisionType(int(bits), int(bits) + int(exponent), bool(signed),
                               RoundingMode.from_string(rounding) if rounding else None,
                               SaturationMode.from_string(saturation) if saturation else None)
+
+
+def ap_string(precision: FixedPrecisionType) -> str:
+    """The C++ spelling, e.g. ``ap_ufixed<8,4,AP_RND_CONV,AP_SAT,0>`` (what hls4ml parses back)."""
+    u = "" if precision.signed else "u"
+    return (f"ap_{u}fixed<{precision.width},{precision.integer},AP_{precision.rounding_mode},"
+            f"AP_{precision.saturation_mode},{precision.saturation_bits}>")
 
 
 def exponent_of(precision: FixedPrecisionType) -> int:

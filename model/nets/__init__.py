@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..blocks import LayerFactory
 from ..quant import QuantConfig
-from . import resnet_cifar
+from . import mobilenetv2, resnet_cifar, resnet_imagenet, vit
 
 _BUILDERS = {name: resnet_cifar.build for name in resnet_cifar.DEPTHS}
 MODELS = tuple(_BUILDERS)
@@ -36,3 +36,8 @@ def build_model(name: str, num_classes: int, in_channels: int, qc: QuantConfig, 
         raise ValueError(f"ranks given for layers that {name} does not have or cannot factorize: "
                          f"{', '.join(sorted(unknown))}")
     return model, factory
+
+
+register(["mobilenetv2"], mobilenetv2.build)
+register(resnet_imagenet.LAYOUTS, resnet_imagenet.build)
+register(vit.CONFIGS, vit.build)

@@ -25,6 +25,7 @@ class BasicBlock(nn.Module):
     def __init__(self, f: LayerFactory, name: str, cin: int, cout: int, stride: int, factorize_shortcut: bool):
         super().__init__()
         qc = f.qc
+        self.name = name
         self.conv1 = ConvBN(f.conv(f"{name}.conv1", cin, cout, 3, stride, 1), cout, quant.relu(qc))
         self.conv2 = ConvBN(f.conv(f"{name}.conv2", cout, cout, 3, 1, 1), cout)
         self.res_quant = quant.act(qc, signed=True)
@@ -38,6 +39,14 @@ class BasicBlock(nn.Module):
         y = self.res_quant(self.conv2(self.conv1(x)))
         sc = self.res_quant(x if self.shortcut is None else self.shortcut(x))
         return self.out_relu(y + sc)
+
+    def export(self, e, x: str) -> str:
+        n = self.name
+        h = e.conv(f"{n}.conv1", self.conv1, x)
+        y = e.conv(f"{n}.conv2", self.conv2, h, out_quant=self.res_quant, call=0)
+        sc = (e.requant(f"{n}.shortcut", x, self.res_quant, call=1) if self.shortcut is None
+              else e.conv(f"{n}.shortcut", self.shortcut, x, out_quant=self.res_quant, call=1))
+        return e.add(f"{n}.add", y, sc, self.out_relu)
 
 
 class CifarResNet(nn.Module):
@@ -68,6 +77,13 @@ class CifarResNet(nn.Module):
     def forward(self, x):
         x = self.blocks(self.stem(self.input_quant(x)))
         return quant.value(self.fc(self.pool(x)))
+
+    def export(self, e) -> str:
+        """Describe the integer dataflow to a :class:`model.export.Emitter`."""
+        x = e.conv("conv1", self.stem, e.input(self.input_quant))
+        for block in self.blocks:
+            x = block.export(e, x)
+        return e.linear("fc", self.fc, e.global_pool("pool", x, self.pool))
 
 
 def build(name: str, f: LayerFactory, num_classes: int, in_channels: int, **options) -> CifarResNet:

@@ -1,0 +1,142 @@
+"""Layer engines: a chain of stages streamed back to back.
+
+* :class:`LayerEngine` - any chain of :class:`~hw.spec.StageSpec` stages: an input
+  FIFO, then per stage an optional :class:`~hw.swg.SlidingWindowGenerator` (k x k,
+  strided or padded stages) and a :class:`~hw.mvu.MatrixVectorUnit`, each with its
+  own folding; every unit ends in a small FIFO, which decouples the stages.
+* :func:`tucker2_engine` - U1 (1x1) -> SWG -> G (k x k) -> U2 (1x1).
+* :func:`dense_engine` - SWG -> one k x k MVU: the baseline at the same budget.
+* :func:`build_engine` - the engine for an artifact layer and a multiplier budget.
+
+Stream contract (both ports): one beat = one pixel with all channels, pixels in
+raster order, frames back to back; channel ``c`` at payload bits
+``[c*bits, (c+1)*bits)``, two's complement when signed. Synchronous reset returns
+the engine to the start of a frame (mid-frame reset is allowed).
+"""
+from __future__ import annotations
+
+from amaranth import Module, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .mvu import MatrixVectorUnit
+from .planner import Plan, plan_folding
+from .spec import HwError, StageSpec, layer_stages
+from .swg import SlidingWindowGenerator
+
+__all__ = ["LayerEngine", "tucker2_engine", "dense_engine", "build_engine", "INPUT_FIFO_DEPTH"]
+
+#: Depth of the input FIFO (registers the input and sustains one pixel per cycle).
+INPUT_FIFO_DEPTH = 4
+
+
+class _StreamFIFO(wiring.Component):
+    """SyncFIFOBuffered with stream ports (``r_data`` is a register: payload is stable)."""
+
+    def __init__(self, width: int, depth: int):
+        self.width, self.depth = width, depth
+        super().__init__({"i": In(stream.Signature(unsigned(width))), "o": Out(stream.Signature(unsigned(width)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.width, depth=self.depth)
+        m.d.comb += [fifo.w_data.eq(self.i.payload), fifo.w_en.eq(self.i.valid), self.i.ready.eq(fifo.w_rdy),
+                     self.o.payload.eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy), fifo.r_en.eq(self.o.ready)]
+        return m
+
+
+class LayerEngine(wiring.Component):
+    """A layer as a chain of folded stages.
+
+    Parameters
+    ----------
+    stages : list[StageSpec]
+        Stages in stream order; each stage's input pixel is the previous one's output.
+    plan : Plan
+        Folding of every stage (from :func:`hw.planner.plan_folding`).
+    line_rows : int or None
+        Line buffers per sliding-window generator (default :func:`hw.swg.default_rows`).
+
+    Members
+    -------
+    pix_in : In(stream.Signature(unsigned(stages[0].in_ch * stages[0].in_bits)))
+    pix_out : Out(stream.Signature(unsigned(stages[-1].out_ch * stages[-1].out_bits)))
+    """
+
+    def __init__(self, stages: list[StageSpec], plan: Plan, line_rows: int | None = None):
+        if len(plan.stages) != len(stages):
+            raise HwError(f"plan has {len(plan.stages)} stage foldings for {len(stages)} stages")
+        self.stages, self.plan, self.line_rows = list(stages), plan, line_rows
+        # Build the sub-units now so that their parameters (FIFO depths, buffer sizes) can be reported.
+        self.input_fifo = _StreamFIFO(stages[0].in_pixel_bits, INPUT_FIFO_DEPTH)
+        self.units = []
+        for spec, f in zip(stages, plan.stages):
+            swg = None
+            if spec.needs_window:
+                swg = SlidingWindowGenerator(spec.in_ch, spec.height, spec.width, spec.in_bits, spec.kernel,
+                                             spec.stride, spec.padding, rows=line_rows)
+            self.units.append((swg, MatrixVectorUnit(spec, f.pe, f.simd)))
+        super().__init__({
+            "pix_in": In(stream.Signature(unsigned(stages[0].in_pixel_bits))),
+            "pix_out": Out(stream.Signature(unsigned(stages[-1].out_pixel_bits))),
+        })
+
+    def describe(self) -> list[dict]:
+        """Per-stage hardware parameters: folding, widths, buffer sizes."""
+        out = []
+        for spec, f, (swg, mvu) in zip(self.stages, self.plan.stages, self.units):
+            out.append({
+                "name": spec.name, "kernel": spec.kernel, "stride": spec.stride, "padding": spec.padding,
+                "in_shape": [spec.in_ch, spec.height, spec.width],
+                "out_shape": [spec.out_ch, spec.out_height, spec.out_width],
+                "in_bits": spec.in_bits, "in_signed": spec.in_signed, "weight_bits": spec.weight_bits,
+                "out_bits": spec.out_bits, "out_signed": spec.out_signed,
+                "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf, "multipliers": f.multipliers,
+                "cycles_per_vector": f.cycles_per_vector, "cycles_per_frame": f.cycles_per_frame, "macs": f.macs,
+                "acc_bits": spec.acc_bits, "adder_tree_bits": spec.tree_bits,
+                "requant": (None if spec.requant is None else
+                            {"shift": spec.requant[0], "clamp": [spec.requant[1], spec.requant[2]]}),
+                "has_bias": spec.bias is not None,
+                "weight_rom_bits": spec.out_ch * spec.in_elems * spec.weight_bits,
+                "output_fifo_depth": mvu.fifo_depth,
+                "line_buffer": (None if swg is None else
+                                {"rows": swg.rows, "width": swg.width, "pixel_bits": spec.in_pixel_bits,
+                                 "bits": swg.buffer_bits}),
+            })
+        return out
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.input_fifo = self.input_fifo
+        wiring.connect(m, wiring.flipped(self.pix_in), self.input_fifo.i)
+        src = self.input_fifo.o
+        for i, (swg, mvu) in enumerate(self.units):
+            name = self.stages[i].name
+            if swg is not None:
+                m.submodules[f"{name}_swg"] = swg
+                wiring.connect(m, src, swg.pix_in)
+                src = swg.win_out
+            m.submodules[f"{name}_mvu"] = mvu
+            wiring.connect(m, src, mvu.vec_in)
+            src = mvu.pix_out
+        wiring.connect(m, src, wiring.flipped(self.pix_out))
+        return m
+
+
+def tucker2_engine(stages: list[StageSpec], multipliers: int | None = None, **kw) -> LayerEngine:
+    """U1 -> G -> U2 engine with a planner-chosen folding."""
+    if len(stages) != 3:
+        raise HwError(f"a Tucker-2 engine needs 3 stages (U1, G, U2), got {len(stages)}")
+    return LayerEngine(stages, plan_folding(stages, multipliers), **kw)
+
+
+def dense_engine(stage: StageSpec, multipliers: int | None = None, **kw) -> LayerEngine:
+    """Dense-conv baseline: sliding window + one folded MVU, planner-chosen folding."""
+    return LayerEngine([stage], plan_folding([stage], multipliers), **kw)
+
+
+def build_engine(artifact, layer_name: str, multipliers: int | None = None, **kw) -> LayerEngine:
+    """The engine of one artifact layer (tucker2, lowrank, conv or linear) for a budget."""
+    stages = layer_stages(artifact, layer_name)
+    return LayerEngine(stages, plan_folding(stages, multipliers), **kw)

@@ -1,0 +1,283 @@
+"""Folded matrix-vector unit (MVU): one stage of a layer, weights in on-chip ROM.
+
+For each input vector ``x`` (``in_elems`` elements) the unit computes, for every
+output channel ``m``::
+
+    y[m] = requant(bias[m] + sum_j W[m, j] * x[j])
+
+with ``PE`` output channels and ``SIMD`` input elements in parallel: ``PE * SIMD``
+multipliers, ``NF = out_ch / PE`` neuron folds and ``SF = in_elems / SIMD`` synapse
+folds, so one vector takes ``NF * SF`` cycles (one issue per cycle, no bubbles
+between vectors).
+
+Pipeline (every path registered): issue (weight ROM read, input slice register) ->
+multiply (registered products) -> adder tree (a register every ``tree_levels``
+levels) -> accumulate (with bias on the first fold) -> requantize (2 stages:
+rounding shift, clamp) -> collect the ``NF`` groups of ``PE`` results into one
+output pixel -> output FIFO.
+
+Flow control: the unit *reads its input in place*: it keeps ``vec_in.ready`` low
+while it works through the vector's folds and raises it in the cycle of the last
+fold (so the source must hold ``payload`` stable while ``valid`` is high, as
+stream sources must). It only starts a vector when the output FIFO is sure to have
+room for it (credit counter), so the pipeline itself never stalls.
+"""
+from __future__ import annotations
+
+import math
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .requant import Requantizer
+from .spec import HwError, StageSpec
+
+__all__ = ["MatrixVectorUnit", "mvu_latency", "default_fifo_depth", "to_twos"]
+
+TREE_LEVELS = 2     # adder-tree levels between pipeline registers
+
+
+def to_twos(value: int, bits: int) -> int:
+    """``value`` as a ``bits``-wide two's-complement bit pattern (a non-negative int)."""
+    return int(value) & ((1 << bits) - 1)
+
+
+def _tree_regs(simd: int, levels: int = TREE_LEVELS) -> int:
+    """Register stages inside the adder tree (the last group feeds the accumulator directly)."""
+    depth = math.ceil(math.log2(simd)) if simd > 1 else 0
+    return max(0, math.ceil(depth / levels) - 1) if depth else 0
+
+
+def mvu_latency(simd: int, requant: bool = True) -> int:
+    """Cycles from issuing a vector's last fold to its output pixel entering the FIFO."""
+    # issue->ROM data (1), multiply register (1), tree registers, accumulator (1), requant (2)
+    return 1 + 1 + _tree_regs(simd) + 1 + (2 if requant else 0)
+
+
+def default_fifo_depth(cycles_per_vector: int, simd: int, requant: bool = True) -> int:
+    """Output FIFO depth that lets the credit counter run the unit without bubbles."""
+    return max(4, math.ceil((mvu_latency(simd, requant) + 4) / cycles_per_vector) + 3)
+
+
+class MatrixVectorUnit(wiring.Component):
+    """Folded matrix-vector unit for one stage.
+
+    Parameters
+    ----------
+    spec : StageSpec
+        The stage (weights in vector order, bias, widths, requant).
+    pe : int
+        Output channels in parallel; must divide ``spec.out_ch``.
+    simd : int
+        Input elements in parallel; must divide ``spec.in_elems``.
+    fifo_depth : int or None
+        Output FIFO depth (pixels); default :func:`default_fifo_depth`.
+
+    Members
+    -------
+    vec_in : In(stream.Signature(unsigned(spec.in_elems * spec.in_bits)))
+        One input vector per beat; element ``j`` at bits ``[j*in_bits, (j+1)*in_bits)``,
+        two's complement if ``spec.in_signed``.
+    pix_out : Out(stream.Signature(unsigned(spec.out_ch * spec.out_bits)))
+        One output pixel per beat; channel ``m`` at bits ``[m*out_bits, (m+1)*out_bits)``.
+    """
+
+    def __init__(self, spec: StageSpec, pe: int, simd: int, fifo_depth: int | None = None):
+        if pe < 1 or spec.out_ch % pe:
+            raise HwError(f"stage {spec.name!r}: PE={pe} does not divide out channels {spec.out_ch}")
+        if simd < 1 or spec.in_elems % simd:
+            raise HwError(f"stage {spec.name!r}: SIMD={simd} does not divide in elements {spec.in_elems}")
+        self.spec, self.pe, self.simd = spec, pe, simd
+        self.nf, self.sf = spec.out_ch // pe, spec.in_elems // simd
+        self.fifo_depth = fifo_depth or default_fifo_depth(self.nf * self.sf, simd, spec.requant is not None)
+        super().__init__({
+            "vec_in": In(stream.Signature(unsigned(spec.in_elems * spec.in_bits))),
+            "pix_out": Out(stream.Signature(unsigned(spec.out_ch * spec.out_bits))),
+        })
+
+    @property
+    def cycles_per_vector(self) -> int:
+        return self.nf * self.sf
+
+    @property
+    def multipliers(self) -> int:
+        return self.pe * self.simd
+
+    def weight_words(self) -> list[int]:
+        """ROM contents: word ``nf*SF + sf`` holds ``W[nf*PE + pe, sf*SIMD + j]`` at bit
+        offset ``(pe*SIMD + j) * weight_bits``."""
+        s, wb = self.spec, self.spec.weight_bits
+        words = []
+        for nf in range(self.nf):
+            for sf in range(self.sf):
+                word = 0
+                for pe in range(self.pe):
+                    for j in range(self.simd):
+                        w = s.weights[nf * self.pe + pe, sf * self.simd + j]
+                        word |= to_twos(w, wb) << ((pe * self.simd + j) * wb)
+                words.append(word)
+        return words
+
+    def bias_words(self) -> list[int]:
+        """Bias ROM contents: word ``nf`` holds ``bias[nf*PE + pe]`` at ``pe * acc_bits``."""
+        s = self.spec
+        return [sum(to_twos(s.bias[nf * self.pe + pe], s.acc_bits) << (pe * s.acc_bits) for pe in range(self.pe))
+                for nf in range(self.nf)]
+
+    def elaborate(self, platform):
+        m = Module()
+        s = self.spec
+        PE, SIMD, NF, SF = self.pe, self.simd, self.nf, self.sf
+        ib, wb, ob, ab = s.in_bits, s.weight_bits, s.out_bits, s.acc_bits
+
+        # ---- output FIFO and credits -------------------------------------------------
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=s.out_ch * ob, depth=self.fifo_depth)
+        m.d.comb += [
+            self.pix_out.payload.eq(fifo.r_data),
+            self.pix_out.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.pix_out.ready),
+        ]
+        outstanding = Signal(range(self.fifo_depth + 1))   # vectors started, not yet popped
+
+        # ---- issue ----------------------------------------------------------------------
+        nf = Signal(range(max(NF, 2)))
+        sf = Signal(range(max(SF, 2)))
+        at_start = (nf == 0) & (sf == 0)
+        go = Signal()
+        m.d.comb += go.eq(self.vec_in.valid & (~at_start | (outstanding < self.fifo_depth)))
+        last_fold = (nf == NF - 1) & (sf == SF - 1)
+        m.d.comb += self.vec_in.ready.eq(go & last_fold)
+        with m.If(go):
+            with m.If(sf == SF - 1):
+                m.d.sync += sf.eq(0)
+                m.d.sync += nf.eq(Mux(nf == NF - 1, 0, nf + 1))
+            with m.Else():
+                m.d.sync += sf.eq(sf + 1)
+        popped = self.pix_out.valid & self.pix_out.ready
+        m.d.sync += outstanding.eq(outstanding + (go & at_start) - popped)
+
+        # control pipeline: valid, first fold, last fold, neuron fold index
+        def ctrl_delay(v, first, last, nfi, n):
+            out = [(v, first, last, nfi)]
+            for i in range(n):
+                pv, pf, pl, pn = out[-1]
+                dv, df, dl = Signal(name=f"v_d{i + 1}"), Signal(name=f"first_d{i + 1}"), Signal(name=f"last_d{i + 1}")
+                dn = Signal.like(nf, name=f"nf_d{i + 1}")
+                m.d.sync += [dv.eq(pv), df.eq(pf), dl.eq(pl), dn.eq(pn)]
+                out.append((dv, df, dl, dn))
+            return out
+
+        n_tree = _tree_regs(SIMD)
+        acc_cycle = 2 + n_tree                  # cycle (after issue) at which the accumulator adds
+        ctrl = ctrl_delay(go, sf == 0, sf == SF - 1, nf, acc_cycle)
+
+        # weight ROM (synchronous read: data in cycle 1)
+        rom_w = PE * SIMD * wb
+        if NF * SF > 1:
+            rom = m.submodules.weights = Memory(shape=unsigned(rom_w), depth=NF * SF, init=self.weight_words())
+            rp = rom.read_port(domain="sync")
+            m.d.comb += [rp.addr.eq(nf * SF + sf), rp.en.eq(1)]
+            wword = rp.data
+        else:
+            wword = Const(self.weight_words()[0], unsigned(rom_w))
+
+        # input slice register (cycle 1)
+        x_r = Signal(SIMD * ib)
+        xs = self.vec_in.payload if SF == 1 else self.vec_in.payload.word_select(sf, SIMD * ib)
+        m.d.sync += x_r.eq(xs)
+
+        def elem(word, i, bits, is_signed):
+            v = word[i * bits:(i + 1) * bits]
+            return v.as_signed() if is_signed else v.as_unsigned()
+
+        # ---- multiply (registered products, cycle 2) -----------------------------------
+        pw = min(wb + ib + (0 if s.in_signed else 1), s.tree_bits)
+        products = []
+        for pe in range(PE):
+            row = []
+            for j in range(SIMD):
+                p = Signal(signed(pw), name=f"p_{pe}_{j}")
+                m.d.sync += p.eq(elem(wword, pe * SIMD + j, wb, True) * elem(x_r, j, ib, s.in_signed))
+                row.append(p)
+            products.append(row)
+
+        # ---- adder tree (register every TREE_LEVELS levels; root is combinational) -----
+        def tree(values, pe):
+            level = 0
+            while len(values) > 1:
+                nxt = []
+                for i in range(0, len(values), 2):
+                    if i + 1 < len(values):
+                        a, b = values[i], values[i + 1]
+                        w = min(max(len(a), len(b)) + 1, s.tree_bits)
+                        n = Signal(signed(w), name=f"t{pe}_l{level}_{i // 2}")
+                        m.d.comb += n.eq(a + b)
+                    else:
+                        n = values[i]
+                    nxt.append(n)
+                values = nxt
+                level += 1
+                if len(values) > 1 and level % TREE_LEVELS == 0:
+                    regs = []
+                    for i, v in enumerate(values):
+                        r = Signal.like(v, name=f"t{pe}_r{level}_{i}")
+                        m.d.sync += r.eq(v)
+                        regs.append(r)
+                    values = regs
+            return values[0]
+
+        sums = [tree(products[pe], pe) for pe in range(PE)]
+
+        # ---- accumulate (bias on the first fold) ----------------------------------------
+        av, afirst, alast, anf = ctrl[acc_cycle]
+        if s.bias is not None and NF > 1:
+            brom = m.submodules.bias = Memory(shape=unsigned(PE * ab), depth=NF, init=self.bias_words())
+            bp = brom.read_port(domain="sync")
+            m.d.comb += [bp.addr.eq(ctrl[acc_cycle - 1][3]), bp.en.eq(1)]
+            bword = bp.data
+        elif s.bias is not None:
+            bword = Const(self.bias_words()[0], unsigned(PE * ab))
+        else:
+            bword = Const(0, unsigned(PE * ab))
+        accs = []
+        for pe in range(PE):
+            acc = Signal(signed(ab), name=f"acc_{pe}")
+            with m.If(av):
+                m.d.sync += acc.eq(Mux(afirst, elem(bword, pe, ab, True), acc) + sums[pe])
+            accs.append(acc)
+        done, done_nf = Signal(), Signal.like(nf)       # accs hold a finished dot product
+        m.d.sync += [done.eq(av & alast), done_nf.eq(anf)]
+
+        # ---- requantize ---------------------------------------------------------------
+        out_shape = signed(ob) if s.out_signed else unsigned(ob)
+        results = []
+        if s.requant is not None:
+            shift, lo, hi = s.requant
+            for pe in range(PE):
+                rq = Requantizer(ab, shift, lo, hi, out_shape)
+                m.submodules[f"requant_{pe}"] = rq
+                m.d.comb += rq.acc.eq(accs[pe])
+                results.append(rq.out)
+            r_done, r_nf = done, done_nf
+            for i in range(2):
+                dv, dn = Signal(name=f"rq_done_{i}"), Signal.like(nf, name=f"rq_nf_{i}")
+                m.d.sync += [dv.eq(r_done), dn.eq(r_nf)]
+                r_done, r_nf = dv, dn
+        else:
+            results = [a[:ob] for a in accs]
+            r_done, r_nf = done, done_nf
+        group = Cat(*[r.as_value()[:ob] if hasattr(r, "as_value") else r[:ob] for r in results])
+
+        # ---- collect NF groups into one pixel, push to the FIFO -----------------------
+        gw = PE * ob
+        if NF == 1:
+            m.d.comb += [fifo.w_data.eq(group), fifo.w_en.eq(r_done)]
+        else:
+            collect = Signal((NF - 1) * gw)
+            m.d.comb += [fifo.w_data.eq(Cat(collect, group)), fifo.w_en.eq(r_done & (r_nf == NF - 1))]
+            with m.If(r_done & (r_nf != NF - 1)):
+                m.d.sync += collect.word_select(r_nf, gw).eq(group)
+        return m

