@@ -20,6 +20,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = [
+    "quantize_input",
     "round_shift",
     "requantize",
     "conv_accumulate",
@@ -46,6 +47,14 @@ def requantize(acc: np.ndarray, requant: dict) -> np.ndarray:
     """Apply a manifest ``requant`` record: rounding shift, then clamp to ``clamp``."""
     lo, hi = requant["clamp"]
     return np.clip(round_shift(acc, int(requant["shift"])), lo, hi)
+
+
+def quantize_input(x, spec: dict) -> np.ndarray:
+    """Float input -> the artifact's integer input: ``clamp(round_half_even(x / 2**exponent))``
+    to the input record's bit range (what the QAT model's input quantizer does)."""
+    bits, signed = spec["bits"], spec["signed"]
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return np.clip(np.round(np.asarray(x, dtype=np.float64) * 2.0 ** -spec["exponent"]), lo, hi).astype(np.int64)
 
 
 def _pad(x: np.ndarray, padding: int, value: int = 0) -> np.ndarray:

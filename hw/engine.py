@@ -136,7 +136,9 @@ def dense_engine(stage: StageSpec, multipliers: int | None = None, **kw) -> Laye
     return LayerEngine([stage], plan_folding([stage], multipliers), **kw)
 
 
-def build_engine(artifact, layer_name: str, multipliers: int | None = None, **kw) -> LayerEngine:
-    """The engine of one artifact layer (tucker2, lowrank, conv or linear) for a budget."""
+def build_engine(artifact, layer_name: str, multipliers: int | None = None, *,
+                 min_utilisation: float | None = None, **kw) -> LayerEngine:
+    """The engine of one artifact layer (tucker2, lowrank, conv or linear) for a budget
+    (see :func:`hw.planner.plan_folding`)."""
     stages = layer_stages(artifact, layer_name)
-    return LayerEngine(stages, plan_folding(stages, multipliers), **kw)
+    return LayerEngine(stages, plan_folding(stages, multipliers, min_utilisation=min_utilisation), **kw)

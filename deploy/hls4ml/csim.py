@@ -18,7 +18,7 @@ from artifact import golden
 from .convert import HLSBuild, Stream
 
 __all__ = ["CsimResult", "to_hls", "from_hls", "stimulus", "golden_reference", "compile_model", "run_csim",
-           "compare"]
+           "compare", "write_tb_data"]
 
 
 @dataclass
@@ -27,6 +27,7 @@ class CsimResult:
 
     hls: np.ndarray
     golden: np.ndarray
+    inputs: dict
     mismatches: int
     total: int
     class_mismatches: int | None = None  # whole networks: argmax over the logits
@@ -111,4 +112,26 @@ def compare(build: HLSBuild, artifact: Artifact, batch: int = 8, seed: int = 0, 
     whole = build.output_name == artifact.manifest["output"] and list(build.inputs) == ["input"]
     if whole and ref.ndim == 2:
         classes = int((hls.argmax(1) != ref.argmax(1)).sum())
-    return CsimResult(hls, ref, int((hls != ref).sum()), int(ref.size), classes)
+    return CsimResult(hls, ref, xs, int((hls != ref).sum()), int(ref.size), classes)
+
+
+def write_tb_data(build: HLSBuild, xs: dict, reference: np.ndarray) -> bool:
+    """Write the stimulus and the golden outputs (reals, channels-last) into the project's tb_data/.
+
+    hls4ml's C testbench (``<project>_test.cpp``, run by the HLS tool's csim/cosim) reads
+    ``tb_input_features.dat`` / ``tb_output_predictions.dat``, one sample per line, and
+    logs its outputs to tb_data/csim_results.log for comparison. Single-input builds
+    only (the testbench splits multiple inputs by position); returns whether it wrote.
+    """
+    if len(build.inputs) != 1:
+        return False
+    (name, stream), = build.inputs.items()
+    x = to_hls(xs[name], stream).reshape(len(xs[name]), -1)
+    ref = np.asarray(reference, dtype=np.int64)
+    y = (np.transpose(ref, (0, 2, 3, 1)) if ref.ndim == 4 else ref).reshape(len(ref), -1)
+    y = y.astype(np.float64) * 2.0 ** build.output.exponent
+    tb = build.output_dir / "tb_data"
+    tb.mkdir(parents=True, exist_ok=True)
+    for fname, arr in (("tb_input_features.dat", x), ("tb_output_predictions.dat", y)):
+        (tb / fname).write_text("".join(" ".join(f"{v:.17g}" for v in row) + "\n" for row in arr))
+    return True

@@ -1,4 +1,4 @@
-"""CIFAR-style ResNets (He et al. 2016): ResNet-20/32/56/110, widths 16/32/64.
+"""CIFAR-style ResNets (He et al. 2016): ResNet-8/20/32/56/110, widths 16/32/64.
 
 Block structure, chosen so that every tensor in the deployed graph is an integer
 tensor with a power-of-two scale (design section 3)::
@@ -18,7 +18,7 @@ import torch.nn as nn
 from .. import quant
 from ..blocks import ConvBN, GlobalSumPool, LayerFactory
 
-DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet56": 9, "resnet110": 18}
+DEPTHS = {"resnet8": 1, "resnet20": 3, "resnet32": 5, "resnet56": 9, "resnet110": 18}
 
 
 class BasicBlock(nn.Module):

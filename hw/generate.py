@@ -1,0 +1,172 @@
+"""Generate a layer's Verilog and its JSON description from an artifact.
+
+Command line::
+
+    python -m hw.generate --artifact DIR --layer NAME [--multipliers N] [--top NAME] --out DIR
+
+writes ``OUT/<top>.v`` (``amaranth.back.verilog``) and ``OUT/<top>.json`` (the
+description returned by :func:`generate`). Bad input (no such artifact or layer,
+an unsupported layer, a budget below one multiplier per stage) is reported as one
+line on stderr with exit status 2. No torch, no training code.
+
+JSON description (``format: "elrt-hw-description"``, ``version: 1``):
+
+``top``, ``verilog``
+    Top module name and Verilog file name.
+``layer``
+    ``{"name", "op", "stages"}`` of the artifact layer.
+``ports``
+    ``{"clk", "rst", "in": {"valid", "ready", "payload", "width"}, "out": {...}}``;
+    names exactly as in the Verilog module header. ``rst`` is synchronous, active high.
+``payload``
+    ``{"in": layout, "out": layout}`` with layout ``{"shape": [C, H, W], "channels",
+    "bits", "signed", "width", "beats_per_frame", "order", "channel_lsb"}``: one beat is
+    one pixel with all channels, channel ``c`` at bits ``[c*bits, (c+1)*bits)``
+    (two's complement when signed), pixels in raster order, frames back to back.
+``folding``
+    Per stage: pe, simd, nf, sf, multipliers, cycles per vector/frame, MACs, widths
+    (in/weight/out/acc/adder-tree bits), requant, FIFO depth, line buffer.
+``multipliers``
+    ``{"budget", "used", "min_utilisation"}``.
+``cycles_per_frame``, ``ideal_cycles_per_frame``, ``utilisation``, ``macs_per_frame``
+    Expected steady-state cycles per frame (frames back to back, no back-pressure),
+    total MACs / multipliers used, and their ratio.
+``accumulator_bits``
+    ``{stage_name: bits}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from artifact import Artifact, ArtifactError, load_artifact
+
+from .engine import LayerEngine
+from .planner import plan_folding
+from .spec import HwError, layer_stages
+
+__all__ = ["generate", "describe", "top_name_for", "main", "DESCRIPTION_FORMAT"]
+
+DESCRIPTION_FORMAT = "elrt-hw-description"
+DESCRIPTION_VERSION = 1
+
+
+def top_name_for(layer_name: str) -> str:
+    """Default Verilog top module name for a layer: ``elrt_<layer>`` (non-identifier chars -> ``_``)."""
+    return "elrt_" + re.sub(r"[^A-Za-z0-9_]", "_", layer_name)
+
+
+def _layout(ch: int, h: int, w: int, bits: int, is_signed: bool) -> dict:
+    return {"shape": [ch, h, w], "channels": ch, "bits": bits, "signed": is_signed, "width": ch * bits,
+            "beats_per_frame": h * w, "order": "raster (row-major), one pixel per beat",
+            "channel_lsb": "channel c at bits [c*bits, (c+1)*bits)"}
+
+
+def describe(engine: LayerEngine, layer: dict, top: str, verilog_file: str | None = None) -> dict:
+    """The JSON description of an engine (see the module docstring)."""
+    first, last, plan = engine.stages[0], engine.stages[-1], engine.plan
+
+    def port(name: str, width: int) -> dict:
+        return {"valid": f"{name}__valid", "ready": f"{name}__ready", "payload": f"{name}__payload", "width": width}
+
+    return {
+        "format": DESCRIPTION_FORMAT,
+        "version": DESCRIPTION_VERSION,
+        "top": top,
+        "verilog": verilog_file,
+        "layer": {"name": layer["name"], "op": layer["op"], "stages": [s.name for s in engine.stages]},
+        "ports": {"clk": "clk", "rst": "rst", "reset": "synchronous, active high",
+                  "in": port("pix_in", first.in_pixel_bits), "out": port("pix_out", last.out_pixel_bits)},
+        "payload": {"in": _layout(first.in_ch, first.height, first.width, first.in_bits, first.in_signed),
+                    "out": _layout(last.out_ch, last.out_height, last.out_width, last.out_bits, last.out_signed)},
+        "folding": engine.describe(),
+        "multipliers": {"budget": plan.budget, "used": plan.multipliers},
+        "cycles_per_frame": plan.cycles_per_frame,
+        "ideal_cycles_per_frame": plan.ideal_cycles,
+        "utilisation": plan.utilisation,
+        "macs_per_frame": plan.macs,
+        "accumulator_bits": {s.name: s.acc_bits for s in engine.stages},
+    }
+
+
+def _check_ports(verilog_text: str, top: str, desc: dict) -> None:
+    """Make sure every port name recorded in the description is in the top module header."""
+    match = re.search(rf"module {re.escape(top)}\s*\(([^)]*)\)", verilog_text)
+    if not match:
+        raise HwError(f"generated Verilog has no module {top!r}")
+    names = {n.strip() for n in match.group(1).split(",")}
+    p = desc["ports"]
+    wanted = [p["clk"], p["rst"]] + [p[d][k] for d in ("in", "out") for k in ("valid", "ready", "payload")]
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise HwError(f"generated Verilog module {top} lacks ports {missing} (has {sorted(names)})")
+
+
+def generate(artifact, layer_name: str, multipliers: int | None = None, out_dir="build/hw", *,
+             top: str | None = None, line_rows: int | None = None, min_utilisation: float | None = None) -> dict:
+    """Write ``<out_dir>/<top>.v`` and ``<out_dir>/<top>.json`` for one layer; return the description.
+
+    ``artifact`` is an :class:`artifact.Artifact` or an artifact directory path.
+    ``multipliers`` is the budget for the folding planner (default
+    :data:`hw.planner.DEFAULT_MULTIPLIERS`); ``min_utilisation`` lets the planner leave
+    multipliers unused to stay balanced (see :func:`hw.planner.plan_folding`).
+    ``line_rows`` overrides the line buffers per sliding window. Raises ArtifactError /
+    HwError (one line).
+    """
+    from amaranth.back import verilog
+
+    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    layer = art.layer(layer_name)
+    stages = layer_stages(art, layer_name)
+    plan = plan_folding(stages, multipliers, min_utilisation=min_utilisation)
+    engine = LayerEngine(stages, plan, line_rows=line_rows)
+    top = top or top_name_for(layer_name)
+    out = Path(out_dir)
+    vfile = f"{top}.v"
+    desc = describe(engine, layer, top, vfile)
+    if art.path is not None:
+        desc["artifact"] = str(art.path)
+    desc["model"] = art.manifest.get("model", {}).get("name")
+    desc["multipliers"]["min_utilisation"] = min_utilisation
+    text = verilog.convert(engine, name=top, emit_src=False)
+    _check_ports(text, top, desc)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / vfile).write_text(text)
+    (out / f"{top}.json").write_text(json.dumps(desc, indent=2) + "\n")
+    return desc
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):          # one line, exit 2 (argparse prints usage too by default)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def main(argv=None) -> int:
+    ap = _Parser(prog="python -m hw.generate", description="Generate a layer's Verilog and JSON description.")
+    ap.add_argument("--artifact", required=True, help="artifact directory (manifest.yaml + tensors.npz)")
+    ap.add_argument("--layer", required=True, help="layer name in the manifest")
+    ap.add_argument("--multipliers", type=int, default=None, help="multiplier budget for the folding planner")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--top", default=None, help="top module name (default elrt_<layer>)")
+    ap.add_argument("--min-utilisation", type=float, default=None,
+                    help="only consider foldings within this fraction of the ideal cycles (0..1)")
+    ap.add_argument("--line-rows", type=int, default=None, help="line buffers per sliding-window generator")
+    args = ap.parse_args(argv)
+    try:
+        desc = generate(args.artifact, args.layer, args.multipliers, args.out, top=args.top, line_rows=args.line_rows,
+                        min_utilisation=args.min_utilisation)
+    except (ArtifactError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        sys.stderr.write(f"{ap.prog}: error: {msg}\n")
+        return 2
+    print(f"{Path(args.out) / desc['verilog']}: {desc['top']}, {desc['multipliers']['used']} multipliers, "
+          f"{desc['cycles_per_frame']} cycles/frame (ideal {desc['ideal_cycles_per_frame']:.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

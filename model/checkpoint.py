@@ -1,0 +1,210 @@
+"""Training checkpoints: atomic writes, ``weights_only`` loads, exact resume.
+
+A checkpoint is one ``torch.save`` of plain containers of tensors and primitives::
+
+    format        "elrt-checkpoint", version 1
+    epoch         epochs completed
+    config        the run configuration (dict)
+    ranks         {layer: [R1, R2] or [R]}
+    bn_folded     whether BatchNorm is folded into the convs
+    model         model.state_dict()
+    quant_state   Brevitas activation-scale statistics that state_dict() does not hold
+                  (stats-collection counter, running buffer, raw value)
+    optimizer     optimizer.state_dict()
+    scheduler     {"step": global step}
+    rng           torch / numpy / python / cuda generator states
+    metrics       per-epoch metrics so far
+
+so ``torch.load(path, weights_only=True)`` can read it. Brevitas' runtime-statistics
+scalings keep their step counter in a Python attribute and save a derived value,
+so ``quant_state`` is what makes a resumed run bit-identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import UsageError
+
+FORMAT, VERSION = "elrt-checkpoint", 1
+FILENAME = "checkpoint.pt"
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that is missing, corrupt, or does not match the run."""
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers see the old or the new file, never half."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+# ----------------------------------------------------------------------------- RNG and quantizer state
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": _to_lists(random.getstate())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(x):
+    return [_to_lists(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _stats_scalings(model: nn.Module):
+    from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ParameterFromRuntimeStatsScaling)]
+
+
+def quant_state(model: nn.Module) -> dict:
+    """Per runtime-statistics scaling: its counter, running buffer and raw learned value."""
+    try:
+        scalings = _stats_scalings(model)
+    except ImportError:
+        return {}
+    return {n: {"counter": int(m.counter), "buffer": m.buffer.detach().clone(), "value": m.value.detach().clone()}
+            for n, m in scalings}
+
+
+def load_quant_state(model: nn.Module, state: dict) -> None:
+    scalings = dict(_stats_scalings(model)) if state else {}
+    if set(scalings) != set(state):
+        raise CheckpointError("checkpoint quantizer state does not match the model; was it written by another "
+                              "model or version?")
+    with torch.no_grad():
+        for n, s in state.items():
+            m = scalings[n]
+            m.counter = int(s["counter"])
+            m.buffer.copy_(s["buffer"])
+            m.value.copy_(s["value"])
+
+
+# ----------------------------------------------------------------------------- save / load
+
+def save(path: str, payload: dict) -> None:
+    """Write ``payload`` (plus format tags) atomically to ``path``."""
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load(path: str, map_location="cpu") -> dict:
+    """A checkpoint written by :func:`save` (``weights_only=True``); CheckpointError if unusable."""
+    if os.path.isdir(path):
+        path = os.path.join(path, FILENAME)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}; --resume needs a run folder written by train_qat.py")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({reason}); start a new run or "
+                              f"resume from an intact run folder") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an ELRT training checkpoint")
+    if ck.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {ck.get('version')}, this code reads "
+                              f"version {VERSION}")
+    missing = [k for k in ("epoch", "config", "ranks", "bn_folded", "model", "optimizer") if k not in ck]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is incomplete")
+    return ck
+
+
+def load_model_state(model: nn.Module, state: dict, path: str = "checkpoint") -> None:
+    """``model.load_state_dict(state)`` with a one-line CheckpointError on any mismatch."""
+    try:
+        result = model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(l.strip() for l in first[:3])[:200]
+        raise CheckpointError(f"{path} does not match the configured model ({detail}); resume with the "
+                              f"configuration it was trained with") from None
+    if getattr(result, "missing_keys", None) or getattr(result, "unexpected_keys", None):
+        raise CheckpointError(f"{path} does not match the configured model")
+
+
+# ----------------------------------------------------------------------------- trained model (for export)
+
+def load_trained_model(run_dir):
+    """The final model of a training run, rebuilt from its checkpoint (for ``model.export``).
+
+    Returns ``(model, cfg, in_shape, info)``: the model in eval mode on the CPU (BatchNorm
+    folded when the run folded it), the run configuration, the input shape (C, H, W) and a
+    plain ``info`` dict for the artifact manifest (name, data, ranks, bit widths, epochs,
+    FLOPs reduction, test accuracy). Raises CheckpointError."""
+    from .blocks import fold_batchnorm
+    from .build import build
+
+    run_dir = str(run_dir)
+    ck = load(run_dir)
+    cfg = ck["config"]
+    in_shape = tuple(int(v) for v in ck.get("in_shape") or _in_shape(cfg))
+    num_classes = int(ck.get("num_classes", 10))
+    ranks = {str(k): tuple(int(v) for v in r) for k, r in ck["ranks"].items()}
+    try:
+        built = build(cfg, in_shape, num_classes, ranks=ranks)
+    except ValueError as e:
+        raise CheckpointError(f"cannot rebuild the model of {run_dir} ({e})") from None
+    model = built.model
+    if ck["bn_folded"]:
+        model.eval()
+        fold_batchnorm(model)
+    load_model_state(model, ck["model"], os.path.join(run_dir, FILENAME))
+    load_quant_state(model, ck.get("quant_state", {}))
+    model.eval()
+    history = ck.get("metrics", {}).get("epochs", [])
+    info = {"name": cfg["model"], "data": cfg.get("data"), "in_shape": list(in_shape), "num_classes": num_classes,
+            "dense": bool(cfg.get("dense")), "ranks": {k: list(v) for k, v in ranks.items()},
+            "quant": bool(cfg.get("quant", True)), "weight_bits": cfg.get("weight_bits"),
+            "act_bits": cfg.get("act_bits"), "input_bits": cfg.get("input_bits"),
+            "regularizer": cfg.get("regularizer"), "epochs": int(ck["epoch"]), "bn_folded": bool(ck["bn_folded"]),
+            "inference_reduction": float(built.totals["inference_reduction"]),
+            "test_acc": float(history[-1]["test_acc"]) if history else None,
+            "seed": cfg.get("seed"), "run_dir": os.path.abspath(run_dir)}
+    return model, cfg, in_shape, info
+
+
+def _in_shape(cfg: dict) -> tuple:
+    if cfg.get("data") == "synthetic":
+        return tuple(cfg["synthetic_shape"])
+    return {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}.get(cfg.get("data"), (3, 32, 32))
