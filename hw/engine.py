@@ -25,7 +25,7 @@ from .planner import Plan, plan_folding
 from .spec import HwError, StageSpec, layer_stages
 from .swg import SlidingWindowGenerator
 
-__all__ = ["LayerEngine", "tucker2_engine", "dense_engine", "build_engine", "INPUT_FIFO_DEPTH"]
+__all__ = ["LayerEngine", "check_engine", "tucker2_engine", "dense_engine", "build_engine", "INPUT_FIFO_DEPTH"]
 
 #: Depth of the input FIFO (registers the input and sustains one pixel per cycle).
 INPUT_FIFO_DEPTH = 4
@@ -44,6 +44,16 @@ class _StreamFIFO(wiring.Component):
         m.d.comb += [fifo.w_data.eq(self.i.payload), fifo.w_en.eq(self.i.valid), self.i.ready.eq(fifo.w_rdy),
                      self.o.payload.eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy), fifo.r_en.eq(self.o.ready)]
         return m
+
+
+def check_engine(stages: list[StageSpec], plan: Plan, line_rows: int | None = None) -> None:
+    """Raise HwError if :class:`LayerEngine` cannot be built from these arguments
+    (call it first to fail without creating any Amaranth object)."""
+    if len(plan.stages) != len(stages):
+        raise HwError(f"plan has {len(plan.stages)} stage foldings for {len(stages)} stages")
+    for spec in stages:
+        if spec.needs_window:
+            SlidingWindowGenerator.check(spec.height, spec.width, spec.kernel, spec.stride, spec.padding, line_rows)
 
 
 class LayerEngine(wiring.Component):
@@ -65,8 +75,7 @@ class LayerEngine(wiring.Component):
     """
 
     def __init__(self, stages: list[StageSpec], plan: Plan, line_rows: int | None = None):
-        if len(plan.stages) != len(stages):
-            raise HwError(f"plan has {len(plan.stages)} stage foldings for {len(stages)} stages")
+        check_engine(stages, plan, line_rows)
         self.stages, self.plan, self.line_rows = list(stages), plan, line_rows
         # Build the sub-units now so that their parameters (FIFO depths, buffer sizes) can be reported.
         self.input_fifo = _StreamFIFO(stages[0].in_pixel_bits, INPUT_FIFO_DEPTH)
@@ -128,12 +137,16 @@ def tucker2_engine(stages: list[StageSpec], multipliers: int | None = None, **kw
     """U1 -> G -> U2 engine with a planner-chosen folding."""
     if len(stages) != 3:
         raise HwError(f"a Tucker-2 engine needs 3 stages (U1, G, U2), got {len(stages)}")
-    return LayerEngine(stages, plan_folding(stages, multipliers), **kw)
+    plan = plan_folding(stages, multipliers)
+    check_engine(stages, plan, kw.get("line_rows"))
+    return LayerEngine(stages, plan, **kw)
 
 
 def dense_engine(stage: StageSpec, multipliers: int | None = None, **kw) -> LayerEngine:
     """Dense-conv baseline: sliding window + one folded MVU, planner-chosen folding."""
-    return LayerEngine([stage], plan_folding([stage], multipliers), **kw)
+    plan = plan_folding([stage], multipliers)
+    check_engine([stage], plan, kw.get("line_rows"))
+    return LayerEngine([stage], plan, **kw)
 
 
 def build_engine(artifact, layer_name: str, multipliers: int | None = None, *,
@@ -141,4 +154,6 @@ def build_engine(artifact, layer_name: str, multipliers: int | None = None, *,
     """The engine of one artifact layer (tucker2, lowrank, conv or linear) for a budget
     (see :func:`hw.planner.plan_folding`)."""
     stages = layer_stages(artifact, layer_name)
-    return LayerEngine(stages, plan_folding(stages, multipliers, min_utilisation=min_utilisation), **kw)
+    plan = plan_folding(stages, multipliers, min_utilisation=min_utilisation)
+    check_engine(stages, plan, kw.get("line_rows"))
+    return LayerEngine(stages, plan, **kw)

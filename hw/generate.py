@@ -17,7 +17,9 @@ JSON description (``format: "elrt-hw-description"``, ``version: 1``):
     ``{"name", "op", "stages"}`` of the artifact layer.
 ``ports``
     ``{"clk", "rst", "in": {"valid", "ready", "payload", "width"}, "out": {...}}``;
-    names exactly as in the Verilog module header. ``rst`` is synchronous, active high.
+    names exactly as in the Verilog module header.
+``reset``
+    ``{"port", "synchronous": true, "active_high": true, "note"}``.
 ``payload``
     ``{"in": layout, "out": layout}`` with layout ``{"shape": [C, H, W], "channels",
     "bits", "signed", "width", "beats_per_frame", "order", "channel_lsb"}``: one beat is
@@ -44,7 +46,7 @@ from pathlib import Path
 
 from artifact import Artifact, ArtifactError, load_artifact
 
-from .engine import LayerEngine
+from .engine import LayerEngine, check_engine
 from .planner import plan_folding
 from .spec import HwError, layer_stages
 
@@ -78,8 +80,10 @@ def describe(engine: LayerEngine, layer: dict, top: str, verilog_file: str | Non
         "top": top,
         "verilog": verilog_file,
         "layer": {"name": layer["name"], "op": layer["op"], "stages": [s.name for s in engine.stages]},
-        "ports": {"clk": "clk", "rst": "rst", "reset": "synchronous, active high",
+        "ports": {"clk": "clk", "rst": "rst",
                   "in": port("pix_in", first.in_pixel_bits), "out": port("pix_out", last.out_pixel_bits)},
+        "reset": {"port": "rst", "synchronous": True, "active_high": True,
+                  "note": "one cycle of reset returns the engine to the start of a frame"},
         "payload": {"in": _layout(first.in_ch, first.height, first.width, first.in_bits, first.in_signed),
                     "out": _layout(last.out_ch, last.out_height, last.out_width, last.out_bits, last.out_signed)},
         "folding": engine.describe(),
@@ -122,6 +126,7 @@ def generate(artifact, layer_name: str, multipliers: int | None = None, out_dir=
     layer = art.layer(layer_name)
     stages = layer_stages(art, layer_name)
     plan = plan_folding(stages, multipliers, min_utilisation=min_utilisation)
+    check_engine(stages, plan, line_rows)
     engine = LayerEngine(stages, plan, line_rows=line_rows)
     top = top or top_name_for(layer_name)
     out = Path(out_dir)

@@ -269,7 +269,7 @@ class MatrixVectorUnit(wiring.Component):
         else:
             results = [a[:ob] for a in accs]
             r_done, r_nf = done, done_nf
-        group = Cat(*[r.as_value()[:ob] if hasattr(r, "as_value") else r[:ob] for r in results])
+        group = Cat(*[r[:ob] for r in results])           # PE results, channel nf*PE + pe at pe*ob
 
         # ---- collect NF groups into one pixel, push to the FIFO -----------------------
         gw = PE * ob

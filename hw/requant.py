@@ -9,7 +9,7 @@ Bit-exact with :func:`artifact.golden.requantize`:
 """
 from __future__ import annotations
 
-from amaranth import Mux, Signal, Module, signed, unsigned, Shape
+from amaranth import Module, Mux, Shape, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

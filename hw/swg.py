@@ -21,7 +21,7 @@ window per ``kernel + 1`` cycles (:func:`swg_period`); one input pixel per cycle
 """
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -68,22 +68,27 @@ class SlidingWindowGenerator(wiring.Component):
 
     def __init__(self, channels: int, height: int, width: int, bits: int, kernel: int, stride: int = 1,
                  padding: int = 0, rows: int | None = None):
-        if padding >= kernel:
-            raise HwError(f"sliding window: padding {padding} must be smaller than kernel {kernel}")
+        self.out_height, self.out_width, self.rows = self.check(height, width, kernel, stride, padding, rows)
         self.channels, self.height, self.width, self.bits = channels, height, width, bits
         self.kernel, self.stride, self.padding = kernel, stride, padding
-        self.out_height = _out_size(height, kernel, stride, padding)
-        self.out_width = _out_size(width, kernel, stride, padding)
-        if self.out_height < 1 or self.out_width < 1:
-            raise HwError(f"sliding window: a {kernel}x{kernel} kernel does not fit a {height}x{width} image")
-        self.rows = rows or default_rows(kernel, stride)
-        if self.rows < kernel + max(stride, 1):
-            raise HwError(f"sliding window: needs at least kernel+stride={kernel + stride} line buffers, "
-                          f"got {self.rows}")
         super().__init__({
             "pix_in": In(stream.Signature(unsigned(channels * bits))),
             "win_out": Out(stream.Signature(unsigned(kernel * kernel * channels * bits))),
         })
+
+    @staticmethod
+    def check(height: int, width: int, kernel: int, stride: int, padding: int,
+              rows: int | None = None) -> tuple[int, int, int]:
+        """Validate a geometry; return ``(out_height, out_width, rows)`` or raise HwError."""
+        if padding >= kernel:
+            raise HwError(f"sliding window: padding {padding} must be smaller than kernel {kernel}")
+        oh, ow = _out_size(height, kernel, stride, padding), _out_size(width, kernel, stride, padding)
+        if oh < 1 or ow < 1:
+            raise HwError(f"sliding window: a {kernel}x{kernel} kernel does not fit a {height}x{width} image")
+        rows = rows or default_rows(kernel, stride)
+        if rows < kernel + stride:
+            raise HwError(f"sliding window: needs at least kernel+stride={kernel + stride} line buffers, got {rows}")
+        return oh, ow, rows
 
     @property
     def buffer_bits(self) -> int:

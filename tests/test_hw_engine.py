@@ -12,7 +12,7 @@ pytest.importorskip("amaranth")
 
 from artifact.synth import random_conv, random_tucker2  # noqa: E402
 from hw.engine import LayerEngine, build_engine  # noqa: E402
-from hw.planner import fixed_folding, plan_folding  # noqa: E402
+from hw.planner import fixed_folding  # noqa: E402
 from hw.simulate import simulate_layer  # noqa: E402
 from hw.spec import layer_stages  # noqa: E402
 
@@ -100,6 +100,13 @@ def test_lowrank_linear_layer():
     validate(manifest, tensors)
     art = Artifact(manifest, tensors)
     _check(art, "fc", 4, frames=5, bubble=0.3, stall=0.3)
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (3, 1)])
+def test_degenerate_frames(h, w):
+    """One-pixel and one-column frames: every window is mostly padding."""
+    art = random_tucker2(h * 3 + w, channels=2, out_channels=2, ranks=(2, 2), kernel=3, height=h, width=w)
+    _check(art, "t2", 9, frames=3, bubble=0.3, stall=0.3)
 
 
 def test_reset_mid_frame_recovers():

@@ -63,16 +63,35 @@ def test_cli_success_in_process(art_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["--layer", "nope"], "no layer 'nope'"),
-    (["--layer", "t2", "--multipliers", "2"], "too small"),
     (["--layer", "pool"], "op 'maxpool'"),
-    (["--layer", "t2", "--multipliers", "many"], "invalid int"),
 ])
 def test_cli_bad_input_one_line_exit_2(art_dir, tmp_path, args, needle):
+    """As a real process: exit status 2, one line on stderr, no traceback."""
     cmd = [sys.executable, "-m", "hw.generate", "--artifact", str(art_dir), "--out", str(tmp_path), *args]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert needle in r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--layer", "t2", "--multipliers", "2"], "too small"),
+    (["--layer", "t2", "--multipliers", "0"], "too small"),
+    (["--layer", "t2", "--line-rows", "2"], "line buffers"),
+    (["--layer", "pool"], "op 'maxpool'"),
+])
+def test_cli_bad_input_in_process(art_dir, tmp_path, capsys, args, needle):
+    assert main(["--artifact", str(art_dir), "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_cli_usage_error_one_line(art_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--artifact", str(art_dir), "--layer", "t2", "--multipliers", "many", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "invalid int" in err
 
 
 def test_missing_artifact_exit_2(tmp_path, capsys):
