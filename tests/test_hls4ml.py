@@ -165,7 +165,7 @@ def test_random_layer_csim_sweep(tmp_path, kind, kw, backend):
 
 
 def test_requant_ties_round_half_even(tmp_path):
-    """Every 10-bit input through a shift-2 requant: all tie cases, both signs, saturation at both ends."""
+    """All 2048 11-bit inputs through a shift-2 requant: every tie case, both signs, saturation at both ends."""
     x = _tensor([1024], 11, True, -2)
     layer = {"name": "r", "op": "requant", "inputs": ["input"], "in": x, "requant": {"shift": 2, "clamp": [-128, 127]},
              "out": _tensor([1024], 8, True, 0)}
@@ -194,6 +194,15 @@ def test_every_tucker2_layer_of_synthetic_network(tmp_path, small_net):
 def test_whole_network_csim_classes_identical(tmp_path, small_net):
     res = _assert_exact(small_net, tmp_path, backend="Vivado", batch=8)
     assert res.class_mismatches == 0 and res.golden.shape == (8, 10)
+    assert len(np.unique(res.golden.argmax(1))) > 1 or len(np.unique(res.golden)) > 8  # not a constant output
+
+
+def test_stream_exponents_follow_the_manifest(tmp_path):
+    """HLS reals are the model's reals: the output exponent equals the manifest's (both pool paths)."""
+    for pad in (0, 1):
+        net = random_network(1, channels=4, pool_padding=pad)
+        build = convert(net, tmp_path / str(pad))
+        assert build.output.exponent == net.layer(net.manifest["output"])["out"]["exponent"]
 
 
 @pytest.mark.slow

@@ -18,17 +18,18 @@ maxpool             MaxPooling2D (padding: an explicit ZeroPadding2D, exact for
                     unsigned inputs only)
 global_sum_pool     GlobalAveragePooling2D when H*W is a power of two (the mean is
                     the sum with the exponent lowered by log2(H*W)); otherwise a
-                    H x W Conv2D with an identity kernel
+                    H x W Conv2D with an identity kernel times 2**-divisor_log2
 ==================  ===========================================================
 
 Exponents: a stream holds integers ``q`` as reals ``q * 2**e``. ``e`` starts at the
 manifest's input exponent and follows the integer arithmetic: ``e_acc = e_in + e_w``,
-``e_out = e_acc + shift``. It equals the manifest's exponent everywhere except after a
-power-of-two global pool, where it is lower by log2(H*W); integers are unaffected.
+``e_out = e_acc + shift``; a global pool lowers it by log2(H*W) (power of two) or by the
+layer's ``divisor_log2``. For the exporter's artifacts it therefore equals the manifest's
+exponent everywhere (HLS reals are the model's reals); where it does not, only the real
+scale differs, never the integers.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,7 @@ class _Builder:
         w = np.asarray(self.tensors[stage["weight"]], dtype=np.int64)
         b = self.tensors[stage["bias"]] if stage.get("bias") else None
         if len(x.shape) != 3:
-            raise HLSConversionError(f"{where}: a conv stage needs a [C, H, W] input, got shape {list(x.shape)}")
+            raise HLSConversionError(f"{where}: a conv stage needs a [C, H, W] input, got {list(x.shape)}")
         groups = int(stage.get("groups", 1))
         if groups > 1:  # exact: a dense kernel whose off-group blocks are zero
             cout, cg = w.shape[:2]
@@ -273,18 +274,20 @@ class _Builder:
                        "data_format": "channels_last", "in_height": h, "in_width": w, "n_filt": c},
                       accum=fixed(sum_bits + k, x.exponent - k, True), result=res)
             return Stream(var, (c,), res.width, res.signed, e_out)
-        # H*W not a power of two: the sum as an H x W convolution with an identity kernel.
-        e_out = x.exponent + shift
+        # H*W not a power of two: the sum as an H x W convolution with an identity kernel
+        # scaled by 2**-divisor_log2 (the exporter's mean scale; integers are unaffected).
+        k = int(layer.get("divisor_log2", 0))
+        e_out = x.exponent - k + shift
         res = requant_type(layer["requant"]["clamp"], e_out, where)
         weight = np.zeros((h, w, c, c))
-        weight[:, :, np.arange(c), np.arange(c)] = 1.0
+        weight[:, :, np.arange(c), np.arange(c)] = 2.0 ** -k
         self._add({"name": var, "class_name": "Conv2D", "inputs": [x.var], "data_format": "channels_last",
                    "weight_data": weight, "bias_data": np.zeros(c),
                    "in_height": h, "in_width": w, "n_chan": c, "n_filt": c, "filt_height": h, "filt_width": w,
                    "stride_height": 1, "stride_width": 1, "out_height": 1, "out_width": 1,
                    "pad_top": 0, "pad_bottom": 0, "pad_left": 0, "pad_right": 0},
-                  weight=fixed(2, 0, True), bias=fixed(1, x.exponent, True),
-                  accum=fixed(sum_bits, x.exponent, True), result=res)
+                  weight=fixed(2, -k, True), bias=fixed(1, x.exponent - k, True),
+                  accum=fixed(sum_bits, x.exponent - k, True), result=res)
         rv = self._name(var + "_flat")
         self._add({"name": rv, "class_name": "Reshape", "inputs": [var], "target_shape": [c]}, result=res)
         return Stream(rv, (c,), res.width, res.signed, e_out)

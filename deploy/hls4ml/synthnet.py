@@ -109,9 +109,10 @@ def random_network(seed: int = 0, *, size: int = 8, channels: int = 8, classes: 
     o = layers[-1]["out"]
     n = o["shape"][1] * o["shape"][2]
     gshift = max(0, (n * int_range(o["bits"], False)[1]).bit_length() - act_bits)
-    layers.append({"name": "gap", "op": "global_sum_pool", "inputs": ["rq"], "in": dict(o),
+    k = math.ceil(math.log2(n))  # as the exporter: sum * 2**-k (a mean for n = 2**k)
+    layers.append({"name": "gap", "op": "global_sum_pool", "inputs": ["rq"], "in": dict(o), "divisor_log2": k,
                    "requant": {"shift": gshift, "clamp": list(int_range(act_bits, False))},
-                   "out": _tensor([o["shape"][0]], act_bits, False, o["exponent"] + gshift)})
+                   "out": _tensor([o["shape"][0]], act_bits, False, o["exponent"] - k + gshift)})
 
     u1, t1 = _linear_stage(rng, "u1", "fc.u1.weight", layers[-1]["out"], 6, weight_bits=weight_bits,
                            out_bits=act_bits, out_signed=True, bias=False)
