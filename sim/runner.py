@@ -43,7 +43,7 @@ def build(design: dict, build_dir, *, waves: bool = False, log_file=None) -> flo
     # header) fails to compile ("Vtop__pch.h.fast: linker input file not found").
     os.environ["MAKEFLAGS"] = "OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0 CFG_CXXFLAGS_PCH_I=-include"
     args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0"]
-    if waves:
+    if waves and fst_supported():
         args.append("--trace-fst")
     cache = _runtime_cache(waves)
     _restore_runtime_after_verilation(runner, cache, build_dir)
@@ -116,6 +116,22 @@ def _save_runtime(cache: Path, build_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fst_supported() -> bool:
+    """Verilator's FST writer needs the lz4 headers (Debian: liblz4-dev). Without them
+    waves are written as VCD (dump.vcd) instead, with a warning."""
+    import subprocess
+    import sys
+    try:
+        ok = subprocess.run(["c++", "-E", "-x", "c++", "-"], input="#include <lz4.h>\n", capture_output=True,
+                            text=True, timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    if not ok:
+        sys.stderr.write("sim: warning: FST waveforms need the lz4 headers (apt-get install liblz4-dev); "
+                         "writing VCD (dump.vcd) instead\n")
+    return ok
+
+
 def run(plan: dict, build_dir, test_dir, *, waves: bool = False, log_file=None,
         testcase: str | None = None) -> list[dict]:
     """Run the testbench on a built design; return the per-test records (see tb_engine)."""
@@ -128,23 +144,31 @@ def run(plan: dict, build_dir, test_dir, *, waves: bool = False, log_file=None,
     plan_path = test_dir / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=1))
     pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    runner.test(
-        test_module=TB_MODULE,
-        hdl_toplevel=plan["design"]["top"],
-        hdl_toplevel_lang="verilog",
-        build_dir=Path(build_dir),
-        test_dir=test_dir,
-        testcase=testcase,
-        seed=int(plan["seed"]),
-        extra_env={"ELRT_SIM_PLAN": str(plan_path), "PYTHONPATH": pythonpath,
-                   "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")},
-        waves=waves,
-        timescale=("1ns", "1ps"),
-        log_file=log_file,
-        results_xml=str(test_dir / "results.xml"),
-    )
+    exit_code = 0
+    try:
+        _test(runner,
+              test_module=TB_MODULE,
+              hdl_toplevel=plan["design"]["top"],
+              hdl_toplevel_lang="verilog",
+              build_dir=Path(build_dir),
+              test_dir=test_dir,
+              testcase=testcase,
+              seed=int(plan["seed"]),
+              extra_env={"ELRT_SIM_PLAN": str(plan_path), "PYTHONPATH": pythonpath,
+              "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")},
+              waves=waves,
+              timescale=("1ns", "1ps"),
+              log_file=log_file,
+              results_xml=str(test_dir / "results.xml"),)
+    except SystemExit as e:     # cocotb's runner exits on failing tests (under pytest) or a crash
+        exit_code = e.code
     recs = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     if not recs:
         recs = [{"test": "(testbench)", "name": plan["name"], "seed": plan["seed"], "passed": False,
-                 "error": f"the testbench recorded nothing; see {log_file or test_dir}"}]
+                 "error": f"the testbench recorded nothing (exit status {exit_code}); see {log_file or test_dir}"}]
     return recs
+
+
+def _test(runner, **kw):
+    """``runner.test`` (a function so that the SystemExit above is caught around it only)."""
+    return runner.test(**kw)

@@ -155,16 +155,23 @@ def _record(plan: dict, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
-def _timing(bench: Bench, sent, beats, frames: int) -> dict:
-    """Cycles per frame, latency and utilisation from the handshake cycle stamps."""
+def _timing(bench: Bench, sent, beats, frames: int, steady: bool = True) -> dict:
+    """Cycles per frame, latency and utilisation from the handshake cycle stamps.
+
+    ``steady``: cycles per frame is the distance between the last beats of the first
+    and last frames over the frames between them (the steady state, for runs without
+    stalls); otherwise it is first input beat to last output beat over the frames.
+    """
     out_pix = int(np.prod(bench.out_spec["shape"][1:]))
     last = [beats[(f + 1) * out_pix - 1].cycle for f in range(frames) if (f + 1) * out_pix <= len(beats)]
     first_in = sent[0].cycle if sent else 0
     latency = (last[0] - first_in + 1) if last else None
-    if len(last) >= 2:
+    if steady and len(last) >= 2:
         cpf = (last[-1] - last[0]) / (len(last) - 1)
+    elif last:
+        cpf = (last[-1] - first_in + 1) / len(last)
     else:
-        cpf = latency
+        cpf = None
     ideal = None
     macs, mults = bench.plan.get("macs"), bench.design.get("multipliers")
     if macs and mults:
@@ -204,11 +211,14 @@ async def _run_frames(dut, test: str, frames: int, bubble: float, backpressure: 
         # Drain: any further beat would be a duplicate or an invented one.
         await ClockCycles(bench.clk, max(64, int(np.prod(bench.in_spec["shape"][1:])) * 2))
         sink_task.cancel()
-        rec.update(_timing(bench, src.sent, sink.beats, frames))
+        rec.update(_timing(bench, src.sent, sink.beats, frames, steady=not (bubble or backpressure)))
         bench.check(sink, want, mons, rec)
         rec["passed"] = True
     except Mismatch as e:
         rec["error"] = str(e)
+        raise
+    except Exception as e:                       # a testbench or simulator problem: say so
+        rec["error"] = f"{type(e).__name__}: {e}"
         raise
     finally:
         _record(plan, rec)
@@ -243,7 +253,8 @@ async def reset_mid_frame(dut):
         # Part of a frame, with stalls, so that every stage holds some state when reset hits.
         x0, _ = bench.frames(1, salt=3)
         words0 = bench.words(x0)
-        cut = bench.rng.randrange(1, len(words0))
+        # (a one-pixel frame is sent whole: the reset then hits while it is being computed)
+        cut = bench.rng.randrange(1, max(2, len(words0)))
         src = StreamSource(bench.inp, bench.clk, PERIOD_NS, bench.rng, rec["bubble"])
         sink = StreamSink(bench.out, bench.clk, PERIOD_NS, bench.rng, rec["backpressure"], name="output")
         task = cocotb.start_soon(sink.run())
@@ -276,6 +287,9 @@ async def reset_mid_frame(dut):
         rec["passed"] = True
     except Mismatch as e:
         rec["error"] = str(e)
+        raise
+    except Exception as e:                       # a testbench or simulator problem: say so
+        rec["error"] = f"{type(e).__name__}: {e}"
         raise
     finally:
         _record(plan, rec)
