@@ -52,7 +52,8 @@ def choose_ranks(cfg: dict, in_shape, num_classes: int) -> dict:
     target = cfg.get("flops_reduction")
     if target is None:
         raise RankError("give flops_reduction, ranks, or dense: true")
-    return select_ranks(specs, float(target), extra_macs=flops.extra_macs(factory))
+    return select_ranks(specs, float(target), extra_macs=flops.extra_macs(factory),
+                        multiple=int(cfg.get("rank_multiple", 1)))
 
 
 def build(cfg: dict, in_shape, num_classes: int, ranks: dict | None = None) -> Built:

@@ -79,9 +79,10 @@ def plot(path: str, epochs: list[dict], title: str = "", fold_epoch: int | None 
         plt.close(fig)
 
 
-def write_all(run_dir: str, record: dict, title: str = "", fold_epoch: int | None = None) -> None:
-    """metrics.json (``record``), metrics.csv and curves.png (``record['epochs']``)."""
+def write_all(run_dir: str, record: dict, title: str = "", fold_epoch: int | None = None,
+              with_plot: bool = True) -> None:
+    """metrics.json (``record``), metrics.csv and (``with_plot``) curves.png (``record['epochs']``)."""
     write_json(os.path.join(run_dir, "metrics.json"), record)
     write_csv(os.path.join(run_dir, "metrics.csv"), record["epochs"])
-    if record["epochs"]:
+    if with_plot and record["epochs"]:
         plot(os.path.join(run_dir, "curves.png"), record["epochs"], title, fold_epoch)

@@ -4,6 +4,8 @@ Start from a uniform ratio alpha (R1 = round(alpha*C), R2 = round(alpha*N) for k
 convs; R = round(alpha*min(C, N)) for 1x1 convs and linear layers), bisect alpha, then
 refine single ranks by +-1 (largest-MACs layers first) until the network's reduction
 dense_MACs / low-rank_MACs is as close to the target as the integer ranks allow.
+With ``multiple=m`` every rank is a multiple of m (or the full channel count) and the
+moves are +-m.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ def _max_ranks(s: LayerSpec) -> tuple:
     return (s.cin, s.cout) if s.kind == "conv" and s.kernel > 1 else (min(s.cin, s.cout),)
 
 
-def _uniform(s: LayerSpec, alpha: float) -> tuple:
+def _uniform(s: LayerSpec, alpha: float, multiple: int = 1) -> tuple:
+    def rank(channels):
+        lo = min(multiple, channels)
+        return max(lo, min(channels, multiple * round(alpha * channels / multiple)))
     if s.kind == "conv" and s.kernel > 1:
-        return (max(1, min(s.cin, round(alpha * s.cin))), max(1, min(s.cout, round(alpha * s.cout))))
-    m = min(s.cin, s.cout)
-    return (max(1, min(m, round(alpha * m))),)
+        return (rank(s.cin), rank(s.cout))
+    return (rank(min(s.cin, s.cout)),)
 
 
 def reduction(specs: list[LayerSpec], ranks: dict, extra_macs: int = 0) -> float:
@@ -53,16 +57,21 @@ def check_ranks(specs: list[LayerSpec], ranks: dict) -> None:
 
 
 def select_ranks(specs: list[LayerSpec], target: float, tolerance: float = TOLERANCE,
-                 extra_macs: int = 0) -> dict:
+                 extra_macs: int = 0, multiple: int = 1) -> dict:
     """Ranks for every factorizable layer so that ``reduction`` is within ``tolerance``
     (relative) of ``target``. ``extra_macs``: MACs outside the layers (attention
-    products, ``flops.extra_macs(factory)``). Raises RankError when the target cannot be met."""
+    products, ``flops.extra_macs(factory)``). ``multiple``: make every rank a multiple of
+    this (or the layer's full channel count), e.g. 8 for SIMD lanes / PE arrays: on a
+    CPU, ranks off the vector width waste lanes (see bench/train_speed.py).
+    Raises RankError when the target cannot be met."""
+    if not (isinstance(multiple, int) and multiple >= 1):
+        raise RankError(f"rank multiple must be a positive integer, got {multiple!r}")
     layers = [s for s in specs if s.factorizable]
     if not layers:
         raise RankError("this model has no factorizable layer")
     if not target > 1.0:
         raise RankError(f"--flops-reduction must be greater than 1, got {target}")
-    floor = {s.name: tuple(1 for _ in _max_ranks(s)) for s in layers}
+    floor = {s.name: tuple(min(multiple, lim) for lim in _max_ranks(s)) for s in layers}
     best_possible = reduction(specs, floor, extra_macs)
     if target > best_possible * (1 + tolerance):
         raise RankError(f"a {target}x FLOPs reduction is impossible for this model: rank 1 everywhere "
@@ -70,12 +79,12 @@ def select_ranks(specs: list[LayerSpec], target: float, tolerance: float = TOLER
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if reduction(specs, {s.name: _uniform(s, mid) for s in layers}, extra_macs) >= target:
+        if reduction(specs, {s.name: _uniform(s, mid, multiple) for s in layers}, extra_macs) >= target:
             lo = mid
         else:
             hi = mid
-    ranks = {s.name: _uniform(s, lo) for s in layers}
-    ranks = _refine(specs, layers, ranks, target, extra_macs)
+    ranks = {s.name: _uniform(s, lo, multiple) for s in layers}
+    ranks = _refine(specs, layers, ranks, target, extra_macs, multiple)
     got = reduction(specs, ranks, extra_macs)
     if abs(got - target) > tolerance * target:
         raise RankError(f"cannot reach a {target}x FLOPs reduction within {tolerance:.0%} with integer "
@@ -83,18 +92,18 @@ def select_ranks(specs: list[LayerSpec], target: float, tolerance: float = TOLER
     return ranks
 
 
-def _refine(specs, layers, ranks, target, extra_macs: int = 0, max_steps: int = 500) -> dict:
-    """Greedy +-1 rank moves that bring the reduction closest to ``target``."""
+def _refine(specs, layers, ranks, target, extra_macs: int = 0, multiple: int = 1, max_steps: int = 500) -> dict:
+    """Greedy +-``multiple`` rank moves that bring the reduction closest to ``target``."""
     ranks = dict(ranks)
     err = abs(reduction(specs, ranks, extra_macs) - target)
     for _ in range(max_steps):
         best = None
         for s in sorted(layers, key=dense_macs, reverse=True):
             for i, lim in enumerate(_max_ranks(s)):
-                for step in (1, -1):
+                for step in (multiple, -multiple):
                     r = list(ranks[s.name])
-                    r[i] += step
-                    if not 1 <= r[i] <= lim:
+                    r[i] = min(r[i] + step, lim)
+                    if not min(multiple, lim) <= r[i] <= lim or r[i] == ranks[s.name][i]:
                         continue
                     cand = {**ranks, s.name: tuple(r)}
                     e = abs(reduction(specs, cand, extra_macs) - target)

@@ -49,6 +49,7 @@ from model.data import DataError
 from model.ranks import RankError
 
 USER_ERRORS = (UsageError, DataError, RankError)
+PLOT_EVERY_S = 30.0          # curves.png is redrawn at most this often during a run (and at its end)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -226,16 +227,14 @@ def _resume_config(cfg: dict, overrides: dict, ck: dict, run_dir: str) -> dict:
         raise ckpt.CheckpointError(f"checkpoint configuration in {run_dir} is not usable: {e}") from None
 
 
-def _export(run_dir: str) -> str | None:
+def _export(run_dir: str) -> str:
+    """Write the integer deployment artifact of the finished run (``run_dir/artifact``)."""
+    from model.export import ExportError, export_run
     try:
-        from model.export import export_run
-    except ModuleNotFoundError as e:
-        if e.name in ("model.export",):
-            print("export skipped: model/export.py is not available in this checkout (run with --no-export "
-                  "to silence this)", file=sys.stderr)
-            return None
-        raise
-    return str(export_run(run_dir))
+        return str(export_run(run_dir))
+    except ExportError as e:
+        raise UsageError(f"export failed: {e} (the trained run is saved in {run_dir}; retry with "
+                         f"python -m model.export {run_dir})") from None
 
 
 # ----------------------------------------------------------------------------- training
@@ -374,13 +373,14 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
 
     from tqdm import tqdm
     stopped = False
+    last_plot = time.time()
     for epoch in range(start_epoch, cfg["epochs"]):
         if not folded and epoch >= fold_at:
             n = fold(model)
             folded = True
             net = wrap(model)
             opt = make_optimizer(model, cfg)
-            say(f"epoch {epoch}: folded {n} BatchNorm layers into their convs; optimizer rebuilt")
+            say(f"after epoch {epoch}: folded {n} BatchNorm layers into their convs; optimizer rebuilt")
         t0 = time.time()
         sampler.set_epoch(epoch)
         aug_gen = data_mod.augment_generator(cfg["seed"], epoch, d.rank)
@@ -424,13 +424,16 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
             f"  test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  reg {row['reg']:.3g}  lr {lr:.3g}  {dt:.1f}s"
             + ("  [BN folded]" if folded else ""))
         save_checkpoint(epoch + 1)
-        if d.main:
+        stopped = bool(cfg["stop_after"]) and epoch + 1 == cfg["stop_after"] and epoch + 1 < cfg["epochs"]
+        if d.main:                                # the plot at most every PLOT_EVERY_S, and at the end
+            last = epoch + 1 == cfg["epochs"] or stopped
+            with_plot = last or time.time() - last_plot >= PLOT_EVERY_S
             metrics.write_all(run_dir, {**record, "epochs": history, "train_time_s": train_time},
-                              f"{cfg['model']} {cfg['data']}", fold_at)
+                              f"{cfg['model']} {cfg['data']}", fold_at, with_plot)
+            last_plot = time.time() if with_plot else last_plot
         _barrier(d)
-        if cfg["stop_after"] and epoch + 1 == cfg["stop_after"] and epoch + 1 < cfg["epochs"]:
+        if stopped:
             say(f"stopping after epoch {epoch + 1} as asked (--stop-after); continue with --resume {run_dir}")
-            stopped = True
             break
 
     if not stopped and not folded:
@@ -445,12 +448,16 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
              "bn_folded": folded, "bn_folded_check": is_folded(model), "train_time_s": train_time}
     artifact = None
     if not stopped and cfg["export"] and d.main:
-        artifact = _export(run_dir)
+        if cfg["quant"]:
+            artifact = _export(run_dir)
+        else:
+            say("export skipped: a float (--no-quant) model has no integer artifact")
     wall = time.time() - t_start
     final.update(artifact=artifact, wall_time_s=wall)
     if d.main:
         metrics.write_all(run_dir, {**record, "epochs": history, "train_time_s": train_time, "final": final},
-                          f"{cfg['model']} {cfg['data']}", fold_at)
+                          f"{cfg['model']} {cfg['data']}", fold_at,
+                          with_plot=not os.path.exists(os.path.join(run_dir, "curves.png")))
     _barrier(d)
     say(f"{'stopped' if stopped else 'done'}: test accuracy {100 * test_acc:.2f}% after {len(history)} epochs; "
         f"inference FLOPs reduction {totals['inference_reduction']:.2f}x; {wall:.1f}s; run folder {run_dir}"

@@ -106,7 +106,7 @@ def _internal_streams(desc: dict) -> list[dict]:
     A stage's output pixels (same beat format as the engine ports) are seen on its
     own ``pix_out`` or, equivalently, on the next unit's input (``<next>_swg.pix_in``
     or ``<next>_mvu.vec_in`` for a 1x1 stage). Every candidate is listed; the
-    testbench uses the first whose three handles exist and skips a stage otherwise.
+    testbench uses the first whose three handles exist and fails when none does.
     The last stage is the engine output, checked anyway.
     """
     layer = _first(desc, "layer", default={}) or {}

@@ -96,6 +96,10 @@ class Bench:
                 cocotb.start_soon(mon.run())
                 mons.append((rec["stage"], mon))
                 break
+            else:
+                raise AttributeError(f"stage {rec['stage']}: none of its internal stream candidates "
+                                     f"{[c[0] for c in rec['candidates']]} exists in the RTL; the engine's "
+                                     f"hierarchy changed, update sim/design.py:_internal_streams")
         return mons
 
     def check(self, sink: StreamSink, want: np.ndarray, mons, rec: dict) -> None:
