@@ -200,7 +200,10 @@ def load_trained_model(run_dir):
             "regularizer": cfg.get("regularizer"), "epochs": int(ck["epoch"]), "bn_folded": bool(ck["bn_folded"]),
             "inference_reduction": float(built.totals["inference_reduction"]),
             "test_acc": float(history[-1]["test_acc"]) if history else None,
-            "seed": cfg.get("seed"), "run_dir": os.path.abspath(run_dir)}
+            "seed": cfg.get("seed"), "run": os.path.basename(os.path.abspath(run_dir))}
+    from .data import preprocess
+    if preprocess(cfg.get("data")):
+        info["preprocess"] = preprocess(cfg.get("data"))
     return model, cfg, in_shape, info
 
 

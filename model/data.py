@@ -30,6 +30,16 @@ SPLIT_SEED = 20240119          # digits train/test split: fixed, independent of 
 DIGITS_TEST_FRACTION = 0.2
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def preprocess(name: str) -> dict | None:
+    """How a raw image becomes the network input: ``x = (pixel / scale - mean[c]) / std[c]``
+    (recorded in the artifact manifest so host tools can prepare images)."""
+    if name == "digits":
+        return {"scale": 16.0, "mean": [0.5], "std": [0.5]}
+    if name == "cifar10":
+        return {"scale": 255.0, "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
+    return None
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_FILES = CIFAR_TRAIN_FILES + ("test_batch", "batches.meta")
 

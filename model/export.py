@@ -15,7 +15,7 @@ Brevitas module into integer tensors and manifest records:
 The emitter also records *taps*: which module call produces each artifact tensor,
 so :func:`qat_intermediates` can read the QAT model's integers for comparison.
 
-CLI: ``python -m model.export RUN_DIR [--out DIR]``.
+CLI: ``python -m model.export RUN_DIR [--out DIR] [--qonnx FILE]``.
 """
 from __future__ import annotations
 
@@ -258,27 +258,33 @@ def qat_intermediates(model: nn.Module, x: torch.Tensor, taps: dict) -> dict:
     return result
 
 
-def export_run(run_dir, out: str | Path | None = None) -> Path:
-    """Export the final model of a training run; writes ``out`` (default RUN_DIR/artifact)."""
+def export_run(run_dir, out: str | Path | None = None, qonnx: str | Path | None = None) -> Path:
+    """Export the final model of a training run; writes ``out`` (default RUN_DIR/artifact)
+    and, if ``qonnx`` is a path, the same model as a QONNX graph there."""
     from .checkpoint import load_trained_model  # training-side loader (torch)
 
     run_dir = Path(run_dir)
     model, cfg, in_shape, info = load_trained_model(run_dir)
     manifest, tensors, _ = export_model(model, in_shape, info)
-    return save_artifact(Path(out) if out else run_dir / "artifact", manifest, tensors)
+    path = save_artifact(Path(out) if out else run_dir / "artifact", manifest, tensors)
+    if qonnx:
+        from . import qonnx_export
+        qonnx_export.export(model, in_shape, qonnx)
+    return path
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.export", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a training run folder (holds checkpoint.pt and config.yaml)")
     parser.add_argument("--out", help="artifact directory to write (default RUN_DIR/artifact)")
+    parser.add_argument("--qonnx", metavar="FILE", help="also write the QAT model as QONNX (FINN/hls4ml interchange)")
     args = parser.parse_args(argv)
     try:
-        path = export_run(args.run_dir, args.out)
+        path = export_run(args.run_dir, args.out, args.qonnx)
     except (ExportError, ArtifactError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"artifact written to {path}")
+    print(f"artifact written to {path}" + (f"; QONNX graph written to {args.qonnx}" if args.qonnx else ""))
     return 0
 
 

