@@ -1,0 +1,133 @@
+"""FPGA benchmark: the default model's largest Tucker-2 layer vs the dense engine, placed and routed.
+
+    python bench/fpga.py [--artifact DIR] [--layer NAME] [--shape layer3|layer1] [--board ulx3s-85f]
+                         [--speed 8] [--clock-mhz 150] [--multipliers 64] [--asic] [--json FILE]
+
+Both engines (behind the same UART board top) are built for the same ECP5 part with
+the open flow (:mod:`deploy.fpga.build`): LFE5U-85F speed grade 8 by default, the
+design clock from a PLL at ``--clock-mhz`` so that nextpnr optimises for it. The
+dense engine gets the same multiplier budget. Printed: LUT / FF / DSP / BRAM, Fmax,
+cycles per frame and frames per second at Fmax for both, their ratios, build times
+and the machine it ran on (``--asic`` adds the generic-gate estimate).
+
+The artifact: the newest ``runs/*/artifact`` if there is one, else the trained default
+model's fixture (tests/fixtures/resnet20_digits; its largest Tucker-2 layer by MACs is
+layer1.0.conv1, 16 -> 12 -> 12 -> 16 at 8x8), else (or with ``--random``) a random Tucker-2
+layer shaped like ResNet-20-on-8x8-digits' (``--shape layer3``: 64 -> 64 channels,
+ranks 38 x 38, 2 x 2 image; ``--shape layer1``: 16 -> 16, ranks 9 x 9, 8 x 8). The
+dense twin is a random 3 x 3 conv of the same shape and bit widths (its weights do
+not matter for resources or timing).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {"layer3": dict(channels=64, out_channels=64, ranks=(38, 38), height=2, width=2),
+          "layer1": dict(channels=16, out_channels=16, ranks=(9, 9), height=8, width=8)}
+
+
+def _artifact(args, work: Path):
+    from artifact import load_artifact, save_artifact
+    from artifact.synth import random_tucker2
+    if args.artifact:
+        return Path(args.artifact), args.layer, "given"
+    runs = sorted(glob.glob(str(ROOT / "runs" / "*" / "artifact" / "manifest.yaml")), key=os.path.getmtime)
+    if runs:
+        return Path(runs[-1]).parent, args.layer, "trained (newest runs/*/artifact)"
+    fixture = ROOT / "tests" / "fixtures" / "resnet20_digits"
+    if (fixture / "manifest.yaml").is_file() and not args.random:
+        return fixture, args.layer, "trained default model (tests/fixtures/resnet20_digits)"
+    art = random_tucker2(0, name=args.shape, **SHAPES[args.shape])
+    return save_artifact(work / args.shape, art.manifest, art.tensors), args.shape, \
+        f"random_tucker2 shaped like ResNet-20 {args.shape} ({SHAPES[args.shape]})"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--artifact")
+    ap.add_argument("--layer")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="layer3")
+    ap.add_argument("--random", action="store_true", help="use the random --shape layer even if a trained artifact exists")
+    ap.add_argument("--board", default="ulx3s-85f")
+    ap.add_argument("--speed", default="8")
+    ap.add_argument("--clock-mhz", type=float, default=150.0)
+    ap.add_argument("--multipliers", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default=None, help="build folder (default: a temporary one)")
+    ap.add_argument("--asic", action="store_true", help="also the yosys generic-gate estimate of both engines")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    from artifact import load_artifact, save_artifact
+    from deploy.fpga.asic import asic_estimate, dense_twin
+    from deploy.fpga.build import build, default_layer, machine
+
+    work = Path(args.out or tempfile.mkdtemp(prefix="elrt-bench-fpga-"))
+    art_dir, layer, origin = _artifact(args, work)
+    art = load_artifact(art_dir)
+    layer = layer or default_layer(art)
+    dense = dense_twin(art, layer)
+    dense_dir = save_artifact(work / f"{layer}_dense", dense.manifest, dense.tensors)
+    print(f"artifact: {art_dir} ({origin}); layer {layer}")
+    print(f"part: board {args.board}, speed grade {args.speed}, design clock {args.clock_mhz:g} MHz (PLL); "
+          f"multiplier budget {args.multipliers}")
+    m = machine()
+    print(f"machine: {m['host']} {m['cpu']} {m['cores']} cores, load average {os.getloadavg()[0]:.1f}")
+    recs = {}
+    for name, d, l in (("tucker2", art_dir, layer), ("dense", dense_dir, f"{layer}_dense")):
+        t0 = time.monotonic()
+        rec = build(args.board, d, l, work / "fpga", multipliers=args.multipliers, clock_mhz=args.clock_mhz,
+                    speed=args.speed, seed=args.seed, log=lambda *a: None)
+        rec["wall_s"] = round(time.monotonic() - t0, 1)
+        if args.asic:
+            rec["asic"] = asic_estimate(d, l, work / "asic", multipliers=args.multipliers)
+        recs[name] = rec
+        print(f"  built {name} in {rec['wall_s']:.0f} s")
+
+    def res(r, k):
+        v = r["resources"].get(k)
+        return v["used"] if v else 0
+
+    def fmax(r):
+        pll = [c for n, c in r["clocks"].items() if "pll" in n]
+        return (pll or list(r["clocks"].values()))[0]["fmax_mhz"]
+
+    rows = [("multipliers", lambda r: r["multipliers"]), ("LUTs", lambda r: res(r, "lut")),
+            ("FFs", lambda r: res(r, "ff")), ("DSP (MULT18X18D)", lambda r: res(r, "dsp")),
+            ("BRAM (DP16KD)", lambda r: res(r, "bram")), ("Fmax MHz", fmax),
+            ("cycles/frame", lambda r: r["cycles_per_frame"]),
+            ("frames/s at Fmax", lambda r: fmax(r) * 1e6 / r["cycles_per_frame"]),
+            ("build s", lambda r: r["build_s"])]
+    if args.asic:
+        rows.append(("ASIC GE", lambda r: r["asic"]["ge"]))
+    t, d = recs["tucker2"], recs["dense"]
+    print(f"\n{'':20s} {'Tucker-2':>12s} {'dense':>12s} {'dense/T2':>9s}")
+    table = {}
+    for label, f in rows:
+        a, b = f(t), f(d)
+        table[label] = {"tucker2": a, "dense": b}
+        ratio = f"{b / a:9.2f}" if a else "        -"
+        fmt = (lambda v: f"{v:12.1f}") if isinstance(a, float) else (lambda v: f"{v:12d}" if isinstance(v, int)
+                                                                     else f"{v:12.1f}")
+        print(f"{label:20s} {fmt(a)} {fmt(b)} {ratio}")
+    for name, r in recs.items():
+        print(f"{name}: timing at {args.clock_mhz:g} MHz {'met' if r['timing_pass'] else 'NOT met'}; "
+              f"critical path from {r['critical_path'][0]['start'] if r['critical_path'] else '?'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"table": table, "reports": recs, "machine": m, "artifact": str(art_dir),
+                                               "origin": origin}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

