@@ -3,7 +3,9 @@
 ``python -m model.verify RUN_DIR [--artifact DIR] [--limit N]`` prints the QAT model's
 test accuracy next to the integer (golden) model's, the number of mismatching
 elements over every tapped tensor (input, each U1/G/U2 stage, every layer, logits)
-and whether the predicted classes are identical; it writes RUN_DIR/verify.json.
+and whether the predicted classes are identical; it writes RUN_DIR/verify.json and the
+integer test inputs and labels (RUN_DIR/test_inputs.npy, test_labels.npy) that the
+hardware and HLS tools can replay.
 Exit status 0 only when nothing mismatches.
 
 The QAT model runs in float64 so that its arithmetic on power-of-two-scaled integers
@@ -26,6 +28,12 @@ from . import data as data_mod
 from .checkpoint import atomic_write_text, load_trained_model
 from .config import UsageError
 from .export import ExportError, export_model, qat_intermediates
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
 
 
 def verify_run(run_dir, artifact_dir=None, limit: int = 0, batch_size: int = 256) -> dict:
@@ -62,6 +70,8 @@ def verify_run(run_dir, artifact_dir=None, limit: int = 0, batch_size: int = 256
         mismatches["logits"] += int((logits != qat["logits"]).sum())
         pred_qat.append(qat["logits"].argmax(1))
         pred_int.append(gold[art.manifest["output"]].argmax(1))
+    _save_npy(run_dir / "test_inputs.npy", golden.quantize_input(x_all.numpy(), art.manifest["input"]))
+    _save_npy(run_dir / "test_labels.npy", y_all.numpy())
     y = y_all.numpy()
     pred_qat32, pred_qat, pred_int = map(np.concatenate, (pred_qat32, pred_qat, pred_int))
     report = {

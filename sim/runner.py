@@ -136,7 +136,7 @@ def run(plan: dict, build_dir, test_dir, *, waves: bool = False, log_file=None,
         testcase: str | None = None) -> list[dict]:
     """Run the testbench on a built design; return the per-test records (see tb_engine)."""
     runner = _runner()
-    test_dir = Path(test_dir)
+    test_dir = Path(test_dir).resolve()     # the simulator runs inside test_dir
     test_dir.mkdir(parents=True, exist_ok=True)
     results = test_dir / "results.jsonl"
     results.unlink(missing_ok=True)
@@ -150,7 +150,7 @@ def run(plan: dict, build_dir, test_dir, *, waves: bool = False, log_file=None,
               test_module=TB_MODULE,
               hdl_toplevel=plan["design"]["top"],
               hdl_toplevel_lang="verilog",
-              build_dir=Path(build_dir),
+              build_dir=Path(build_dir).resolve(),
               test_dir=test_dir,
               testcase=testcase,
               seed=int(plan["seed"]),

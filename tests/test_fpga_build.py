@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def test_design_too_large_for_the_part(tmp_path):
     _needs_tools()
     art = random_tucker2(0, channels=8, out_channels=8, ranks=(4, 4), height=6, width=6, name="t2")
     path = save_artifact(tmp_path / "art", art.manifest, art.tensors)
-    r = subprocess.run(["python", "-m", "deploy.fpga", "bitstream", "--board", "icebreaker", "--artifact", str(path),
+    r = subprocess.run([sys.executable, "-m", "deploy.fpga", "bitstream", "--board", "icebreaker", "--artifact", str(path),
                         "--multipliers", "24", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 2
