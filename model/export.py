@@ -250,10 +250,9 @@ def qat_intermediates(model: nn.Module, x: torch.Tensor, taps: dict) -> dict:
     result = {}
     for name, (module, call) in taps.items():
         out = calls[module][call]
-        if hasattr(out, "int"):
-            result[name] = out.int().cpu().numpy().astype(np.int64)
-        else:  # maxpool of a float tensor: recover integers from the input quantizer's scale
-            result[name] = out
+        if not hasattr(out, "int"):
+            raise ExportError(f"{name}: the QAT model produces a float tensor here, not a quantized one")
+        result[name] = out.int().cpu().numpy().astype(np.int64)
     result["logits"] = logits.cpu().numpy()
     return result
 

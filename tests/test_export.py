@@ -117,3 +117,44 @@ def test_float_model_refuses_to_export():
     fold_batchnorm(b.model)
     with pytest.raises(ExportError, match="not a Brevitas activation quantizer"):
         export_model(b.model, (1, 8, 8))
+
+
+def _model_bit_exact(name, in_shape, classes=5, batch=4, steps=1):
+    b = build({"model": name, "flops_reduction": 2.0}, in_shape, classes)
+    model = calibrate_and_fold(b.model, in_shape, steps=steps)
+    manifest, art, qat, gold, mismatches = _compare(model, in_shape, batch=batch)
+    assert sum(mismatches.values()) == 0, {k: v for k, v in mismatches.items() if v}
+    logits = gold[manifest["output"]] * 2.0 ** manifest["layers"][-1]["out"]["exponent"]
+    assert np.array_equal(logits, qat["logits"])
+    return manifest, qat, gold, mismatches
+
+
+def test_mobilenetv2_every_stage_and_logits_bit_exact():
+    manifest, qat, gold, mismatches = _model_bit_exact("mobilenetv2", (3, 16, 16))
+    layers = {l["name"]: l for l in manifest["layers"]}
+    assert {l["op"] for l in manifest["layers"]} == {"conv", "lowrank", "requant", "add", "global_sum_pool",
+                                                      "linear"}
+    dw = layers["layer2.0.dw"]  # depthwise: dense, one group per channel
+    assert dw["op"] == "conv" and dw["groups"] == dw["in"]["shape"][0] == dw["out"]["shape"][0]
+    assert any(l["op"] == "lowrank" and n.endswith((".expand", ".project")) for n, l in layers.items())
+    assert len([l for l in manifest["layers"] if l["op"] == "add"]) == 10  # every residual block
+    assert len(mismatches) > 100
+
+
+def test_resnet18_with_maxpool_every_stage_and_logits_bit_exact():
+    manifest, qat, gold, mismatches = _model_bit_exact("resnet18", (3, 16, 16))
+    assert {l["op"] for l in manifest["layers"]} == {"conv", "maxpool", "tucker2", "requant", "add",
+                                                      "global_sum_pool", "linear"}
+    pool = next(l for l in manifest["layers"] if l["op"] == "maxpool")
+    assert (pool["kernel"], pool["stride"], pool["padding"]) == (3, 2, 1)
+    assert pool["out"]["shape"] == [64, 4, 4] and pool["out"]["exponent"] == pool["in"]["exponent"]
+    assert qat["maxpool"].dtype == np.int64 and len(np.unique(gold["maxpool"])) > 1
+    assert len(mismatches) > 60
+
+
+@pytest.mark.slow
+def test_resnet50_bottlenecks_every_stage_and_logits_bit_exact():
+    manifest, qat, gold, mismatches = _model_bit_exact("resnet50", (3, 16, 16), batch=2)
+    names = {l["name"] for l in manifest["layers"]}
+    assert {"layer1.0.conv3", "layer1.0.shortcut", "layer4.2.add", "maxpool"} <= names
+    assert len(mismatches) > 140

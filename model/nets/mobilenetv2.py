@@ -31,6 +31,7 @@ class InvertedResidual(nn.Module):
     def __init__(self, f: LayerFactory, name: str, cin: int, cout: int, stride: int, expansion: int):
         super().__init__()
         qc, hidden = f.qc, cin * expansion
+        self.name = name
         self.expand = (ConvBN(f.conv(f"{name}.expand", cin, hidden, 1), hidden, quant.relu(qc))
                        if expansion != 1 else nn.Identity())
         self.dw = ConvBN(f.conv(f"{name}.dw", hidden, hidden, 3, stride, 1, groups=hidden), hidden,
@@ -45,6 +46,16 @@ class InvertedResidual(nn.Module):
         if self.residual:
             y = self.out_quant(y + self.res_quant(x))
         return y
+
+    def export(self, e, x: str) -> str:
+        n = self.name
+        h = x if isinstance(self.expand, nn.Identity) else e.conv(f"{n}.expand", self.expand, x)
+        h = e.conv(f"{n}.dw", self.dw, h)
+        y = e.conv(f"{n}.project", self.project, h, out_quant=self.res_quant, call=0)
+        if not self.residual:
+            return y
+        sc = e.requant(f"{n}.shortcut", x, self.res_quant, call=1)
+        return e.add(f"{n}.add", y, sc, self.out_quant)
 
 
 class MobileNetV2(nn.Module):
@@ -76,6 +87,14 @@ class MobileNetV2(nn.Module):
     def forward(self, x):
         x = self.head(self.blocks(self.stem(self.input_quant(x))))
         return quant.value(self.fc(self.pool(x)))
+
+    def export(self, e) -> str:
+        """Describe the integer dataflow to a :class:`model.export.Emitter`."""
+        x = e.conv("conv1", self.stem, e.input(self.input_quant))
+        for block in self.blocks:
+            x = block.export(e, x)
+        x = e.conv("conv_last", self.head, x)
+        return e.linear("fc", self.fc, e.global_pool("pool", x, self.pool))
 
 
 def build(name: str, f: LayerFactory, num_classes: int, in_channels: int, **options) -> MobileNetV2:

@@ -27,6 +27,7 @@ class _Residual(nn.Module):
 
     def _tail(self, f: LayerFactory, name: str, cin: int, cout: int, stride: int, factorize_shortcut: bool):
         qc = f.qc
+        self.name = name
         self.res_quant = quant.act(qc, signed=True)
         self.shortcut = None
         if stride != 1 or cin != cout:
@@ -38,6 +39,16 @@ class _Residual(nn.Module):
         y = self.res_quant(self.body(x))
         sc = self.res_quant(x if self.shortcut is None else self.shortcut(x))
         return self.out_relu(y + sc)
+
+    def export(self, e, x: str) -> str:
+        n, units = self.name, list(self.body)
+        h = x
+        for i, unit in enumerate(units[:-1], start=1):
+            h = e.conv(f"{n}.conv{i}", unit, h)
+        y = e.conv(f"{n}.conv{len(units)}", units[-1], h, out_quant=self.res_quant, call=0)
+        sc = (e.requant(f"{n}.shortcut", x, self.res_quant, call=1) if self.shortcut is None
+              else e.conv(f"{n}.shortcut", self.shortcut, x, out_quant=self.res_quant, call=1))
+        return e.add(f"{n}.add", y, sc, self.out_relu)
 
 
 class BasicBlock(_Residual):
@@ -95,6 +106,14 @@ class ImageNetResNet(nn.Module):
     def forward(self, x):
         x = self.blocks(self.maxpool(self.stem(self.input_quant(x))))
         return quant.value(self.fc(self.pool(x)))
+
+    def export(self, e) -> str:
+        """Describe the integer dataflow to a :class:`model.export.Emitter`."""
+        x = e.conv("conv1", self.stem, e.input(self.input_quant))
+        x = e.maxpool("maxpool", x, self.maxpool)
+        for block in self.blocks:
+            x = block.export(e, x)
+        return e.linear("fc", self.fc, e.global_pool("pool", x, self.pool))
 
 
 def build(name: str, f: LayerFactory, num_classes: int, in_channels: int, **options) -> ImageNetResNet:
