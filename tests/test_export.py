@@ -63,7 +63,7 @@ def test_resnet20_every_stage_and_logits_bit_exact():
 
 
 def test_artifact_round_trip_without_torch(tmp_path):
-    b = build({"model": "resnet20", "flops_reduction": 3.0, "weight_bits": 4, "act_bits": 5}, (1, 8, 8), 10)
+    b = build({"model": "resnet8", "flops_reduction": 3.0, "weight_bits": 4, "act_bits": 5}, (1, 8, 8), 10)
     model = calibrate_and_fold(b.model, (1, 8, 8))
     manifest, tensors, _ = export_model(model, (1, 8, 8))
     save_artifact(tmp_path / "a", manifest, tensors)
