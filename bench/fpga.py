@@ -37,7 +37,7 @@ SHAPES = {"layer3": dict(channels=64, out_channels=64, ranks=(38, 38), height=2,
 
 
 def _artifact(args, work: Path):
-    from artifact import load_artifact, save_artifact
+    from artifact import save_artifact
     from artifact.synth import random_tucker2
     if args.artifact:
         return Path(args.artifact), args.layer, "given"

@@ -35,6 +35,7 @@ import amaranth  # noqa: E402
 from artifact.synth import random_conv, random_tucker2  # noqa: E402
 from hw.engine import build_engine  # noqa: E402
 from hw.simulate import simulate_layer  # noqa: E402
+from host import cpu_model  # noqa: E402  (bench/host.py)
 
 # (label, tucker2 kwargs, extra "balanced" budgets for layers whose stage ratio 64/128/256 cannot balance)
 LAYERS = [
@@ -49,15 +50,7 @@ LAYERS = [
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python "
+    return (f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python "
             f"{platform.python_version()}, amaranth {amaranth.__version__} (pysim)")
 
 

@@ -33,21 +33,13 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.build import build  # noqa: E402
+from host import cpu_model, load_average  # noqa: E402  (bench/host.py)
 
 
 def hardware() -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "load_average": [round(v, 2) for v in load] if load else None}
+            "load_average": load_average()}
 
 
 def make(dense: bool, shape, quant: bool, reduction: float, multiple: int = 1):

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth import Array, Const, Elaboratable, Module, Signal, unsigned
+from amaranth import Array, Const, Elaboratable, Module, Signal
 from amaranth.hdl import Assert, Assume, Cover
 
 from .toolchain import ToolError, sby_command

@@ -13,7 +13,6 @@ with the requantizer rounding half up instead of half to even.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import traceback

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from artifact import Artifact, golden, load_artifact, save_artifact, validate
+from artifact import Artifact, golden, save_artifact, validate
 from artifact.bounds import worst_case_input_row
 from model.blocks import fold_batchnorm
 from model.build import build

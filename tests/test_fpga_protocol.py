@@ -17,7 +17,6 @@ def test_crc8_is_crc8_smbus():
 
 
 def test_crc8_hardware_expression_matches_table():
-    from amaranth import Const
     from amaranth.sim import Simulator
     from amaranth import Module, Signal
     from deploy.fpga.link import crc8_next

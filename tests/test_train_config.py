@@ -1,5 +1,4 @@
 """Configuration: defaults < --config file < command line; validation; exit code 2 on bad input."""
-import os
 
 import pytest
 import yaml
