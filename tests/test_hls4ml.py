@@ -2,7 +2,7 @@
 
 Each C-simulation case compiles an HLS project with g++ (~10 s for a layer, ~45 s for
 the small network); the default set compiles 7 projects, the rest is @pytest.mark.slow.
-A trained artifact is picked up from $ELRT_ARTIFACT or runs/*/artifact (slow tests).
+Trained artifacts: tests/fixtures/resnet20_digits, $ELRT_ARTIFACT and runs/*/artifact.
 """
 from __future__ import annotations
 
@@ -25,8 +25,12 @@ from deploy.hls4ml.synthnet import random_network  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+FIXTURE = ROOT / "tests" / "fixtures" / "resnet20_digits"    # the default trained model
+
+
 def _trained_artifacts():
-    found = [Path(os.environ["ELRT_ARTIFACT"])] if os.environ.get("ELRT_ARTIFACT") else []
+    found = [FIXTURE]
+    found += [Path(os.environ["ELRT_ARTIFACT"])] if os.environ.get("ELRT_ARTIFACT") else []
     found += sorted(p for p in ROOT.glob("runs/*/artifact") if (p / "manifest.yaml").is_file())
     return found
 
@@ -217,6 +221,11 @@ def test_whole_network_non_power_of_two_pool_vitis(tmp_path):
 def test_whole_network_low_bits_resource_strategy(tmp_path):
     net = random_network(2, channels=4, act_bits=4, weight_bits=3, b2_stride=1)
     _assert_exact(net, tmp_path, backend="Vivado", batch=8, strategy="Resource", reuse_factor=2)
+
+
+def test_trained_fixture_layer_csim_exact(tmp_path):
+    """One Tucker-2 layer of the default trained model (the rest: the slow test below)."""
+    _assert_exact(load_artifact(FIXTURE), tmp_path, layer="layer3.2.conv2", batch=4)
 
 
 @pytest.mark.slow
