@@ -11,9 +11,10 @@ folds, so one vector takes ``NF * SF`` cycles (one issue per cycle, no bubbles
 between vectors).
 
 Pipeline (every path registered): issue (weight ROM read, input slice register) ->
-multiply (registered products) -> adder tree (a register every ``tree_levels``
-levels) -> accumulate (with bias on the first fold) -> requantize (2 stages:
-rounding shift, clamp) -> collect the ``NF`` groups of ``PE`` results into one
+operand registers (ROM data and input slice registered again, so the block-RAM
+read and the multiplier each get a whole cycle) -> multiply (registered products)
+-> adder tree (a register every ``tree_levels`` levels) -> accumulate (with bias on
+the first fold) -> requantize (2 stages: rounding shift, clamp) -> collect the ``NF`` groups of ``PE`` results into one
 output pixel -> output FIFO.
 
 Flow control: the unit *reads its input in place*: it keeps ``vec_in.ready`` low
@@ -53,8 +54,9 @@ def _tree_regs(simd: int, levels: int = TREE_LEVELS) -> int:
 
 def mvu_latency(simd: int, requant: bool = True) -> int:
     """Cycles from issuing a vector's last fold to its output pixel entering the FIFO."""
-    # issue->ROM data (1), multiply register (1), tree registers, accumulator (1), requant (2)
-    return 1 + 1 + _tree_regs(simd) + 1 + (2 if requant else 0)
+    # issue->ROM data (1), operand registers (1), multiply register (1), tree registers,
+    # accumulator (1), requant (2)
+    return 1 + 1 + 1 + _tree_regs(simd) + 1 + (2 if requant else 0)
 
 
 def default_fifo_depth(cycles_per_vector: int, simd: int, requant: bool = True) -> int:
@@ -171,7 +173,7 @@ class MatrixVectorUnit(wiring.Component):
             return out
 
         n_tree = _tree_regs(SIMD)
-        acc_cycle = 2 + n_tree                  # cycle (after issue) at which the accumulator adds
+        acc_cycle = 3 + n_tree                  # cycle (after issue) at which the accumulator adds
         ctrl = ctrl_delay(go, sf == 0, sf == SF - 1, nf, acc_cycle)
 
         # weight ROM (synchronous read: data in cycle 1)
@@ -179,7 +181,11 @@ class MatrixVectorUnit(wiring.Component):
         if NF * SF > 1:
             rom = m.submodules.weights = Memory(shape=unsigned(rom_w), depth=NF * SF, init=self.weight_words())
             rp = rom.read_port(domain="sync")
-            m.d.comb += [rp.addr.eq(nf * SF + sf), rp.en.eq(1)]
+            # ROM address nf*SF + sf as a counter (no `index * constant` multiplier)
+            waddr = Signal(range(NF * SF))
+            with m.If(go):
+                m.d.sync += waddr.eq(Mux(last_fold, 0, waddr + 1))
+            m.d.comb += [rp.addr.eq(waddr), rp.en.eq(1)]
             wword = rp.data
         else:
             wword = Const(self.weight_words()[0], unsigned(rom_w))
@@ -189,18 +195,30 @@ class MatrixVectorUnit(wiring.Component):
         xs = self.vec_in.payload if SF == 1 else self.vec_in.payload.word_select(sf, SIMD * ib)
         m.d.sync += x_r.eq(xs)
 
+        # operand registers (cycle 2): the ROM output and the matching input slice are
+        # registered before the multipliers, so block-RAM clock-to-out and the multiply
+        # are in different cycles (the critical path of HW_REQUESTS item 0)
+        # (a single-word ROM is a constant and needs no register)
+        x_op = Signal(SIMD * ib)
+        m.d.sync += x_op.eq(x_r)
+        if NF * SF > 1:
+            w_op = Signal(rom_w)
+            m.d.sync += w_op.eq(wword)
+        else:
+            w_op = wword
+
         def elem(word, i, bits, is_signed):
             v = word[i * bits:(i + 1) * bits]
             return v.as_signed() if is_signed else v.as_unsigned()
 
-        # ---- multiply (registered products, cycle 2) -----------------------------------
+        # ---- multiply (registered products, cycle 3) -----------------------------------
         pw = min(wb + ib + (0 if s.in_signed else 1), s.tree_bits)
         products = []
         for pe in range(PE):
             row = []
             for j in range(SIMD):
                 p = Signal(signed(pw), name=f"p_{pe}_{j}")
-                m.d.sync += p.eq(elem(wword, pe * SIMD + j, wb, True) * elem(x_r, j, ib, s.in_signed))
+                m.d.sync += p.eq(elem(w_op, pe * SIMD + j, wb, True) * elem(x_op, j, ib, s.in_signed))
                 row.append(p)
             products.append(row)
 

@@ -170,8 +170,12 @@ class SlidingWindowGenerator(wiring.Component):
 
         issue = Signal()
         m.d.comb += issue.eq(((phase == 0) | handover) & ((kx != 0) | available))
-        col = x0 + kx
-        col_ok = (col >= 0) & (col < W)
+        # Read column `col = x0 + kx` and the in-image flags are kept in registers updated
+        # together with kx / x0 / y0 (next values from compares against constants and
+        # equality tests only), so the line-buffer read address is one mux after a register.
+        col = Signal.like(x0, init=-P)                  # always x0 + kx
+        col_ok = Signal(init=P == 0)                    # 0 <= col < W
+        row_ok = [Signal(name=f"row_ok_{ky}", init=0 <= ky - P < H) for ky in range(K)]  # 0 <= y0+ky < H
         for b in range(B):
             m.d.comb += [rports[b].addr.eq(Mux(col_ok, col, 0)), rports[b].en.eq(1)]
         # per kernel row: ring slot and whether the row is inside the image (registered for landing)
@@ -182,9 +186,8 @@ class SlidingWindowGenerator(wiring.Component):
         m.d.sync += [land_v.eq(issue), land_kx.eq(kx)]
         for ky in range(K):
             sl = slot_y0 + ky
-            row = y0 + ky
             m.d.sync += [land_slot[ky].eq(Mux(sl >= B, sl - B, sl)),
-                         land_ok[ky].eq(col_ok & (row >= 0) & (row < H))]
+                         land_ok[ky].eq(col_ok & row_ok[ky])]
         rdata = Array(rp.data for rp in rports)
         with m.If(land_v):
             for ky in range(K):
@@ -208,7 +211,7 @@ class SlidingWindowGenerator(wiring.Component):
             with m.If(kx == K - 1):
                 m.d.sync += kx.eq(0)
                 with m.If(ox == Wo - 1):
-                    m.d.sync += [ox.eq(0), x0.eq(-P)]
+                    m.d.sync += [ox.eq(0), x0.eq(-P), col.eq(-P), col_ok.eq(P == 0)]
                     with m.If(oy == Ho - 1):
                         m.d.comb += frame_read.eq(1)
                         # next frame: row 0 sits H rows further along the ring
@@ -217,13 +220,19 @@ class SlidingWindowGenerator(wiring.Component):
                         ny = nb_mod + ((B - P) % B)
                         m.d.sync += [oy.eq(0), y0.eq(-P), rbase.eq(nb_mod),
                                      slot_y0.eq(Mux(ny >= B, ny - B, ny))]
+                        m.d.sync += [row_ok[ky].eq(0 <= ky - P < H) for ky in range(K)]
                     with m.Else():
                         ns = slot_y0 + (S % B)
                         m.d.sync += [oy.eq(oy + 1), y0.eq(y0 + S), slot_y0.eq(Mux(ns >= B, ns - B, ns))]
+                        # 0 <= y0 + S + ky < H, compared against constants
+                        m.d.sync += [row_ok[ky].eq((y0 >= -S - ky) & (y0 < H - S - ky)) for ky in range(K)]
                 with m.Else():
-                    m.d.sync += [ox.eq(ox + 1), x0.eq(x0 + S)]
+                    m.d.sync += [ox.eq(ox + 1), x0.eq(x0 + S), col.eq(x0 + S),
+                                 col_ok.eq((x0 >= -S) & (x0 < W - S))]
             with m.Else():
-                m.d.sync += kx.eq(kx + 1)
+                # col steps by 1: it enters the image at -1 -> 0 and leaves it at W-1 -> W
+                m.d.sync += [kx.eq(kx + 1), col.eq(col + 1),
+                             col_ok.eq((col == -1) | (col_ok & (col != W - 1)))]
 
         with m.If(frame_written):
             m.d.sync += ahead.eq(1)
