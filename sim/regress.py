@@ -114,7 +114,7 @@ def run_case(case: dict, out_dir, *, waves: bool = False) -> dict:
     from artifact import load_artifact
     from . import runner
     t0 = time.monotonic()
-    work = Path(out_dir) / case["name"]
+    work = Path(out_dir).resolve() / case["name"]   # the simulator runs elsewhere: absolute paths only
     rec = {"case": case["name"], "layer": case["layer"], "seed": case["seed"], "config": case.get("synth"),
            "artifact": case.get("artifact"), "multiplier_budget": case.get("multipliers"),
            "inject": case.get("inject"), "passed": False, "tests": []}

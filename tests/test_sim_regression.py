@@ -8,6 +8,7 @@ The full regression is ``make -C hw sim``; its larger set is marked slow here.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,8 @@ SEED = 20240119
 @pytest.fixture(scope="module")
 def reduced(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim_reduced")
-    return run_cases(reduced_cases(SEED), out, jobs=2, seed=SEED, mode="reduced", progress=lambda _: None), out
+    rel = os.path.relpath(out)      # as `make -C hw sim` passes it: relative to the repository root
+    return run_cases(reduced_cases(SEED), rel, jobs=2, seed=SEED, mode="reduced", progress=lambda _: None), out
 
 
 def test_reduced_regression_passes_and_compares_every_element(reduced):
