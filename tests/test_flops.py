@@ -1,18 +1,9 @@
 """FLOPs accounting against hand-computed values (CIFAR ResNet-20, a Tucker-2 layer, ViT attention)."""
 import pytest
-import torch
 
 from model import flops
 from model.build import build
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 CIFAR = (3, 32, 32)

@@ -8,14 +8,6 @@ from model.layers import LowRankConv2d, LowRankLinear, Tucker2Conv2d, hosvd
 from model.quant import QuantConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 torch.manual_seed(0)
 

@@ -11,14 +11,6 @@ from model.quant import QuantConfig
 from model.ranks import RankError, reduction, select_ranks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # small inputs: CIFAR ResNets / MobileNetV2 8x8, ImageNet ResNets 32x32 (1x1 after /32)
 SMALL = {"resnet18": (3, 32, 32), "resnet34": (3, 32, 32), "resnet50": (3, 32, 32),

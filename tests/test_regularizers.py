@@ -7,14 +7,6 @@ from model import regularizers as reg
 from model.build import build
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 KINDS = ("dso", "so", "mc", "srip")
 SHAPES = [(6, 6), (9, 4), (3, 8)]          # square, tall (U2: N x R2), wide (U1: R1 x C)
