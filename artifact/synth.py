@@ -23,15 +23,14 @@ def conv_out_hw(h: int, w: int, kernel: int, stride: int, padding: int) -> tuple
     return (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
 
 
-def make_conv_stage(rng, name, weight_key, in_spec, cout, *, kernel=1, stride=1, padding=0, groups=1,
-                    weight_bits=8, out_bits=8, out_signed=True, bias=True, requant=True) -> tuple[dict, dict]:
-    """A random conv stage record and its tensors. ``in_spec`` is the input tensor record."""
-    cin, h, w = in_spec["shape"]
+def _random_stage(rng, stage: dict, weight_key, in_spec, weight_shape, out_hw: list, *, weight_bits, out_bits,
+                  out_signed, bias, requant) -> tuple[dict, dict]:
+    """Fill ``stage`` (name, kind, geometry) with random weights/bias, accumulator and requant."""
+    cout, fan_in = weight_shape[0], int(np.prod(weight_shape[1:]))
     wlo, whi = int_range(weight_bits, True)
-    weight = rng.integers(wlo + 1, whi + 1, size=(cout, cin // groups, kernel, kernel), dtype=np.int64)
+    weight = rng.integers(wlo + 1, whi + 1, size=weight_shape, dtype=np.int64)
     tensors = {weight_key: weight.astype(np.int8 if weight_bits <= 8 else np.int16)}
-    fan_in = cin // groups * kernel * kernel
-    x_lo, x_hi = int_range(in_spec["bits"], in_spec["signed"])
+    x_hi = int_range(in_spec["bits"], in_spec["signed"])[1]
     typical = math.sqrt(fan_in) * max(whi, 1) * max(x_hi, 1) / 2
     bias_key = None
     b = None
@@ -39,27 +38,40 @@ def make_conv_stage(rng, name, weight_key, in_spec, cout, *, kernel=1, stride=1,
         bias_key = weight_key.rsplit(".", 1)[0] + ".bias"
         b = rng.integers(-int(typical) - 1, int(typical) + 2, size=cout)
         tensors[bias_key] = b.astype(np.int32)
-    ho, wo = conv_out_hw(h, w, kernel, stride, padding)
     w_exp = -(weight_bits - 1)
     acc_exp = in_spec["exponent"] + w_exp
-    stage = {
-        "name": name, "kind": "conv", "weight": weight_key, "bias": bias_key,
-        "kernel": kernel, "stride": stride, "padding": padding, "groups": groups,
-        "in": dict(in_spec),
-        "weight_bits": weight_bits, "weight_exponent": w_exp,
-        "acc": {"bits": acc_bits(weight, b, in_spec["bits"], in_spec["signed"]), "exponent": acc_exp},
-    }
+    stage.update({"weight": weight_key, "bias": bias_key, "in": dict(in_spec),
+                  "weight_bits": weight_bits, "weight_exponent": w_exp,
+                  "acc": {"bits": acc_bits(weight, b, in_spec["bits"], in_spec["signed"]), "exponent": acc_exp}})
     if bias:
         stage["bias_bits"] = stage["acc"]["bits"]
     if requant:
         out_hi = int_range(out_bits, out_signed)[1]
         shift = max(0, round(math.log2(max(typical, 1) / max(out_hi, 1))) + 1)
         stage["requant"] = {"shift": shift, "clamp": list(int_range(out_bits, out_signed))}
-        stage["out"] = _tensor([cout, ho, wo], out_bits, out_signed, acc_exp + shift)
+        stage["out"] = _tensor([cout, *out_hw], out_bits, out_signed, acc_exp + shift)
     else:
         stage["requant"] = None
-        stage["out"] = _tensor([cout, ho, wo], stage["acc"]["bits"], True, acc_exp)
+        stage["out"] = _tensor([cout, *out_hw], stage["acc"]["bits"], True, acc_exp)
     return stage, tensors
+
+
+def make_conv_stage(rng, name, weight_key, in_spec, cout, *, kernel=1, stride=1, padding=0, groups=1,
+                    weight_bits=8, out_bits=8, out_signed=True, bias=True, requant=True) -> tuple[dict, dict]:
+    """A random conv stage record and its tensors. ``in_spec`` is the input tensor record."""
+    cin, h, w = in_spec["shape"]
+    stage = {"name": name, "kind": "conv", "kernel": kernel, "stride": stride, "padding": padding, "groups": groups}
+    return _random_stage(rng, stage, weight_key, in_spec, (cout, cin // groups, kernel, kernel),
+                         list(conv_out_hw(h, w, kernel, stride, padding)), weight_bits=weight_bits,
+                         out_bits=out_bits, out_signed=out_signed, bias=bias, requant=requant)
+
+
+def make_linear_stage(rng, name, weight_key, in_spec, cout, *, weight_bits=8, out_bits=8, out_signed=False,
+                      bias=True, requant=True) -> tuple[dict, dict]:
+    """A random linear stage record (``in_spec`` shape [C]) and its tensors."""
+    stage = {"name": name, "kind": "linear"}
+    return _random_stage(rng, stage, weight_key, in_spec, (cout, in_spec["shape"][0]), [], weight_bits=weight_bits,
+                         out_bits=out_bits, out_signed=out_signed, bias=bias, requant=requant)
 
 
 def _artifact(in_spec: dict, layers: list, tensors: dict, name: str) -> Artifact:

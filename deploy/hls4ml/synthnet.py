@@ -16,40 +16,10 @@ import math
 import numpy as np
 
 from artifact import Artifact, int_range
-from artifact.bounds import acc_bits, signed_bits
-from artifact.synth import _artifact, _tensor, make_conv_stage
+from artifact.bounds import signed_bits
+from artifact.synth import _artifact, _tensor, make_conv_stage, make_linear_stage
 
 __all__ = ["random_network"]
-
-
-def _linear_stage(rng, name, key, in_spec, cout, *, weight_bits=8, out_bits=8, out_signed=False, bias=True,
-                  requant=True):
-    cin = in_spec["shape"][0]
-    wlo, whi = int_range(weight_bits, True)
-    w = rng.integers(wlo + 1, whi + 1, size=(cout, cin), dtype=np.int64)
-    tensors = {key: w.astype(np.int8 if weight_bits <= 8 else np.int16)}
-    x_hi = int_range(in_spec["bits"], in_spec["signed"])[1]
-    typical = math.sqrt(cin) * whi * max(x_hi, 1) / 2
-    b = None
-    bias_key = None
-    if bias:
-        bias_key = key.rsplit(".", 1)[0] + ".bias"
-        b = rng.integers(-int(typical) - 1, int(typical) + 2, size=cout)
-        tensors[bias_key] = b.astype(np.int32)
-    w_exp = -(weight_bits - 1)
-    acc = {"bits": acc_bits(w, b, in_spec["bits"], in_spec["signed"]), "exponent": in_spec["exponent"] + w_exp}
-    stage = {"name": name, "kind": "linear", "weight": key, "bias": bias_key, "in": dict(in_spec),
-             "weight_bits": weight_bits, "weight_exponent": w_exp, "acc": acc}
-    if bias:
-        stage["bias_bits"] = acc["bits"]
-    if requant:
-        shift = max(0, round(math.log2(max(typical, 1) / int_range(out_bits, out_signed)[1])) + 1)
-        stage["requant"] = {"shift": shift, "clamp": list(int_range(out_bits, out_signed))}
-        stage["out"] = _tensor([cout], out_bits, out_signed, acc["exponent"] + shift)
-    else:
-        stage["requant"] = None
-        stage["out"] = _tensor([cout], acc["bits"], True, acc["exponent"])
-    return stage, tensors
 
 
 def _tucker2(rng, name, in_spec, cout, ranks, *, kernel=3, stride=1, act_bits=8, out_signed=False, wb=8):
@@ -114,14 +84,14 @@ def random_network(seed: int = 0, *, size: int = 8, channels: int = 8, classes: 
                    "requant": {"shift": gshift, "clamp": list(int_range(act_bits, False))},
                    "out": _tensor([o["shape"][0]], act_bits, False, o["exponent"] - k + gshift)})
 
-    u1, t1 = _linear_stage(rng, "u1", "fc.u1.weight", layers[-1]["out"], 6, weight_bits=weight_bits,
+    u1, t1 = make_linear_stage(rng, "u1", "fc.u1.weight", layers[-1]["out"], 6, weight_bits=weight_bits,
                            out_bits=act_bits, out_signed=True, bias=False)
-    u2, t2 = _linear_stage(rng, "u2", "fc.u2.weight", u1["out"], 12, weight_bits=weight_bits, out_bits=act_bits,
+    u2, t2 = make_linear_stage(rng, "u2", "fc.u2.weight", u1["out"], 12, weight_bits=weight_bits, out_bits=act_bits,
                            out_signed=False)
     layers.append({"name": "fc", "op": "lowrank", "inputs": ["gap"], "rank": [6], "in": dict(layers[-1]["out"]),
                    "out": u2["out"], "stages": [u1, u2]})
     tensors.update(t1); tensors.update(t2)
 
-    cls, t = _linear_stage(rng, "cls", "cls.weight", u2["out"], classes, weight_bits=weight_bits, requant=False)
+    cls, t = make_linear_stage(rng, "cls", "cls.weight", u2["out"], classes, weight_bits=weight_bits, requant=False)
     layers.append({**cls, "op": "linear", "inputs": ["fc"]}); tensors.update(t)
     return _artifact(x, layers, tensors, f"random_network_{seed}")
