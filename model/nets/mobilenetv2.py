@@ -79,10 +79,6 @@ class MobileNetV2(nn.Module):
         self.head = ConvBN(f.conv("conv_last", cin, last_channels, 1), last_channels, quant.relu(qc))
         self.pool = GlobalSumPool(quant.act(qc, signed=False))
         self.fc = f.linear("fc", last_channels, num_classes, factorizable=factorize_classifier)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x):
         x = self.head(self.blocks(self.stem(self.input_quant(x))))

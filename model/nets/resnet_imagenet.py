@@ -98,10 +98,6 @@ class ImageNetResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.pool = GlobalSumPool(quant.act(qc, signed=False))
         self.fc = f.linear("fc", cin, num_classes, factorizable=factorize_classifier)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x):
         x = self.blocks(self.maxpool(self.stem(self.input_quant(x))))
