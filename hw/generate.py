@@ -47,7 +47,7 @@ from pathlib import Path
 from artifact import Artifact, ArtifactError, load_artifact
 
 from .engine import LayerEngine, check_engine
-from .planner import plan_folding
+from .planner import DEFAULT_MIN_UTILISATION, plan_folding
 from .spec import HwError, layer_stages
 
 __all__ = ["generate", "describe", "top_name_for", "main", "DESCRIPTION_FORMAT"]
@@ -115,8 +115,9 @@ def generate(artifact, layer_name: str, multipliers: int | None = None, out_dir=
 
     ``artifact`` is an :class:`artifact.Artifact` or an artifact directory path.
     ``multipliers`` is the budget for the folding planner (default
-    :data:`hw.planner.DEFAULT_MULTIPLIERS`); ``min_utilisation`` lets the planner leave
-    multipliers unused to stay balanced (see :func:`hw.planner.plan_folding`).
+    :data:`hw.planner.DEFAULT_MULTIPLIERS`); ``min_utilisation`` is the planner's
+    utilisation floor (default :data:`hw.planner.DEFAULT_MIN_UTILISATION`, 0 for the
+    fastest folding; see :func:`hw.planner.plan_folding`).
     ``line_rows`` overrides the line buffers per sliding window. Raises ArtifactError /
     HwError (one line).
     """
@@ -135,7 +136,7 @@ def generate(artifact, layer_name: str, multipliers: int | None = None, out_dir=
     if art.path is not None:
         desc["artifact"] = str(art.path)
     desc["model"] = art.manifest.get("model", {}).get("name")
-    desc["multipliers"]["min_utilisation"] = min_utilisation
+    desc["multipliers"]["min_utilisation"] = DEFAULT_MIN_UTILISATION if min_utilisation is None else min_utilisation
     text = verilog.convert(engine, name=top, emit_src=False)
     _check_ports(text, top, desc)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--top", default=None, help="top module name (default elrt_<layer>)")
     ap.add_argument("--min-utilisation", type=float, default=None,
-                    help="only consider foldings within this fraction of the ideal cycles (0..1)")
+                    help="only consider foldings with at least this utilisation, ideal/cycles (0..1; "
+                         "default 1/1.05: cycles within 5%% of ideal; 0: fastest folding in the budget)")
     ap.add_argument("--line-rows", type=int, default=None, help="line buffers per sliding-window generator")
     args = ap.parse_args(argv)
     try:

@@ -6,9 +6,11 @@ output channel ``m``::
     y[m] = requant(bias[m] + sum_j W[m, j] * x[j])
 
 with ``PE`` output channels and ``SIMD`` input elements in parallel: ``PE * SIMD``
-multipliers, ``NF = out_ch / PE`` neuron folds and ``SF = in_elems / SIMD`` synapse
-folds, so one vector takes ``NF * SF`` cycles (one issue per cycle, no bubbles
-between vectors).
+multipliers, ``NF = ceil(out_ch / PE)`` neuron folds and ``SF = ceil(in_elems / SIMD)``
+synapse folds, so one vector takes ``NF * SF`` cycles (one issue per cycle, no bubbles
+between vectors). ``PE`` and ``SIMD`` need not divide: the weight matrix is padded
+with zero rows and columns to ``NF * PE`` x ``SF * SIMD`` and the input vector with
+zero elements, and the padded output channels are dropped (a partial last fold).
 
 Pipeline (every path registered): issue (weight ROM read, input slice register) ->
 operand registers (ROM data and input slice registered again, so the block-RAM
@@ -26,6 +28,8 @@ room for it (credit counter), so the pipeline itself never stalls.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
@@ -72,9 +76,9 @@ class MatrixVectorUnit(wiring.Component):
     spec : StageSpec
         The stage (weights in vector order, bias, widths, requant).
     pe : int
-        Output channels in parallel; must divide ``spec.out_ch``.
+        Output channels in parallel, ``1 <= pe <= spec.out_ch`` (need not divide it).
     simd : int
-        Input elements in parallel; must divide ``spec.in_elems``.
+        Input elements in parallel, ``1 <= simd <= spec.in_elems`` (need not divide it).
     fifo_depth : int or None
         Output FIFO depth (pixels); default :func:`default_fifo_depth`.
 
@@ -88,12 +92,12 @@ class MatrixVectorUnit(wiring.Component):
     """
 
     def __init__(self, spec: StageSpec, pe: int, simd: int, fifo_depth: int | None = None):
-        if pe < 1 or spec.out_ch % pe:
-            raise HwError(f"stage {spec.name!r}: PE={pe} does not divide out channels {spec.out_ch}")
-        if simd < 1 or spec.in_elems % simd:
-            raise HwError(f"stage {spec.name!r}: SIMD={simd} does not divide in elements {spec.in_elems}")
+        if not 1 <= pe <= spec.out_ch:
+            raise HwError(f"stage {spec.name!r}: PE={pe} must be between 1 and the {spec.out_ch} out channels")
+        if not 1 <= simd <= spec.in_elems:
+            raise HwError(f"stage {spec.name!r}: SIMD={simd} must be between 1 and the {spec.in_elems} in elements")
         self.spec, self.pe, self.simd = spec, pe, simd
-        self.nf, self.sf = spec.out_ch // pe, spec.in_elems // simd
+        self.nf, self.sf = -(-spec.out_ch // pe), -(-spec.in_elems // simd)
         self.fifo_depth = fifo_depth or default_fifo_depth(self.nf * self.sf, simd, spec.requant is not None)
         super().__init__({
             "vec_in": In(stream.Signature(unsigned(spec.in_elems * spec.in_bits))),
@@ -110,24 +114,24 @@ class MatrixVectorUnit(wiring.Component):
 
     def weight_words(self) -> list[int]:
         """ROM contents: word ``nf*SF + sf`` holds ``W[nf*PE + pe, sf*SIMD + j]`` at bit
-        offset ``(pe*SIMD + j) * weight_bits``."""
+        offset ``(pe*SIMD + j) * weight_bits`` (0 where the row or column is padding)."""
         s, wb = self.spec, self.spec.weight_bits
+        padded = np.zeros((self.nf * self.pe, self.sf * self.simd), dtype=np.int64)
+        padded[:s.out_ch, :s.in_elems] = s.weights
         words = []
         for nf in range(self.nf):
             for sf in range(self.sf):
-                word = 0
-                for pe in range(self.pe):
-                    for j in range(self.simd):
-                        w = s.weights[nf * self.pe + pe, sf * self.simd + j]
-                        word |= to_twos(w, wb) << ((pe * self.simd + j) * wb)
-                words.append(word)
+                block = padded[nf * self.pe:(nf + 1) * self.pe, sf * self.simd:(sf + 1) * self.simd]
+                words.append(sum(to_twos(w, wb) << (i * wb) for i, w in enumerate(block.ravel().tolist())))
         return words
 
     def bias_words(self) -> list[int]:
-        """Bias ROM contents: word ``nf`` holds ``bias[nf*PE + pe]`` at ``pe * acc_bits``."""
+        """Bias ROM contents: word ``nf`` holds ``bias[nf*PE + pe]`` at ``pe * acc_bits`` (0 for padding)."""
         s = self.spec
-        return [sum(to_twos(s.bias[nf * self.pe + pe], s.acc_bits) << (pe * s.acc_bits) for pe in range(self.pe))
-                for nf in range(self.nf)]
+        bias = np.zeros(self.nf * self.pe, dtype=np.int64)
+        bias[:s.out_ch] = s.bias
+        groups = bias.reshape(self.nf, self.pe).tolist()
+        return [sum(to_twos(b, s.acc_bits) << (pe * s.acc_bits) for pe, b in enumerate(g)) for g in groups]
 
     def elaborate(self, platform):
         m = Module()
@@ -136,7 +140,8 @@ class MatrixVectorUnit(wiring.Component):
         ib, wb, ob, ab = s.in_bits, s.weight_bits, s.out_bits, s.acc_bits
 
         # ---- output FIFO and credits -------------------------------------------------
-        fifo = m.submodules.fifo = SyncFIFOBuffered(width=s.out_ch * ob, depth=self.fifo_depth)
+        out_w = s.out_ch * ob
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=out_w, depth=self.fifo_depth)
         m.d.comb += [
             self.pix_out.payload.eq(fifo.r_data),
             self.pix_out.valid.eq(fifo.r_rdy),
@@ -192,7 +197,10 @@ class MatrixVectorUnit(wiring.Component):
 
         # input slice register (cycle 1)
         x_r = Signal(SIMD * ib)
-        xs = self.vec_in.payload if SF == 1 else self.vec_in.payload.word_select(sf, SIMD * ib)
+        vec = self.vec_in.payload
+        if SF * SIMD > s.in_elems:                      # zero elements for the partial last fold
+            vec = Cat(vec, Const(0, (SF * SIMD - s.in_elems) * ib))
+        xs = vec if SF == 1 else vec.word_select(sf, SIMD * ib)
         m.d.sync += x_r.eq(xs)
 
         # operand registers (cycle 2): the ROM output and the matching input slice are
@@ -291,11 +299,12 @@ class MatrixVectorUnit(wiring.Component):
 
         # ---- collect NF groups into one pixel, push to the FIFO -----------------------
         gw = PE * ob
+        # (the padded channels of a partial last group fall off the top of the FIFO word)
         if NF == 1:
-            m.d.comb += [fifo.w_data.eq(group), fifo.w_en.eq(r_done)]
+            m.d.comb += [fifo.w_data.eq(group[:out_w]), fifo.w_en.eq(r_done)]
         else:
             collect = Signal((NF - 1) * gw)
-            m.d.comb += [fifo.w_data.eq(Cat(collect, group)), fifo.w_en.eq(r_done & (r_nf == NF - 1))]
+            m.d.comb += [fifo.w_data.eq(Cat(collect, group)[:out_w]), fifo.w_en.eq(r_done & (r_nf == NF - 1))]
             with m.If(r_done & (r_nf != NF - 1)):
                 m.d.sync += collect.word_select(r_nf, gw).eq(group)
         return m

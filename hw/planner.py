@@ -2,16 +2,21 @@
 
 Cost model (what the engine achieves in steady state, frames back to back):
 
-* a stage with ``PE`` x ``SIMD`` multipliers takes ``T = (out_ch/PE) * (in_elems/SIMD)``
-  cycles per output pixel;
+* a stage with ``PE`` x ``SIMD`` multipliers takes
+  ``T = ceil(out_ch/PE) * ceil(in_elems/SIMD)`` cycles per output pixel (PE and SIMD
+  need not divide: the last fold is zero-padded, see :mod:`hw.mvu`);
 * a stage behind a sliding-window generator cannot take a window more often than
   once per :func:`hw.swg.swg_period` cycles, so its period is ``max(T, kernel + 1)``;
 * the stages run concurrently, so a frame takes ``max_i(vectors_i * period_i)`` cycles.
 
-The planner minimises cycles per frame within the budget, then multipliers (so no
-stage gets multipliers it cannot use), then prefers wide SIMD over many PEs (fewer
-accumulators and requantizers). The ideal for the multipliers used is
-``total MACs / multipliers``; the ratio of the two is the utilisation.
+The ideal for the multipliers used is ``total MACs / multipliers``; the ratio of
+the two is the utilisation. The planner returns the fastest plan within the budget
+whose utilisation is at least ``min_utilisation`` (default
+:data:`DEFAULT_MIN_UTILISATION`: cycles within 5% of the ideal, i.e. balanced
+stages), using the fewest multipliers for that speed, then wide SIMD over many PEs
+(fewer accumulators and requantizers). So it may leave part of the budget unused
+rather than add multipliers that would mostly wait; ``min_utilisation=0`` asks for
+the fastest plan regardless.
 """
 from __future__ import annotations
 
@@ -20,14 +25,19 @@ from dataclasses import asdict, dataclass
 from .spec import HwError, StageSpec
 from .swg import swg_period
 
-__all__ = ["DEFAULT_MULTIPLIERS", "StageFold", "Plan", "stage_options", "plan_folding", "fixed_folding"]
+__all__ = ["DEFAULT_MULTIPLIERS", "DEFAULT_MIN_UTILISATION", "StageFold", "Plan", "stage_options", "plan_folding", "fixed_folding"]
 
 #: Budget used when none is given.
 DEFAULT_MULTIPLIERS = 64
 
+#: Utilisation floor used when none is given: cycles per frame within 5% of the ideal.
+DEFAULT_MIN_UTILISATION = 1 / 1.05
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+
+def _fold_widths(n: int) -> list[int]:
+    """The parallel widths worth building for ``n`` elements: for each fold count
+    ``f`` the narrowest width that needs only ``f`` folds, ``ceil(n / f)``."""
+    return sorted({-(-n // f) for f in range(1, n + 1)})
 
 
 @dataclass(frozen=True)
@@ -37,8 +47,8 @@ class StageFold:
     stage: str
     pe: int
     simd: int
-    nf: int                     # out_ch / pe
-    sf: int                     # in_elems / simd
+    nf: int                     # ceil(out_ch / pe)
+    sf: int                     # ceil(in_elems / simd)
     cycles_per_vector: int      # nf * sf
     period: int                 # cycles between output pixels (>= cycles_per_vector)
     vectors: int                # output pixels per frame
@@ -76,11 +86,12 @@ class Plan:
 
 
 def fold(spec: StageSpec, pe: int, simd: int) -> StageFold:
-    """Cost of one stage folded ``pe`` x ``simd`` (HwError if they do not divide)."""
-    if pe < 1 or spec.out_ch % pe or simd < 1 or spec.in_elems % simd:
-        raise HwError(f"stage {spec.name!r}: PE={pe} must divide {spec.out_ch} out channels and "
-                      f"SIMD={simd} must divide {spec.in_elems} in elements")
-    nf, sf = spec.out_ch // pe, spec.in_elems // simd
+    """Cost of one stage folded ``pe`` x ``simd`` (HwError unless ``1 <= pe <= out_ch``
+    and ``1 <= simd <= in_elems``)."""
+    if not (1 <= pe <= spec.out_ch and 1 <= simd <= spec.in_elems):
+        raise HwError(f"stage {spec.name!r}: PE={pe} must be in 1..{spec.out_ch} (out channels) and "
+                      f"SIMD={simd} in 1..{spec.in_elems} (in elements)")
+    nf, sf = -(-spec.out_ch // pe), -(-spec.in_elems // simd)
     period = max(nf * sf, swg_period(spec.kernel) if spec.needs_window else 1)
     return StageFold(spec.name, pe, simd, nf, sf, nf * sf, period, spec.vectors, spec.vectors * period,
                      pe * simd, spec.macs)
@@ -89,8 +100,8 @@ def fold(spec: StageSpec, pe: int, simd: int) -> StageFold:
 def stage_options(spec: StageSpec) -> list[StageFold]:
     """Pareto-optimal foldings of a stage (fewer cycles costs more multipliers), fastest first."""
     best: dict[int, StageFold] = {}
-    for pe in _divisors(spec.out_ch):
-        for simd in _divisors(spec.in_elems):
+    for pe in _fold_widths(spec.out_ch):
+        for simd in _fold_widths(spec.in_elems):
             f = fold(spec, pe, simd)
             cur = best.get(f.cycles_per_frame)
             if cur is None or (f.multipliers, -f.simd) < (cur.multipliers, -cur.simd):
@@ -109,12 +120,16 @@ def plan_folding(specs: list[StageSpec], multipliers: int | None = None, *,
     """Fastest balanced folding of a layer's stages within ``multipliers`` (default
     :data:`DEFAULT_MULTIPLIERS`). HwError if the budget is below one multiplier per stage.
 
-    With ``min_utilisation`` (0..1), only plans whose expected cycles are within that
-    fraction of the ideal (total MACs / multipliers used) are considered: the planner
-    then may leave budget unused rather than give a stage multipliers it cannot keep
-    busy. If no plan reaches it, the best-utilised plan is returned.
+    Only plans whose utilisation (ideal / expected cycles, ideal = total MACs /
+    multipliers used) is at least ``min_utilisation`` (default
+    :data:`DEFAULT_MIN_UTILISATION`; 0 for the fastest plan) are considered: the
+    planner may leave budget unused rather than give a stage multipliers it cannot
+    keep busy. If no plan within the budget reaches it, the best-utilised plan is
+    returned.
     """
     budget = DEFAULT_MULTIPLIERS if multipliers is None else int(multipliers)
+    if min_utilisation is None:
+        min_utilisation = DEFAULT_MIN_UTILISATION
     if budget < len(specs):
         raise HwError(f"multiplier budget {budget} is too small: the layer has {len(specs)} stage(s) "
                       f"and each needs at least one multiplier")
@@ -132,9 +147,9 @@ def plan_folding(specs: list[StageSpec], multipliers: int | None = None, *,
             used = sum(f.multipliers for f in chosen)
             if used <= budget:
                 plan = _plan(chosen, budget)
-                if min_utilisation is None or plan.utilisation >= min_utilisation - 1e-12:
+                if plan.utilisation >= min_utilisation - 1e-12:
                     return plan
-                if best is None or plan.utilisation > best.utilisation:
+                if best is None or plan.utilisation > best.utilisation + 1e-12:   # ties: the faster
                     best = plan
     if best is None:    # unreachable: the all-ones folding fits any budget >= len(specs)
         raise HwError(f"no folding of this layer fits {budget} multipliers")

@@ -67,6 +67,9 @@ def test_requantizer_exhaustive(acc_bits, shift, out_bits, is_signed):
     (3, 1, 1, 1, 6, False, True),
     (3, 2, 0, 3, 3, True, True),
     (3, 1, 1, 3, 36, True, True),          # fully parallel: one vector per cycle
+    (1, 1, 0, 2, 3, True, True),           # partial folds: PE 2 of 3 channels, SIMD 3 of 4 elements
+    (3, 2, 1, 2, 5, False, True),          # 36 elements in 8 folds of 5 (4 zero-padded)
+    (3, 1, 0, 3, 7, True, False),
 ])
 def test_mvu_against_golden(k, s, p, pe, simd, in_signed, bias):
     art = random_conv(pe + simd, channels=4, out_channels=3, kernel=k, stride=s, padding=p, height=3, width=4,

@@ -310,7 +310,7 @@ def add_bitstream_args(ap) -> None:
     ap.add_argument("--layer", default=None, help="layer (default: the largest Tucker-2 layer)")
     ap.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
     ap.add_argument("--multipliers", type=int, default=None, help="multiplier budget of the engine")
-    ap.add_argument("--min-utilisation", type=float, default=None, help="planner utilisation floor (0..1)")
+    ap.add_argument("--min-utilisation", type=float, default=None, help="planner utilisation floor, ideal/cycles (0..1; default 1/1.05; 0: fastest folding)")
     ap.add_argument("--clock-mhz", type=float, default=None,
                     help="design clock; other than the board clock it needs a PLL (ECP5 boards)")
     ap.add_argument("--speed", default=None, help="another speed grade of the board's part (e.g. 8 on ECP5)")
