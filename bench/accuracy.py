@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from artifact.files import atomic_write_text  # noqa: E402
+
 VARIANTS = {
     "dense": {"dense": True, "regularizer": "none"},
     "elrt-2x": {"flops_reduction": 2.0, "regularizer": "dso"},
@@ -133,7 +135,7 @@ def main(argv=None) -> list[dict]:
         print(f"{r['variant']:<15}{red:>11}{r['params'] or 0:>10,}{100 * r['mean']:>11.2f} +- {100 * r['std']:<4.2f}"
               f"{100 * r['min']:>8.2f}..{100 * r['max']:<6.2f}{r['diverged']:>7}/{r['n'] + r['diverged']}")
     print(f"total wall time {time.time() - t0:.0f} s; runs in {runs_dir}")
-    (args.out / "accuracy.json").write_text(json.dumps(
+    atomic_write_text(args.out / "accuracy.json", json.dumps(
         {"config": {**common, "out_dir": None, "seeds": args.seeds}, "title": title, "results": rows}, indent=2))
     plot(rows, args.out / "accuracy.png", title)
     print(f"wrote {args.out / 'accuracy.json'} and {args.out / 'accuracy.png'}")

@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from artifact.files import atomic_write_text  # noqa: E402
+
 SHAPES = {"layer3": dict(channels=64, out_channels=64, ranks=(38, 38), height=2, width=2),
           "layer1": dict(channels=16, out_channels=16, ranks=(9, 9), height=8, width=8)}
 
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
         print(f"{name}: timing at {args.clock_mhz:g} MHz {'met' if r['timing_pass'] else 'NOT met'}; "
               f"critical path from {r['critical_path'][0]['start'] if r['critical_path'] else '?'}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"table": table, "reports": recs, "machine": m, "artifact": str(art_dir),
+        atomic_write_text(args.json, json.dumps({"table": table, "reports": recs, "machine": m, "artifact": str(art_dir),
                                                "origin": origin}, indent=1, default=str))
     return 0
 

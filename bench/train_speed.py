@@ -33,6 +33,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.build import build  # noqa: E402
+from artifact.files import atomic_write_text  # noqa: E402
 from host import cpu_model, load_average  # noqa: E402  (bench/host.py)
 
 
@@ -192,7 +193,7 @@ def main(argv=None) -> list[dict]:
     hw["load_average_end"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"hardware": hw, "results": results, "stages": stages}, indent=2))
+        atomic_write_text(args.json, json.dumps({"hardware": hw, "results": results, "stages": stages}, indent=2))
     return results
 
 

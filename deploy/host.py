@@ -26,10 +26,10 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
+from artifact.files import atomic_write_text
 from deploy.fpga import protocol as P
 
 __all__ = ["main", "open_port", "digits_images"]
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         port.close()
     out["returncode"] = rc
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+        atomic_write_text(args.json, json.dumps(out, indent=1, default=str) + "\n")
     return rc
 
 

@@ -45,6 +45,7 @@ import sys
 from pathlib import Path
 
 from artifact import Artifact, ArtifactError, load_artifact
+from artifact.files import atomic_write_text
 
 from .engine import LayerEngine, check_engine
 from .planner import DEFAULT_MIN_UTILISATION, plan_folding
@@ -140,8 +141,8 @@ def generate(artifact, layer_name: str, multipliers: int | None = None, out_dir=
     text = verilog.convert(engine, name=top, emit_src=False)
     _check_ports(text, top, desc)
     out.mkdir(parents=True, exist_ok=True)
-    (out / vfile).write_text(text)
-    (out / f"{top}.json").write_text(json.dumps(desc, indent=2) + "\n")
+    atomic_write_text(out / vfile, text)
+    atomic_write_text(out / f"{top}.json", json.dumps(desc, indent=2) + "\n")
     return desc
 
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from artifact.files import atomic_write
 
 from .config import UsageError
 
@@ -37,27 +38,6 @@ FILENAME = "checkpoint.pt"
 
 class CheckpointError(UsageError):
     """A checkpoint that is missing, corrupt, or does not match the run."""
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers see the old or the new file, never half."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- RNG and quantizer state

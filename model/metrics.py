@@ -10,7 +10,7 @@ import json
 import math
 import os
 
-from .checkpoint import atomic_write, atomic_write_text
+from artifact.files import atomic_write, atomic_write_text
 
 EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "reg", "lr", "epoch_time_s",
                 "bn_folded")

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from artifact.files import atomic_write_text
 from model import checkpoint as ckpt
 from model import config as config_mod
 from model import data as data_mod
@@ -351,7 +352,7 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
         if ck is None and os.path.exists(os.path.join(run_dir, ckpt.FILENAME)):
             say(f"warning: {run_dir} already holds a run; its files are replaced")
         os.makedirs(run_dir, exist_ok=True)
-        ckpt.atomic_write_text(os.path.join(run_dir, "config.yaml"), config_mod.dump(_stored_config(cfg)))
+        atomic_write_text(os.path.join(run_dir, "config.yaml"), config_mod.dump(_stored_config(cfg)))
         metrics.write_json(os.path.join(run_dir, "flops.json"),
                            {"model": cfg["model"], "in_shape": list(bundle.in_shape), "ranks": ranks_out,
                             "rows": rows, "totals": totals})

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from artifact import ArtifactError, golden, load_artifact
+from artifact.files import atomic_write_text
 
 from . import data as data_mod
-from .checkpoint import atomic_write_text, load_trained_model
+from .checkpoint import load_trained_model
 from .config import UsageError
 from .export import ExportError, export_model, qat_intermediates
 

@@ -38,6 +38,8 @@ from pathlib import Path
 from amaranth import Array, Const, Elaboratable, Module, Signal
 from amaranth.hdl import Assert, Assume, Cover
 
+from artifact.files import atomic_write_text
+
 from .toolchain import ToolError, sby_command
 
 __all__ = ["FormalConfig", "CONFIGS", "UnitHarness", "unit_harnesses", "window_table", "run_config", "main"]
@@ -328,7 +330,7 @@ def main(argv=None) -> int:
                   f"drain {u['drain']}, {u['seconds']}s {u['tasks']}"
                   + "".join(f"\n    {e}" for e in u.get("errors", [])), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "summary.json").write_text(json.dumps(recs, indent=1) + "\n")
+    atomic_write_text(Path(args.out) / "summary.json", json.dumps(recs, indent=1) + "\n")
     ok = all(r["passed"] for r in recs)
     print(f"{sum(r['passed'] for r in recs)} passed, {sum(not r['passed'] for r in recs)} failed")
     return 0 if ok else 1

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from artifact.files import atomic_write_text
+
 from .design import DesignError, normalize
 from .vectors import layer_io, layer_macs
 
@@ -209,7 +211,7 @@ def run_cases(cases: list[dict], out_dir, *, jobs: int = 2, waves: bool = False,
 
 
 def write_summary(summary: dict, path) -> None:
-    Path(path).write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(summary, indent=1) + "\n")
 
 
 def _fmt(v, spec="{:.0f}"):

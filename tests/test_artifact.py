@@ -100,3 +100,20 @@ def test_cli_runs_golden(tmp_path):
     assert np.array_equal(np.load(tmp_path / "y.npy"), golden.run(art, synth.random_input(art, 3)))
     assert subprocess.run([sys.executable, "-m", "artifact", str(tmp_path / "nope")],
                           capture_output=True, text=True).returncode == 2
+
+
+def test_atomic_write_keeps_old_file_on_error(tmp_path):
+    from artifact.files import atomic_write, atomic_write_text
+    path = tmp_path / "report.json"
+    atomic_write_text(path, "old\n")
+
+    def fail(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, fail)
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    atomic_write_text(path, "new\n")
+    assert path.read_text() == "new\n" and len(list(tmp_path.iterdir())) == 1

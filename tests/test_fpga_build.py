@@ -49,7 +49,7 @@ def test_make_bitstream_icebreaker(tiny_dir, tmp_path):
     assert (out / "top.bin").stat().st_size > 100_000
     rec = json.loads((out / "report.json").read_text())
     assert rec["device"] == "iCE40UP5K-SG48" and rec["synth_opts"] == "-dsp"
-    assert rec["resources"]["dsp"]["used"] == 8 and rec["resources"]["lut"]["used"] > 0
+    assert rec["resources"]["dsp"]["used"] == rec["multipliers"] <= 8 and rec["resources"]["lut"]["used"] > 0
     assert rec["timing_pass"] and rec["fmax_mhz"] > 12
     assert "Fmax" in (out / "summary.txt").read_text() and "Fmax" in r.stdout
 

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from artifact.files import atomic_write_text
+
 from .report import parse_yosys_stat
 
 __all__ = ["TRANSISTORS", "asic_estimate", "gate_equivalents", "dense_twin", "main"]
@@ -114,7 +116,7 @@ def asic_estimate(artifact, layer: str | None = None, out="build/asic", *, multi
            "ge_per_multiplier": round(ge["ge"] / max(1, desc["multipliers"]["used"]), 1),
            "synth_s": round(time.monotonic() - t0, 1), "flow": "yosys synth -flatten; abc -g cmos3; stat -tech cmos",
            "machine": machine()}
-    (out_dir / "asic_report.json").write_text(json.dumps(rec, indent=2) + "\n")
+    atomic_write_text(out_dir / "asic_report.json", json.dumps(rec, indent=2) + "\n")
     return rec
 
 

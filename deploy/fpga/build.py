@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from artifact.files import atomic_write_text
+
 from .boards import BoardError, board_names, get_board
 from .report import format_summary, overflow_from_log, parse_nextpnr_report, parse_yosys_stat, summarise
 
@@ -294,8 +296,8 @@ def _vivado_summary(rec: dict) -> str:
 
 
 def _write(out_dir: Path, rec: dict, summary: str) -> None:
-    (out_dir / "report.json").write_text(json.dumps(rec, indent=2, default=str) + "\n")
-    (out_dir / "summary.txt").write_text(summary + "\n")
+    atomic_write_text(out_dir / "report.json", json.dumps(rec, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "summary.txt", summary + "\n")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from artifact import ArtifactError, load_artifact
+from artifact.files import atomic_write_text
 
 from .precision import HLSConversionError
 
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
               "project": str(out), "project_name": build.project_name, "samples": samples,
               "values": result.total, "mismatches": result.mismatches, "class_mismatches": result.class_mismatches,
               "output_exponent": build.output.exponent}
-    (out / "csim_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "csim_report.json", json.dumps(report, indent=2) + "\n")
 
     tool = find_hls_tool(backend)
     if args.no_build:
