@@ -20,6 +20,7 @@ Tests:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -159,6 +160,24 @@ def _record(plan: dict, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
+@contextlib.contextmanager
+def _outcome(dut, plan: dict, rec: dict):
+    """Run a test body and record its outcome in ``rec``: ``passed``, or ``error`` (the
+    mismatch, or the testbench/simulator exception, named); then write and log ``rec``."""
+    try:
+        yield
+        rec["passed"] = True
+    except Mismatch as e:
+        rec["error"] = str(e)
+        raise
+    except Exception as e:                       # a testbench or simulator problem: say so
+        rec["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        _record(plan, rec)
+        dut._log.info("%s %s: %s", plan["name"], rec["test"], json.dumps({k: v for k, v in rec.items() if k != "name"}))
+
+
 def _timing(bench: Bench, sent, beats, frames: int, steady: bool = True) -> dict:
     """Cycles per frame, latency and utilisation from the handshake cycle stamps.
 
@@ -192,7 +211,7 @@ async def _run_frames(dut, test: str, frames: int, bubble: float, backpressure: 
     bench = Bench(dut, plan, test)
     rec = {"test": test, "name": plan["name"], "seed": plan["seed"], "frames": frames,
            "bubble": bubble, "backpressure": backpressure, "passed": False}
-    try:
+    with _outcome(dut, plan, rec):
         await bench.start()
         x, want = bench.frames(frames, salt)
         src = StreamSource(bench.inp, bench.clk, PERIOD_NS, bench.rng, bubble)
@@ -217,16 +236,6 @@ async def _run_frames(dut, test: str, frames: int, bubble: float, backpressure: 
         sink_task.cancel()
         rec.update(_timing(bench, src.sent, sink.beats, frames, steady=not (bubble or backpressure)))
         bench.check(sink, want, mons, rec)
-        rec["passed"] = True
-    except Mismatch as e:
-        rec["error"] = str(e)
-        raise
-    except Exception as e:                       # a testbench or simulator problem: say so
-        rec["error"] = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        _record(plan, rec)
-        dut._log.info("%s %s: %s", plan["name"], test, json.dumps({k: v for k, v in rec.items() if k != "name"}))
 
 
 @cocotb.test()
@@ -252,7 +261,7 @@ async def reset_mid_frame(dut):
     rec = {"test": "reset_mid_frame", "name": plan["name"], "seed": plan["seed"], "frames": 1,
            "bubble": float(plan.get("bubble", 0.3)), "backpressure": float(plan.get("backpressure", 0.3)),
            "passed": False}
-    try:
+    with _outcome(dut, plan, rec):
         await bench.start()
         # Part of a frame, with stalls, so that every stage holds some state when reset hits.
         x0, _ = bench.frames(1, salt=3)
@@ -288,13 +297,3 @@ async def reset_mid_frame(dut):
         task.cancel()
         rec.update(_timing(bench, src.sent, sink.beats, 1))
         bench.check(sink, want, mons, rec)
-        rec["passed"] = True
-    except Mismatch as e:
-        rec["error"] = str(e)
-        raise
-    except Exception as e:                       # a testbench or simulator problem: say so
-        rec["error"] = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        _record(plan, rec)
-        dut._log.info("%s reset_mid_frame: %s", plan["name"], json.dumps({k: v for k, v in rec.items() if k != "name"}))
