@@ -41,3 +41,15 @@ def test_trained_tucker2_layer_is_bit_exact(name):
 def test_fixture_has_the_default_models_tucker2_layers():
     assert len(TUCKER) == 18
     assert ART.manifest["model"]["inference_reduction"] >= 2.0
+
+
+@pytest.mark.parametrize("budget", [32, 64, 128])
+def test_planner_keeps_every_trained_layer_within_5_percent_of_ideal(budget):
+    """Issue target: planner-chosen foldings of the default model's Tucker-2 layers run
+    within 5% of total MACs / multipliers used (the cycles are the measured ones: the
+    engine hits its plan exactly, see test_back_to_back_frames_hit_planned_rate)."""
+    from hw.planner import plan_folding
+    from hw.spec import layer_stages
+    for name in TUCKER:
+        plan = plan_folding(layer_stages(ART, name), budget)
+        assert plan.cycles_per_frame <= 1.05 * plan.ideal_cycles, (name, plan.as_dict())
