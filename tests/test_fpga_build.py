@@ -58,7 +58,8 @@ def test_make_bitstream_icebreaker(tiny_dir, tmp_path):
 def test_bitstream_ecp5_with_pll(tiny_dir, tmp_path):
     _needs_tools()
     from deploy.fpga.build import build
-    rec = build("ulx3s-12f", tiny_dir, "tiny", tmp_path, clock_mhz=100, baud=1_000_000)
+    rec = build("ulx3s-12f", tiny_dir, "tiny", tmp_path, clock_mhz=100, baud=1_000_000, router="router2")
+    assert "--router router2" in rec["nextpnr_opts"]
     assert Path(rec["bitstream"]).stat().st_size > 100_000
     assert rec["clock"]["pll"]["fout_hz"] == pytest.approx(100e6)
     assert rec["resources"]["lut"]["used"] > 0 and rec["resources"]["dsp"]["used"] == rec["multipliers"]

@@ -130,6 +130,12 @@ def test_unknown_board_and_bad_input_exit_2(tiny_dir, tmp_path, capsys):
     rc, _, err = _run(["--board", "icebreaker", "--baud", "7000000", "--artifact", str(tiny_dir),
                        "--out", str(tmp_path)], capsys)
     assert rc == 2 and "too fast" in err
+    with pytest.raises(SystemExit) as exc:
+        B.main(["--board", "ulx3s-12f", "--router", "router9", "--artifact", str(tiny_dir), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "router9" in err
+    with pytest.raises(B.BoardError, match="unknown nextpnr router 'router9'"):
+        B.build("ulx3s-12f", tiny_dir, out=tmp_path, router="router9")
 
 
 def test_design_too_large_is_one_line_exit_2(tiny_dir, tmp_path, capsys, monkeypatch):
