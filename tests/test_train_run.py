@@ -199,3 +199,27 @@ def test_torchrun_two_processes(tmp_path):
     assert m["world_size"] == 2 and len(m["epochs"]) == 1 and m["final"]["bn_folded"]
     assert not [f for f in os.listdir(run) if f.endswith(".tmp")]
     assert _state(str(run))["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_torchrun_resume_is_bit_identical(tmp_path):
+    """Two processes (gloo): a run stopped after epoch 1 and resumed under torchrun ends
+    with the same weights, quantizer state and metrics as an uninterrupted one."""
+    def torchrun(*args):
+        p = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                  "model/train_qat.py", *args], timeout=900)
+        assert p.returncode == 0, p.stderr[-2000:]
+
+    common = ["--model", "resnet8", "--data", "synthetic", "--synthetic-shape", "1,8,8", "--synthetic-size", "64",
+              "--epochs", "2", "--fold-bn-at", "0.5", "--batch-size", "16", "--no-export", "--out-dir", str(tmp_path)]
+    torchrun(*common, "--run-name", "ref")
+    torchrun(*common, "--run-name", "cut", "--stop-after", "1")
+    assert _state(str(tmp_path / "cut"))["epoch"] == 1
+    torchrun("--resume", str(tmp_path / "cut"))
+    ref, got = _state(str(tmp_path / "ref")), _state(str(tmp_path / "cut"))
+    assert got["epoch"] == 2 and got["bn_folded"]
+    _assert_same_model(got["model"], ref["model"])
+    for name, st in ref["quant_state"].items():
+        assert st["counter"] == got["quant_state"][name]["counter"]
+        assert torch.equal(st["value"], got["quant_state"][name]["value"])
+    assert [e["test_acc"] for e in got["metrics"]["epochs"]] == [e["test_acc"] for e in ref["metrics"]["epochs"]]
