@@ -12,12 +12,15 @@ between vectors). ``PE`` and ``SIMD`` need not divide: the weight matrix is padd
 with zero rows and columns to ``NF * PE`` x ``SF * SIMD`` and the input vector with
 zero elements, and the padded output channels are dropped (a partial last fold).
 
-Pipeline (every path registered): issue (weight ROM read, input slice register) ->
-operand registers (ROM data and input slice registered again, so the block-RAM
-read and the multiplier each get a whole cycle) -> multiply (registered products)
--> adder tree (a register every ``tree_levels`` levels) -> accumulate (with bias on
-the first fold) -> requantize (2 stages: rounding shift, clamp) -> collect the ``NF`` groups of ``PE`` results into one
-output pixel -> output FIFO.
+Pipeline (every path registered): issue (weight ROM read, first level of the
+input-slice multiplexer) -> ROM output register and input slice register ->
+operand registers (so the block-RAM read, the routes to the multipliers and the
+multiplier each get a whole cycle) -> multiply (registered products; on ECP5 the
+operand and product registers are a MULT18X18D's own, see :mod:`hw.dsp`) -> adder
+tree (a register after the first level, then every ``TREE_LEVELS`` levels) ->
+accumulate (with bias on the first fold) -> requantize (2 stages: rounding shift,
+clamp) -> collect the ``NF`` groups of ``PE`` results into one output pixel ->
+output FIFO.
 
 Flow control: the unit *reads its input in place*: it keeps ``vec_in.ready`` low
 while it works through the vector's folds and raises it in the cycle of the last
@@ -37,12 +40,14 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .dsp import Multipliers
 from .requant import Requantizer
 from .spec import HwError, StageSpec
 
 __all__ = ["MatrixVectorUnit", "mvu_latency", "default_fifo_depth", "to_twos"]
 
-TREE_LEVELS = 2     # adder-tree levels between pipeline registers
+TREE_LEVELS = 2     # adder-tree levels between pipeline registers (after the first level)
+X_GROUP = 8         # input slices per group of the two-level input-slice multiplexer
 
 
 def to_twos(value: int, bits: int) -> int:
@@ -51,16 +56,17 @@ def to_twos(value: int, bits: int) -> int:
 
 
 def _tree_regs(simd: int, levels: int = TREE_LEVELS) -> int:
-    """Register stages inside the adder tree (the last group feeds the accumulator directly)."""
+    """Register stages inside the adder tree: after its first level, then every ``levels``
+    levels (the last group feeds the accumulator directly)."""
     depth = math.ceil(math.log2(simd)) if simd > 1 else 0
-    return max(0, math.ceil(depth / levels) - 1) if depth else 0
+    return 0 if depth < 2 else (depth - 2) // levels + 1
 
 
 def mvu_latency(simd: int, requant: bool = True) -> int:
     """Cycles from issuing a vector's last fold to its output pixel entering the FIFO."""
-    # issue->ROM data (1), operand registers (1), multiply register (1), tree registers,
-    # accumulator (1), requant (2)
-    return 1 + 1 + 1 + _tree_regs(simd) + 1 + (2 if requant else 0)
+    # issue->ROM data / input slice groups (1), ROM output / input slice registers (1),
+    # operand registers (1), multiply register (1), tree registers, accumulator (1), requant (2)
+    return 1 + 1 + 1 + 1 + _tree_regs(simd) + 1 + (2 if requant else 0)
 
 
 def default_fifo_depth(cycles_per_vector: int, simd: int, requant: bool = True) -> int:
@@ -150,21 +156,32 @@ class MatrixVectorUnit(wiring.Component):
         outstanding = Signal(range(self.fifo_depth + 1))   # vectors started, not yet popped
 
         # ---- issue ----------------------------------------------------------------------
+        # fold counters nf, sf plus flags that re-encode them, updated together (sf_first:
+        # sf == 0, sf_last: sf == SF-1, nf_last: nf == NF-1, at_start: nf == sf == 0), and
+        # the credit check as a register, so that vec_in.ready is one LUT after registers
+        # (on ECP5 it drives the clock enable of the source's whole window register)
         nf = Signal(range(max(NF, 2)))
         sf = Signal(range(max(SF, 2)))
-        at_start = (nf == 0) & (sf == 0)
+        sf_first, at_start = Signal(init=1), Signal(init=1)
+        sf_last, nf_last = Signal(init=SF == 1), Signal(init=NF == 1)
+        credit = Signal(init=1)                          # outstanding < fifo_depth
         go = Signal()
-        m.d.comb += go.eq(self.vec_in.valid & (~at_start | (outstanding < self.fifo_depth)))
-        last_fold = (nf == NF - 1) & (sf == SF - 1)
+        m.d.comb += go.eq(self.vec_in.valid & (~at_start | credit))
+        last_fold = sf_last & nf_last
         m.d.comb += self.vec_in.ready.eq(go & last_fold)
         with m.If(go):
-            with m.If(sf == SF - 1):
-                m.d.sync += sf.eq(0)
-                m.d.sync += nf.eq(Mux(nf == NF - 1, 0, nf + 1))
+            m.d.sync += at_start.eq(last_fold)
+            with m.If(sf_last):
+                m.d.sync += [sf.eq(0), sf_first.eq(1), sf_last.eq(SF == 1)]
+                with m.If(nf_last):
+                    m.d.sync += [nf.eq(0), nf_last.eq(NF == 1)]
+                with m.Else():
+                    m.d.sync += [nf.eq(nf + 1), nf_last.eq(nf == NF - 2)]
             with m.Else():
-                m.d.sync += sf.eq(sf + 1)
+                m.d.sync += [sf.eq(sf + 1), sf_first.eq(0), sf_last.eq(sf == SF - 2)]
         popped = self.pix_out.valid & self.pix_out.ready
-        m.d.sync += outstanding.eq(outstanding + (go & at_start) - popped)
+        outstanding_next = outstanding + (go & at_start) - popped
+        m.d.sync += [outstanding.eq(outstanding_next), credit.eq(outstanding_next < self.fifo_depth)]
 
         # control pipeline: valid, first fold, last fold, neuron fold index
         def ctrl_delay(v, first, last, nfi, n):
@@ -178,10 +195,11 @@ class MatrixVectorUnit(wiring.Component):
             return out
 
         n_tree = _tree_regs(SIMD)
-        acc_cycle = 3 + n_tree                  # cycle (after issue) at which the accumulator adds
-        ctrl = ctrl_delay(go, sf == 0, sf == SF - 1, nf, acc_cycle)
+        acc_cycle = 4 + n_tree                  # cycle (after issue) at which the accumulator adds
+        ctrl = ctrl_delay(go, sf_first, sf_last, nf, acc_cycle)
 
-        # weight ROM (synchronous read: data in cycle 1)
+        # weight ROM (synchronous read: data in cycle 1, registered in cycle 2: on ECP5 the
+        # block RAM's clock-to-out is 4.3 ns, too long to reach the DSP input registers too)
         rom_w = PE * SIMD * wb
         if NF * SF > 1:
             rom = m.submodules.weights = Memory(shape=unsigned(rom_w), depth=NF * SF, init=self.weight_words())
@@ -191,46 +209,51 @@ class MatrixVectorUnit(wiring.Component):
             with m.If(go):
                 m.d.sync += waddr.eq(Mux(last_fold, 0, waddr + 1))
             m.d.comb += [rp.addr.eq(waddr), rp.en.eq(1)]
-            wword = rp.data
+            wword = Signal(rom_w)
+            m.d.sync += wword.eq(rp.data)
         else:
             wword = Const(self.weight_words()[0], unsigned(rom_w))
 
-        # input slice register (cycle 1)
-        x_r = Signal(SIMD * ib)
+        # input slice of fold sf, a two-level multiplexer: cycle 1 registers, for every group
+        # of X_GROUP folds, its slice selected by sf's low bits; cycle 2 picks the group
+        # with sf's high bits (registered)
         vec = self.vec_in.payload
         if SF * SIMD > s.in_elems:                      # zero elements for the partial last fold
             vec = Cat(vec, Const(0, (SF * SIMD - s.in_elems) * ib))
-        xs = vec if SF == 1 else vec.word_select(sf, SIMD * ib)
-        m.d.sync += x_r.eq(xs)
+        lo_bits = (X_GROUP - 1).bit_length()
+        groups = []
+        for g in range(0, SF, X_GROUP):
+            words = vec[g * SIMD * ib:(g + X_GROUP) * SIMD * ib]
+            xg = Signal(SIMD * ib, name=f"x_g{g // X_GROUP}")
+            m.d.sync += xg.eq(words if SF == 1 else words.word_select(sf[:lo_bits], SIMD * ib))
+            groups.append(xg)
+        x_r = Signal(SIMD * ib)
+        if len(groups) == 1:
+            m.d.sync += x_r.eq(groups[0])
+        else:
+            hi = Signal(len(sf) - lo_bits)
+            m.d.sync += [hi.eq(sf[lo_bits:]), x_r.eq(Cat(*groups).word_select(hi, SIMD * ib))]
 
-        # operand registers (cycle 2): the ROM output and the matching input slice are
+        # operand registers (cycle 3): the ROM output and the matching input slice are
         # registered before the multipliers, so block-RAM clock-to-out and the multiply
         # are in different cycles (the critical path of HW_REQUESTS item 0)
-        # (a single-word ROM is a constant and needs no register)
-        x_op = Signal(SIMD * ib)
-        m.d.sync += x_op.eq(x_r)
-        if NF * SF > 1:
-            w_op = Signal(rom_w)
-            m.d.sync += w_op.eq(wword)
-        else:
-            w_op = wword
+        # (a single-word ROM is a constant and needs no register). On ECP5 these registers
+        # and the product registers are the MULT18X18D's own (hw/dsp.py, HW_REQUESTS item 4).
+        mul = Multipliers(m, platform)
+        x_op = mul.operand(x_r, "x_op")
+        w_op = mul.operand(wword, "w_op")
 
         def elem(word, i, bits, is_signed):
             v = word[i * bits:(i + 1) * bits]
             return v.as_signed() if is_signed else v.as_unsigned()
 
-        # ---- multiply (registered products, cycle 3) -----------------------------------
+        # ---- multiply (registered products, cycle 4) -----------------------------------
         pw = min(wb + ib + (0 if s.in_signed else 1), s.tree_bits)
-        products = []
-        for pe in range(PE):
-            row = []
-            for j in range(SIMD):
-                p = Signal(signed(pw), name=f"p_{pe}_{j}")
-                m.d.sync += p.eq(elem(w_op, pe * SIMD + j, wb, True) * elem(x_op, j, ib, s.in_signed))
-                row.append(p)
-            products.append(row)
+        products = [[mul.product(w_op.elem(pe * SIMD + j, wb, True), x_op.elem(j, ib, s.in_signed), signed(pw),
+                                 f"p_{pe}_{j}") for j in range(SIMD)] for pe in range(PE)]
 
-        # ---- adder tree (register every TREE_LEVELS levels; root is combinational) -----
+        # ---- adder tree (registers after the first level, so that the route out of the ---
+        # DSPs gets one adder only, then every TREE_LEVELS levels; root is combinational)
         def tree(values, pe):
             level = 0
             while len(values) > 1:
@@ -246,7 +269,7 @@ class MatrixVectorUnit(wiring.Component):
                     nxt.append(n)
                 values = nxt
                 level += 1
-                if len(values) > 1 and level % TREE_LEVELS == 0:
+                if len(values) > 1 and (level - 1) % TREE_LEVELS == 0:
                     regs = []
                     for i, v in enumerate(values):
                         r = Signal.like(v, name=f"t{pe}_r{level}_{i}")

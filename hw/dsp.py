@@ -1,0 +1,116 @@
+"""Registered multipliers: an operand register stage, then a product register stage.
+
+:class:`Multipliers` builds products ``p = a * b`` that appear two clock cycles after
+their operand words: stage 1 registers the operand words, stage 2 the products. Where
+the two stages are depends on the platform the design is elaborated for:
+
+* Lattice ECP5 (:func:`is_ecp5`): each product is an explicit ``MULT18X18D`` whose
+  input registers (``REG_INPUTA_CLK`` / ``REG_INPUTB_CLK``) are stage 1 and whose
+  output register (``REG_OUTPUT_CLK``) is stage 2; its pipeline register is off, so
+  the latency is still 2. (yosys ``synth_ecp5`` maps a ``$mul`` to a combinational
+  ``MULT18X18D`` and leaves both register stages in the fabric, so the routing into
+  and out of the DSP was the critical path. nextpnr-ecp5 picks the DSP's timing from
+  its input and output register settings - ``MULT18X18D_REGS_ALL`` here, registers
+  clocked by ``CLK0`` - and ignores the pipeline register.) Operands are sign- or
+  zero-extended to 18 bits and multiplied as signed numbers, so a signed operand may
+  have up to 18 bits and an unsigned one up to 17; a product with a wider operand is
+  built as below, with its own fabric operand registers.
+* Anything else (``None`` = Amaranth simulation and Verilog for Verilator, iCE40,
+  Xilinx): an operand word register in the fabric and ``p <= a * b``.
+
+Both variants reset their registers to 0 with the domain's reset and have no clock
+enable, so their outputs are equal cycle for cycle.
+"""
+from __future__ import annotations
+
+from amaranth import ClockSignal, Const, Instance, ResetSignal, Signal, signed
+from amaranth.vendor import LatticePlatform
+
+__all__ = ["Multipliers", "is_ecp5"]
+
+DSP_BITS = 18       # MULT18X18D operand width (two's complement)
+
+
+def is_ecp5(platform) -> bool:
+    """Whether ``platform`` is an Amaranth Lattice platform for an ECP5 part."""
+    return isinstance(platform, LatticePlatform) and platform.family == "ecp5"
+
+
+class _Operand:
+    """An operand word entering the multipliers (see :meth:`Multipliers.operand`)."""
+
+    def __init__(self, word):
+        self._word = word
+
+    def elem(self, index: int, bits: int, is_signed: bool) -> "_Elem":
+        """Bits ``[index*bits, (index+1)*bits)`` of the word, two's complement if ``is_signed``."""
+        v = self._word[index * bits:(index + 1) * bits]
+        return _Elem(v.as_signed() if is_signed else v.as_unsigned())
+
+
+class _Elem:
+    """An element of an operand word (see :meth:`_Operand.elem`)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def fits_dsp(self) -> bool:
+        return len(self.value) + (0 if self.value.shape().signed else 1) <= DSP_BITS
+
+
+class Multipliers:
+    """Products of operand words, registered twice (latency 2) in domain ``domain``.
+
+    Usage::
+
+        mul = Multipliers(m, platform)
+        w_op = mul.operand(w_word, "w_op")                 # stage 1
+        x_op = mul.operand(x_word, "x_op")
+        p = mul.product(w_op.elem(i, wb, True), x_op.elem(j, xb, False), signed(pw), "p_0_0")   # stage 2
+
+    ``p`` (a ``Signal`` of ``shape``, holding the low ``shape.width`` bits of the exact
+    product, i.e. Amaranth's truncating ``p.eq(a * b)``) equals the product of the
+    elements that the operand words held two cycles earlier.
+    """
+
+    def __init__(self, m, platform, domain: str = "sync"):
+        self.m, self.domain, self.dsp = m, domain, is_ecp5(platform)
+
+    def _reg(self, value, name: str) -> Signal:
+        r = Signal(value.shape(), name=name)
+        self.m.d[self.domain] += r.eq(value)
+        return r
+
+    def operand(self, word, name: str) -> _Operand:
+        """Stage 1 for ``word``: a register named ``name`` in the fabric, or (ECP5) the
+        DSPs' input registers. A ``Const`` word is not registered."""
+        if self.dsp or isinstance(word, Const):
+            return _Operand(word)
+        return _Operand(self._reg(word, name))
+
+    def product(self, a: _Elem, b: _Elem, shape, name: str) -> Signal:
+        """Stage 2: the registered product ``a * b`` of elements of :meth:`operand` words."""
+        p = Signal(shape, name=name)
+        if self.dsp and a.fits_dsp() and b.fits_dsp():
+            self._mult18x18d(a.value, b.value, p, name)
+            return p
+        av, bv = a.value, b.value
+        if self.dsp:                     # operand words are not registered on ECP5: stage 1 here
+            av, bv = self._reg(av, f"{name}_a"), self._reg(bv, f"{name}_b")
+        self.m.d[self.domain] += p.eq(av * bv)
+        return p
+
+    def _mult18x18d(self, a, b, p: Signal, name: str) -> None:
+        a18, b18 = Signal(signed(DSP_BITS), name=f"{name}_a18"), Signal(signed(DSP_BITS), name=f"{name}_b18")
+        p36 = Signal(signed(2 * DSP_BITS), name=f"{name}_p36")
+        # sign- or zero-extension by the operands' shapes; p truncates or sign-extends p36
+        self.m.d.comb += [a18.eq(a), b18.eq(b), p.eq(p36)]
+        ports = {**{f"i_A{k}": a18[k] for k in range(DSP_BITS)},
+                 **{f"i_B{k}": b18[k] for k in range(DSP_BITS)},
+                 **{f"i_C{k}": 0 for k in range(DSP_BITS)},
+                 **{f"o_P{k}": p36[k] for k in range(2 * DSP_BITS)}}
+        self.m.submodules[f"{name}_dsp"] = Instance(
+            "MULT18X18D",
+            p_REG_INPUTA_CLK="CLK0", p_REG_INPUTB_CLK="CLK0", p_REG_PIPELINE_CLK="NONE", p_REG_OUTPUT_CLK="CLK0",
+            i_CLK0=ClockSignal(self.domain), i_CE0=1, i_RST0=ResetSignal(self.domain, allow_reset_less=True),
+            i_SIGNEDA=1, i_SIGNEDB=1, i_SOURCEA=0, i_SOURCEB=0, **ports)
