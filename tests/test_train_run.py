@@ -92,6 +92,15 @@ def _assert_same_model(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+def _assert_same_run(got, ref):
+    """Same weights, Brevitas statistics state and per-epoch test accuracy."""
+    _assert_same_model(got["model"], ref["model"])
+    for name, st in ref["quant_state"].items():
+        assert st["counter"] == got["quant_state"][name]["counter"]
+        assert torch.equal(st["value"], got["quant_state"][name]["value"])
+    assert [e["test_acc"] for e in got["metrics"]["epochs"]] == [e["test_acc"] for e in ref["metrics"]["epochs"]]
+
+
 @pytest.mark.parametrize("stop_after", [1, 2])    # checkpoint before / after the fold
 def test_resume_is_bit_identical(uninterrupted, tmp_path, stop_after):
     cfg, ref = uninterrupted
@@ -102,11 +111,7 @@ def test_resume_is_bit_identical(uninterrupted, tmp_path, stop_after):
     assert main(["--resume", first["run_dir"]]) == 0
     got = _state(first["run_dir"])
     assert got["epoch"] == 3 and got["bn_folded"]
-    _assert_same_model(got["model"], ref["model"])
-    for name, s in ref["quant_state"].items():
-        assert s["counter"] == got["quant_state"][name]["counter"]
-        assert torch.equal(s["value"], got["quant_state"][name]["value"])
-    assert [e["test_acc"] for e in got["metrics"]["epochs"]] == [e["test_acc"] for e in ref["metrics"]["epochs"]]
+    _assert_same_run(got, ref)
 
 
 def test_same_seed_same_weights(uninterrupted, tmp_path):
@@ -218,8 +223,4 @@ def test_torchrun_resume_is_bit_identical(tmp_path):
     torchrun("--resume", str(tmp_path / "cut"))
     ref, got = _state(str(tmp_path / "ref")), _state(str(tmp_path / "cut"))
     assert got["epoch"] == 2 and got["bn_folded"]
-    _assert_same_model(got["model"], ref["model"])
-    for name, st in ref["quant_state"].items():
-        assert st["counter"] == got["quant_state"][name]["counter"]
-        assert torch.equal(st["value"], got["quant_state"][name]["value"])
-    assert [e["test_acc"] for e in got["metrics"]["epochs"]] == [e["test_acc"] for e in ref["metrics"]["epochs"]]
+    _assert_same_run(got, ref)
