@@ -25,7 +25,7 @@ output FIFO.
 Flow control: the unit *reads its input in place*: it keeps ``vec_in.ready`` low
 while it works through the vector's folds and raises it in the cycle of the last
 fold (so the source must hold ``payload`` stable while ``valid`` is high, as
-stream sources must). It only starts a vector when the output FIFO is sure to have
+stream sources must). ``vec_in.ready`` is a register: it does not follow ``valid``. It only starts a vector when the output FIFO is sure to have
 room for it (credit counter), so the pipeline itself never stalls.
 """
 from __future__ import annotations
@@ -164,21 +164,25 @@ class MatrixVectorUnit(wiring.Component):
         sf = Signal(range(max(SF, 2)))
         sf_first, at_start = Signal(init=1), Signal(init=1)
         sf_last, nf_last = Signal(init=SF == 1), Signal(init=NF == 1)
+        last_fold = Signal(init=NF * SF == 1)            # sf_last & nf_last
         credit = Signal(init=1)                          # outstanding < fifo_depth
         go = Signal()
         m.d.comb += go.eq(self.vec_in.valid & (~at_start | credit))
-        last_fold = sf_last & nf_last
-        m.d.comb += self.vec_in.ready.eq(go & last_fold)
+        # vec_in.ready is a register (it drives the source's hand-over, on the SWG a clock
+        # enable per window pixel): the last fold (the vector is held, so valid is high then)
+        # or, with one fold per vector, the credit check; the transfer needs valid as well
+        m.d.comb += self.vec_in.ready.eq(credit if NF * SF == 1 else last_fold)
         with m.If(go):
             m.d.sync += at_start.eq(last_fold)
             with m.If(sf_last):
                 m.d.sync += [sf.eq(0), sf_first.eq(1), sf_last.eq(SF == 1)]
                 with m.If(nf_last):
-                    m.d.sync += [nf.eq(0), nf_last.eq(NF == 1)]
+                    m.d.sync += [nf.eq(0), nf_last.eq(NF == 1), last_fold.eq(NF * SF == 1)]
                 with m.Else():
-                    m.d.sync += [nf.eq(nf + 1), nf_last.eq(nf == NF - 2)]
+                    m.d.sync += [nf.eq(nf + 1), nf_last.eq(nf == NF - 2), last_fold.eq((SF == 1) & (nf == NF - 2))]
             with m.Else():
-                m.d.sync += [sf.eq(sf + 1), sf_first.eq(0), sf_last.eq(sf == SF - 2)]
+                m.d.sync += [sf.eq(sf + 1), sf_first.eq(0), sf_last.eq(sf == SF - 2),
+                             last_fold.eq((sf == SF - 2) & nf_last)]
         popped = self.pix_out.valid & self.pix_out.ready
         outstanding_next = outstanding + (go & at_start) - popped
         m.d.sync += [outstanding.eq(outstanding_next), credit.eq(outstanding_next < self.fifo_depth)]
@@ -225,7 +229,15 @@ class MatrixVectorUnit(wiring.Component):
         for g in range(0, SF, X_GROUP):
             words = vec[g * SIMD * ib:(g + X_GROUP) * SIMD * ib]
             xg = Signal(SIMD * ib, name=f"x_g{g // X_GROUP}")
-            m.d.sync += xg.eq(words if SF == 1 else words.word_select(sf[:lo_bits], SIMD * ib))
+            if SF == 1:
+                m.d.sync += xg.eq(words)
+            else:
+                # every group has its own copy of sf's low bits (a counter equal to them at all
+                # times), so that no select net drives the whole input vector's multiplexers
+                sel = Signal(min(lo_bits, len(sf)), name=f"sf_g{g // X_GROUP}")
+                with m.If(go):
+                    m.d.sync += sel.eq(Mux(sf_last, 0, sel + 1))
+                m.d.sync += xg.eq(words.word_select(sel, SIMD * ib))
             groups.append(xg)
         x_r = Signal(SIMD * ib)
         if len(groups) == 1:

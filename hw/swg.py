@@ -135,18 +135,43 @@ class SlidingWindowGenerator(wiring.Component):
         available = ahead | (wy > need_r) | ((wy == need_r) & (wx > need_c))
 
         # Write permission: the slot of row wy holds row wy - B (of this or the previous frame);
-        # it is free when every window still to be read starts below that row.
-        top = Mux(y0 < 0, 0, y0)
+        # it is free when every window still to be read starts below that row, i.e. when
+        # dist = (H if ahead else 0) + wy - max(y0, 0) < B. `pix_in.ready` is a register
+        # (HW_REQUESTS item 5): `dist` is a counter, +1 when the writer finishes a row and
+        # -`released` (rows the reader gave up, registered) one cycle after the reader moves to
+        # its next row of windows, and the permission is computed for the next cycle. Reader
+        # events reach the writer one cycle late, which can only delay a permission.
         dist = Signal(signed(y0.shape().width + 2))
-        m.d.comb += dist.eq(Mux(ahead, H, 0) + wy - top)
-        last_pix = (wy == H - 1) & (wx == W - 1)
-        m.d.comb += self.pix_in.ready.eq((dist < B) & ~(ahead & last_pix))
-        write = self.pix_in.valid & self.pix_in.ready
+        stepped = Signal()                              # the reader moved to its next row of windows last cycle
+        stepped_rows = Signal(range(H + 1))             # rows that step released (loaded every cycle)
+        released = Mux(stepped, stepped_rows, 0)
+        frame_read_r = Signal()                         # the reader finished a frame last cycle
+        ahead_w = Signal()                              # `ahead` as the writer sees it
+        at_last = Signal(init=H * W == 1)               # (wy, wx) is the frame's last pixel
+        ready = Signal(init=1)
+        m.d.comb += self.pix_in.ready.eq(ready)
+        write = self.pix_in.valid & ready
         for b in range(B):
             m.d.comb += [wports[b].addr.eq(wx), wports[b].data.eq(self.pix_in.payload),
                          wports[b].en.eq(write & (wslot == b))]
         frame_written = Signal()
-        m.d.comb += frame_written.eq(write & last_pix)
+        m.d.comb += frame_written.eq(write & at_last)
+        if H * W == 1:
+            next_is_last = Const(1)
+        elif W > 1:
+            next_is_last = (wy == H - 1) & (wx == W - 2)
+        else:
+            next_is_last = wy == H - 2
+        # next values with and without a write this cycle, from registers only; `write` then
+        # only selects (it follows pix_in.valid, which comes from the upstream unit)
+        nxt = {}
+        for w in (0, 1):
+            d = dist + (wx == W - 1) - released if w else dist - released
+            a = Mux(at_last, 1, Mux(frame_read_r, 0, ahead_w)) if w else Mux(frame_read_r, 0, ahead_w)
+            last = next_is_last if w else at_last
+            nxt[w] = (d, a, last, (d < B) & ~(a & last))
+        m.d.sync += [reg.eq(Mux(write, with_write, without))
+                     for reg, with_write, without in zip((dist, ahead_w, at_last, ready), nxt[1], nxt[0])]
         with m.If(write):
             with m.If(wx == W - 1):
                 m.d.sync += [wx.eq(0), wy.eq(Mux(wy == H - 1, 0, wy + 1)),
@@ -164,9 +189,24 @@ class SlidingWindowGenerator(wiring.Component):
         handover = Signal()
         m.d.comb += handover.eq((phase == 2) & (~out_valid | self.win_out.ready))
         with m.If(handover):
-            m.d.sync += [out_reg.eq(asm), out_valid.eq(1)]
+            m.d.sync += out_valid.eq(1)
         with m.Elif(self.win_out.ready):
             m.d.sync += out_valid.eq(0)
+        # The hand-over loads all of `out_reg` in the cycle the consumer takes the previous
+        # window, so its load enable follows win_out.ready. Rather than one net to K*K*pw
+        # clock enables, every window pixel has its own copies of the `phase == 2` and
+        # `out_valid` flags (equal to them at all times; each copy feeds back on itself, so
+        # synthesis keeps them apart) and its own enable (HW_REQUESTS item 6).
+        for i in range(K * K):
+            full_i = Signal(name=f"full_{i}")           # copy of phase == 2
+            valid_i = Signal(name=f"out_valid_{i}")     # copy of out_valid
+            load_i = Signal(name=f"load_{i}")
+            m.d.comb += load_i.eq(full_i & (~valid_i | self.win_out.ready))
+            m.d.sync += full_i.eq(Mux(load_i, 0, full_i | (phase == 1)))
+            with m.If(load_i):
+                m.d.sync += [out_reg.word_select(i, pw).eq(asm.word_select(i, pw)), valid_i.eq(1)]
+            with m.Elif(self.win_out.ready):
+                m.d.sync += valid_i.eq(0)
 
         issue = Signal()
         m.d.comb += issue.eq(((phase == 0) | handover) & ((kx != 0) | available))
@@ -207,6 +247,11 @@ class SlidingWindowGenerator(wiring.Component):
 
         # read-side counters advance when the last column of a window is issued
         frame_read = Signal()
+        row_step = Signal()                             # the reader moves to its next row of windows
+        m.d.comb += row_step.eq(issue & (kx == K - 1) & (ox == Wo - 1))
+        tops = [max(o * S - P, 0) for o in range(Ho)] + [H]     # top row of each row of windows
+        released_by = Array(Const(tops[o + 1] - tops[o], range(H + 1)) for o in range(Ho))
+        m.d.sync += [stepped.eq(row_step), stepped_rows.eq(released_by[oy]), frame_read_r.eq(frame_read)]
         with m.If(issue):
             with m.If(kx == K - 1):
                 m.d.sync += kx.eq(0)

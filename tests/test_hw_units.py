@@ -121,3 +121,27 @@ def test_swg_rate_one_window_per_k_plus_1_cycles():
     res = run_stream(dut, pix, 48, in_port="pix_in", out_port="win_out")
     gaps = np.diff(res.out_cycles[24:])
     assert gaps.max() <= 5 and np.median(gaps) == 4, gaps
+
+
+
+def _driven_by_flip_flop(dut, port: str) -> bool:
+    """Whether the generated Verilog drives ``port`` straight from a clocked register."""
+    import re
+    from amaranth.back import verilog
+    text = verilog.convert(dut, name="dut")
+    return re.search(r"always @\(posedge clk\)\s+" + re.escape(port) + r" <=", text) is not None
+
+
+def test_swg_input_ready_is_a_register():
+    """HW_REQUESTS item 5: pix_in.ready fans out to the upstream unit and to every line
+    buffer's write enable, so it is a flip-flop (the permission is computed a cycle ahead)."""
+    assert _driven_by_flip_flop(SlidingWindowGenerator(2, 4, 5, 4, 3, 1, 1, rows=4), "pix_in__ready")
+
+
+@pytest.mark.parametrize("pe,simd", [(2, 2), (4, 4)])               # 4 folds, 1 fold per vector
+def test_mvu_input_ready_is_a_register(pe, simd):
+    """vec_in.ready drives the source's hand-over (on the SWG a clock enable per window pixel),
+    so it is a flip-flop and does not wait for vec_in.valid."""
+    art = random_conv(1, channels=4, out_channels=4, kernel=1, height=4, width=4)
+    spec = stage_spec(art.manifest["layers"][0], art.tensors)
+    assert _driven_by_flip_flop(MatrixVectorUnit(spec, pe, simd), "vec_in__ready")

@@ -74,6 +74,8 @@ class HostLink(wiring.Component):
                  timeout_cycles: int):
         self.engine, self.info = engine, info
         self.divisor, self.timeout_cycles = int(divisor), int(timeout_cycles)
+        if self.timeout_cycles < 1:
+            raise ValueError(f"timeout of {self.timeout_cycles} cycles: it must be at least 1")
         self.in_c, self.in_h, self.in_w = in_layout["shape"]
         self.in_bits = int(in_layout["bits"])
         self.out_c, self.out_h, self.out_w = out_layout["shape"]
@@ -108,6 +110,7 @@ class HostLink(wiring.Component):
         r_status, r_len, r_src = Signal(8), Signal(16), Signal(2)
         r_crc = Signal(8)
         r_count = Signal(16)
+        r_final = Signal(16)            # r_len - 1: index of the last payload byte
         tx_idle = Signal()
         info = list(self.info.to_bytes())
         info_rom = Array(Const(b, 8) for b in info)
@@ -121,7 +124,7 @@ class HostLink(wiring.Component):
                 m.d.comb += tx_idle.eq(~resp_start)
                 with m.If(resp_start):
                     m.d.sync += [r_status.eq(resp_status), r_len.eq(resp_len), r_src.eq(resp_src), r_crc.eq(0),
-                                 r_count.eq(0)]
+                                 r_count.eq(0), r_final.eq(resp_len - 1)]
                     m.next = "SYNC"
             with m.State("SYNC"):
                 m.d.comb += [tx_byte.eq(P.SYNC_RESP), tx_valid.eq(1)]
@@ -150,7 +153,7 @@ class HostLink(wiring.Component):
                     m.d.comb += [tx_byte.eq(ser_byte), tx_valid.eq(ser_valid), ser_ready.eq(utx.i.ready)]
                 with m.If(sent):
                     m.d.sync += [r_crc.eq(crc8_next(r_crc, tx_byte)), r_count.eq(r_count + 1)]
-                    with m.If(r_count == r_len - 1):
+                    with m.If(r_count == r_final):
                         m.next = "CRC"
             with m.State("CRC"):
                 m.d.comb += [tx_byte.eq(r_crc), tx_valid.eq(1)]
@@ -213,12 +216,14 @@ class HostLink(wiring.Component):
         length = Signal(16)
         crc = Signal(8)
         waddr = Signal(range(max(2, self.in_bytes)))
+        # idle counter with `timed_out` (idle == timeout_cycles) kept as a register: it feeds
+        # the receive FSM and, through a refusal, the response FSM's load enables
         idle = Signal(range(self.timeout_cycles + 1))
-        timed_out = idle == self.timeout_cycles
+        timed_out = Signal()
         with m.If(got):
-            m.d.sync += idle.eq(0)
+            m.d.sync += [idle.eq(0), timed_out.eq(0)]
         with m.Elif(~timed_out):
-            m.d.sync += idle.eq(idle + 1)
+            m.d.sync += [idle.eq(idle + 1), timed_out.eq(idle == self.timeout_cycles - 1)]
         m.d.comb += [wp.addr.eq(waddr), wp.data.eq(byte)]
 
         def respond(status, n=0, src=0):
