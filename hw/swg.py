@@ -8,20 +8,21 @@ window is the ``kernel x kernel`` block of input pixels at rows
 ``kernel**2`` pixels in raster order (``(ky*kernel + kx) * channels + c`` is the
 element index); positions outside the image are zero (zero padding).
 
-Storage: ``rows`` line buffers (one memory of ``width`` pixels each) used as a ring
-of image rows that continues across frames. A row slot is overwritten only when no
+Storage: ``rows`` line buffers (row slots of ``width`` pixels in one memory, read
+through one port per kernel row) used as a ring of image rows that continues across
+frames. A row slot is overwritten only when no
 window still to be assembled needs the row it holds, and a window is assembled only
 when its last needed input pixel has arrived (pixel-exact dependency tracking), so
 the writer can run up to a frame ahead of the reader. ``rows >= kernel + stride``
 keeps the stream flowing; the default adds one more row of slack.
 
 Throughput: a window takes ``kernel`` cycles to read (one column of ``kernel`` rows
-per cycle, all line buffers read in parallel) plus one cycle to land, so at most one
+per cycle, the ``kernel`` rows read in parallel) plus one cycle to land, so at most one
 window per ``kernel + 1`` cycles (:func:`swg_period`); one input pixel per cycle.
 """
 from __future__ import annotations
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -102,13 +103,13 @@ class SlidingWindowGenerator(wiring.Component):
         Ho, Wo = self.out_height, self.out_width
         pw = C * self.bits
 
-        # ---- line buffers -------------------------------------------------------------
-        wports, rports = [], []
-        for b in range(B):
-            mem = Memory(shape=unsigned(pw), depth=W, init=[])
-            m.submodules[f"line_{b}"] = mem
-            wports.append(mem.write_port())
-            rports.append(mem.read_port(domain="sync"))
+        # ---- line buffers: one ring memory, slot b at addresses [b*Wp, b*Wp + W) -------------
+        # (Wp = W rounded up to a power of two, so an address is Cat(column, slot), no adder),
+        # with one read port per kernel row, so that no slot multiplexer follows the reads
+        col_bits = max(1, (W - 1).bit_length())
+        ring = m.submodules.ring = Memory(shape=unsigned(pw), depth=B << col_bits, init=[])
+        wport = ring.write_port()
+        rports = [ring.read_port(domain="sync") for _ in range(K)]
 
         # ---- write side: position of the next input pixel ------------------------------
         wy = Signal(range(H), name="wy")
@@ -122,7 +123,8 @@ class SlidingWindowGenerator(wiring.Component):
         kx = Signal(range(K), name="kx")
         y0 = Signal(signed(max(H, Ho * S, P).bit_length() + 2), init=-P)   # top row of the window
         x0 = Signal(signed(max(W, Wo * S, P).bit_length() + 2), init=-P)   # left column
-        slot_y0 = Signal(range(B), init=(-P) % B)       # ring slot of row y0 (rows < 0 included)
+        # ring slot of row y0 + ky for every kernel row (rows < 0 included)
+        slot_row = [Signal(range(B), init=(ky - P) % B, name=f"slot_row_{ky}") for ky in range(K)]
         rbase = Signal(range(B))                        # ring slot of row 0 of the frame being read
 
         # Dependency: window (oy, ox) needs input pixel (need_row, need_col) of its frame; the
@@ -138,22 +140,24 @@ class SlidingWindowGenerator(wiring.Component):
         # it is free when every window still to be read starts below that row, i.e. when
         # dist = (H if ahead else 0) + wy - max(y0, 0) < B. `pix_in.ready` is a register
         # (HW_REQUESTS item 5): `dist` is a counter, +1 when the writer finishes a row and
-        # -`released` (rows the reader gave up, registered) one cycle after the reader moves to
-        # its next row of windows, and the permission is computed for the next cycle. Reader
-        # events reach the writer one cycle late, which can only delay a permission.
+        # -`released` (rows the reader gave up, through two registers) two cycles after the
+        # reader moves to its next row of windows, and the permission is computed for the
+        # next cycle. Reader events reach the writer late, which can only delay a permission.
         dist = Signal(signed(y0.shape().width + 2))
+        released = Signal(range(H + 1))                 # rows the reader released (2 cycles ago)
         stepped = Signal()                              # the reader moved to its next row of windows last cycle
         stepped_rows = Signal(range(H + 1))             # rows that step released (loaded every cycle)
-        released = Mux(stepped, stepped_rows, 0)
-        frame_read_r = Signal()                         # the reader finished a frame last cycle
+        m.d.sync += released.eq(Mux(stepped, stepped_rows, 0))
+        frame_read_r = Signal()                         # the reader finished a frame (2 cycles ago)
+        frame_read_d = Signal()
         ahead_w = Signal()                              # `ahead` as the writer sees it
         at_last = Signal(init=H * W == 1)               # (wy, wx) is the frame's last pixel
         ready = Signal(init=1)
         m.d.comb += self.pix_in.ready.eq(ready)
         write = self.pix_in.valid & ready
-        for b in range(B):
-            m.d.comb += [wports[b].addr.eq(wx), wports[b].data.eq(self.pix_in.payload),
-                         wports[b].en.eq(write & (wslot == b))]
+        wcol = Signal(col_bits)                         # wx, widened to the column field
+        m.d.comb += [wcol.eq(wx), wport.addr.eq(Cat(wcol, wslot)), wport.data.eq(self.pix_in.payload),
+                     wport.en.eq(write)]
         frame_written = Signal()
         m.d.comb += frame_written.eq(write & at_last)
         if H * W == 1:
@@ -216,22 +220,18 @@ class SlidingWindowGenerator(wiring.Component):
         col = Signal.like(x0, init=-P)                  # always x0 + kx
         col_ok = Signal(init=P == 0)                    # 0 <= col < W
         row_ok = [Signal(name=f"row_ok_{ky}", init=0 <= ky - P < H) for ky in range(K)]  # 0 <= y0+ky < H
-        for b in range(B):
-            m.d.comb += [rports[b].addr.eq(Mux(col_ok, col, 0)), rports[b].en.eq(1)]
-        # per kernel row: ring slot and whether the row is inside the image (registered for landing)
+        read_col = Mux(col_ok, col, 0)[:col_bits]
+        for ky in range(K):
+            m.d.comb += [rports[ky].addr.eq(Cat(read_col, slot_row[ky])), rports[ky].en.eq(1)]
+        # per kernel row: whether the pixel read is inside the image (registered for landing)
         land_v = Signal()
         land_kx = Signal.like(kx)
-        land_slot = [Signal(range(B), name=f"land_slot_{ky}") for ky in range(K)]
         land_ok = [Signal(name=f"land_ok_{ky}") for ky in range(K)]
         m.d.sync += [land_v.eq(issue), land_kx.eq(kx)]
-        for ky in range(K):
-            sl = slot_y0 + ky
-            m.d.sync += [land_slot[ky].eq(Mux(sl >= B, sl - B, sl)),
-                         land_ok[ky].eq(col_ok & row_ok[ky])]
-        rdata = Array(rp.data for rp in rports)
+        m.d.sync += [land_ok[ky].eq(col_ok & row_ok[ky]) for ky in range(K)]
         with m.If(land_v):
             for ky in range(K):
-                pix = Mux(land_ok[ky], rdata[land_slot[ky]], 0)
+                pix = Mux(land_ok[ky], rports[ky].data, 0)
                 with m.Switch(land_kx):
                     for c in range(K):
                         with m.Case(c):
@@ -251,7 +251,8 @@ class SlidingWindowGenerator(wiring.Component):
         m.d.comb += row_step.eq(issue & (kx == K - 1) & (ox == Wo - 1))
         tops = [max(o * S - P, 0) for o in range(Ho)] + [H]     # top row of each row of windows
         released_by = Array(Const(tops[o + 1] - tops[o], range(H + 1)) for o in range(Ho))
-        m.d.sync += [stepped.eq(row_step), stepped_rows.eq(released_by[oy]), frame_read_r.eq(frame_read)]
+        m.d.sync += [stepped.eq(row_step), stepped_rows.eq(released_by[oy]),
+                     frame_read_d.eq(frame_read), frame_read_r.eq(frame_read_d)]
         with m.If(issue):
             with m.If(kx == K - 1):
                 m.d.sync += kx.eq(0)
@@ -262,13 +263,16 @@ class SlidingWindowGenerator(wiring.Component):
                         # next frame: row 0 sits H rows further along the ring
                         nb = rbase + (H % B)
                         nb_mod = Mux(nb >= B, nb - B, nb)
-                        ny = nb_mod + ((B - P) % B)
-                        m.d.sync += [oy.eq(0), y0.eq(-P), rbase.eq(nb_mod),
-                                     slot_y0.eq(Mux(ny >= B, ny - B, ny))]
+                        m.d.sync += [oy.eq(0), y0.eq(-P), rbase.eq(nb_mod)]
+                        for ky in range(K):
+                            ny = nb_mod + ((ky - P) % B)
+                            m.d.sync += slot_row[ky].eq(Mux(ny >= B, ny - B, ny))
                         m.d.sync += [row_ok[ky].eq(0 <= ky - P < H) for ky in range(K)]
                     with m.Else():
-                        ns = slot_y0 + (S % B)
-                        m.d.sync += [oy.eq(oy + 1), y0.eq(y0 + S), slot_y0.eq(Mux(ns >= B, ns - B, ns))]
+                        m.d.sync += [oy.eq(oy + 1), y0.eq(y0 + S)]
+                        for ky in range(K):
+                            ns = slot_row[ky] + (S % B)
+                            m.d.sync += slot_row[ky].eq(Mux(ns >= B, ns - B, ns))
                         # 0 <= y0 + S + ky < H, compared against constants
                         m.d.sync += [row_ok[ky].eq((y0 >= -S - ky) & (y0 < H - S - ky)) for ky in range(K)]
                 with m.Else():

@@ -104,6 +104,7 @@ def test_mvu_full_rate_without_backpressure():
 @pytest.mark.parametrize("k,s,p,h,w,rows", [
     (3, 1, 1, 4, 5, None), (3, 2, 1, 5, 4, None), (5, 1, 2, 3, 3, None), (5, 2, 0, 7, 6, None),
     (1, 2, 0, 4, 4, None), (2, 1, 1, 3, 4, None), (3, 1, 0, 4, 4, 4), (3, 3, 2, 6, 5, None),
+    (3, 1, 1, 3, 1, None), (3, 1, 1, 2, 3, None),                   # one column; W not a power of 2
 ])
 def test_swg_windows(k, s, p, h, w, rows):
     c, bits, frames = 2, 4, 3

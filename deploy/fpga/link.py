@@ -226,11 +226,15 @@ class HostLink(wiring.Component):
             m.d.sync += [idle.eq(idle + 1), timed_out.eq(idle == self.timeout_cycles - 1)]
         m.d.comb += [wp.addr.eq(waddr), wp.data.eq(byte)]
 
+        # the receive FSM's requests to the response FSM and the pixel assembler are registers
+        # (one cycle later), so the CRC compare does not reach their load enables in one cycle
+        m.d.sync += [resp_start.eq(0), feed_start.eq(0)]
+
         def respond(status, n=0, src=0):
             return [resp_start.eq(1), resp_status.eq(status), resp_len.eq(n), resp_src.eq(src)]
 
         def refuse(status):
-            m.d.comb += respond(status)
+            m.d.sync += respond(status)
             m.d.sync += self.error.eq(1)
 
         with m.FSM(name="recv"):
@@ -290,11 +294,11 @@ class HostLink(wiring.Component):
                     with m.If(byte != crc):
                         refuse(P.BAD_CRC)
                     with m.Elif(cmd == P.CMD_INFO):
-                        m.d.comb += respond(P.OK, len(info), 1)
+                        m.d.sync += respond(P.OK, len(info), 1)
                         m.d.sync += self.error.eq(0)
                     with m.Else():
-                        m.d.comb += respond(P.OK, self.out_bytes, 2)
-                        m.d.comb += feed_start.eq(1)
+                        m.d.sync += respond(P.OK, self.out_bytes, 2)
+                        m.d.sync += feed_start.eq(1)
                         m.d.sync += [self.error.eq(0), self.frames.eq(self.frames + 1)]
                     m.next = "WAIT_TX"
                 with m.Elif(timed_out):
