@@ -13,8 +13,8 @@ with zero rows and columns to ``NF * PE`` x ``SF * SIMD`` and the input vector w
 zero elements, and the padded output channels are dropped (a partial last fold).
 
 Pipeline (every path registered): issue (weight ROM read, first level of the
-input-slice multiplexer) -> ROM output register and input slice register ->
-operand registers (so the block-RAM read, the routes to the multipliers and the
+input-slice multiplexer) -> two ROM output registers and input slice registers (the
+block RAM's clock-to-out leaves room for a short route only) -> operand registers (so the block-RAM read, the routes to the multipliers and the
 multiplier each get a whole cycle) -> multiply (registered products; on ECP5 the
 operand and product registers are a MULT18X18D's own, see :mod:`hw.dsp`) -> adder
 tree (a register after the first level, then every ``TREE_LEVELS`` levels) ->
@@ -64,9 +64,9 @@ def _tree_regs(simd: int, levels: int = TREE_LEVELS) -> int:
 
 def mvu_latency(simd: int, requant: bool = True) -> int:
     """Cycles from issuing a vector's last fold to its output pixel entering the FIFO."""
-    # issue->ROM data / input slice groups (1), ROM output / input slice registers (1),
+    # issue->ROM data / input slice groups (1), ROM output / input slice registers (2),
     # operand registers (1), multiply register (1), tree registers, accumulator (1), requant (2)
-    return 1 + 1 + 1 + 1 + _tree_regs(simd) + 1 + (2 if requant else 0)
+    return 1 + 2 + 1 + 1 + _tree_regs(simd) + 1 + (2 if requant else 0)
 
 
 def default_fifo_depth(cycles_per_vector: int, simd: int, requant: bool = True) -> int:
@@ -199,11 +199,13 @@ class MatrixVectorUnit(wiring.Component):
             return out
 
         n_tree = _tree_regs(SIMD)
-        acc_cycle = 4 + n_tree                  # cycle (after issue) at which the accumulator adds
+        acc_cycle = 5 + n_tree                  # cycle (after issue) at which the accumulator adds
         ctrl = ctrl_delay(go, sf_first, sf_last, nf, acc_cycle)
 
-        # weight ROM (synchronous read: data in cycle 1, registered in cycle 2: on ECP5 the
-        # block RAM's clock-to-out is 4.3 ns, too long to reach the DSP input registers too)
+        # weight ROM (synchronous read: data in cycle 1, registered in cycles 2 and 3: on ECP5
+        # the block RAM's clock-to-out is 4.3 ns, which leaves room for a short route only, so
+        # the first register can sit by the block RAM and the second anywhere on the way to
+        # the multipliers)
         rom_w = PE * SIMD * wb
         if NF * SF > 1:
             rom = m.submodules.weights = Memory(shape=unsigned(rom_w), depth=NF * SF, init=self.weight_words())
@@ -213,8 +215,8 @@ class MatrixVectorUnit(wiring.Component):
             with m.If(go):
                 m.d.sync += waddr.eq(Mux(last_fold, 0, waddr + 1))
             m.d.comb += [rp.addr.eq(waddr), rp.en.eq(1)]
-            wword = Signal(rom_w)
-            m.d.sync += wword.eq(rp.data)
+            rom_q, wword = Signal(rom_w), Signal(rom_w)
+            m.d.sync += [rom_q.eq(rp.data), wword.eq(rom_q)]
         else:
             wword = Const(self.weight_words()[0], unsigned(rom_w))
 
@@ -245,21 +247,23 @@ class MatrixVectorUnit(wiring.Component):
         else:
             hi = Signal(len(sf) - lo_bits)
             m.d.sync += [hi.eq(sf[lo_bits:]), x_r.eq(Cat(*groups).word_select(hi, SIMD * ib))]
+        x_w = Signal(SIMD * ib)                         # in step with the ROM's second register
+        m.d.sync += x_w.eq(x_r)
 
-        # operand registers (cycle 3): the ROM output and the matching input slice are
+        # operand registers (cycle 4): the ROM output and the matching input slice are
         # registered before the multipliers, so block-RAM clock-to-out and the multiply
         # are in different cycles (the critical path of HW_REQUESTS item 0)
         # (a single-word ROM is a constant and needs no register). On ECP5 these registers
         # and the product registers are the MULT18X18D's own (hw/dsp.py, HW_REQUESTS item 4).
         mul = Multipliers(m, platform)
-        x_op = mul.operand(x_r, "x_op")
+        x_op = mul.operand(x_w, "x_op")
         w_op = mul.operand(wword, "w_op")
 
         def elem(word, i, bits, is_signed):
             v = word[i * bits:(i + 1) * bits]
             return v.as_signed() if is_signed else v.as_unsigned()
 
-        # ---- multiply (registered products, cycle 4) -----------------------------------
+        # ---- multiply (registered products, cycle 5) -----------------------------------
         pw = min(wb + ib + (0 if s.in_signed else 1), s.tree_bits)
         products = [[mul.product(w_op.elem(pe * SIMD + j, wb, True), x_op.elem(j, ib, s.in_signed), signed(pw),
                                  f"p_{pe}_{j}") for j in range(SIMD)] for pe in range(PE)]

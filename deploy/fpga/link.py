@@ -211,7 +211,10 @@ class HostLink(wiring.Component):
                         m.next = "READ"
 
         # ---- receive FSM --------------------------------------------------------------
-        byte, got = urx.data, urx.valid
+        # the receiver's strobe and byte are registered again here, so that the route from the
+        # UART (placed by the pins) to the receive FSM is a path of its own
+        byte, got = Signal(8), Signal()
+        m.d.sync += [byte.eq(urx.data), got.eq(urx.valid)]
         cmd = Signal(8)
         length = Signal(16)
         crc = Signal(8)
