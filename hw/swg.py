@@ -32,6 +32,10 @@ from .spec import HwError
 __all__ = ["SlidingWindowGenerator", "swg_period", "default_rows"]
 
 
+#: Largest line-buffer ring (row slots x padded width, in pixels) kept in LUT RAM.
+DISTRIBUTED_MAX_DEPTH = 128
+
+
 def swg_period(kernel: int) -> int:
     """Minimum cycles between two windows leaving the generator."""
     return kernel + 1
@@ -107,7 +111,11 @@ class SlidingWindowGenerator(wiring.Component):
         # (Wp = W rounded up to a power of two, so an address is Cat(column, slot), no adder),
         # with one read port per kernel row, so that no slot multiplexer follows the reads
         col_bits = max(1, (W - 1).bit_length())
-        ring = m.submodules.ring = Memory(shape=unsigned(pw), depth=B << col_bits, init=[])
+        depth = B << col_bits
+        # up to DISTRIBUTED_MAX_DEPTH rows x columns, LUT RAM: a block RAM's clock-to-out
+        # (4.3 ns on ECP5) would leave too little of the landing cycle
+        attrs = {"ram_style": "distributed"} if depth <= DISTRIBUTED_MAX_DEPTH else None
+        ring = m.submodules.ring = Memory(shape=unsigned(pw), depth=depth, init=[], attrs=attrs)
         wport = ring.write_port()
         rports = [ring.read_port(domain="sync") for _ in range(K)]
 
