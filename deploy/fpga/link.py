@@ -215,8 +215,11 @@ class HostLink(wiring.Component):
         # UART (placed by the pins) to the receive FSM is a path of its own
         byte, got = Signal(8), Signal()
         m.d.sync += [byte.eq(urx.data), got.eq(urx.valid)]
-        cmd = Signal(8)
-        length = Signal(16)
+        # the header is kept as flags, each compared as its byte arrives, so that the CHECK
+        # state decides from registers (command and 16-bit length compares were its critical path)
+        is_info, is_infer = Signal(), Signal()          # command byte
+        len_lo_zero, len_lo_frame = Signal(), Signal()  # length low byte: 0 / the frame's
+        len_zero, len_frame = Signal(), Signal()        # length: 0 / the input frame's bytes
         crc = Signal(8)
         waddr = Signal(range(max(2, self.in_bytes)))
         # idle counter with `timed_out` (idle == timeout_cycles) kept as a register: it feeds
@@ -248,7 +251,8 @@ class HostLink(wiring.Component):
             with m.State("CMD"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(got):
-                    m.d.sync += [cmd.eq(byte), crc.eq(crc8_next(crc, byte))]
+                    m.d.sync += [is_info.eq(byte == P.CMD_INFO), is_infer.eq(byte == P.CMD_INFER),
+                                 crc.eq(crc8_next(crc, byte))]
                     m.next = "LEN0"
                 with m.Elif(timed_out):
                     refuse(P.TIMEOUT)
@@ -256,7 +260,8 @@ class HostLink(wiring.Component):
             with m.State("LEN0"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(got):
-                    m.d.sync += [length[:8].eq(byte), crc.eq(crc8_next(crc, byte))]
+                    m.d.sync += [len_lo_zero.eq(byte == 0), len_lo_frame.eq(byte == self.in_bytes & 0xFF),
+                                 crc.eq(crc8_next(crc, byte))]
                     m.next = "LEN1"
                 with m.Elif(timed_out):
                     refuse(P.TIMEOUT)
@@ -264,18 +269,20 @@ class HostLink(wiring.Component):
             with m.State("LEN1"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(got):
-                    m.d.sync += [length[8:].eq(byte), crc.eq(crc8_next(crc, byte)), waddr.eq(0)]
+                    m.d.sync += [len_zero.eq(len_lo_zero & (byte == 0)),
+                                 len_frame.eq(len_lo_frame & (byte == self.in_bytes >> 8)),
+                                 crc.eq(crc8_next(crc, byte)), waddr.eq(0)]
                     m.next = "CHECK"
                 with m.Elif(timed_out):
                     refuse(P.TIMEOUT)
                     m.next = "WAIT_TX"
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
-                with m.If((cmd == P.CMD_INFO) & (length == 0)):
+                with m.If(is_info & len_zero):
                     m.next = "RCRC"
-                with m.Elif((cmd == P.CMD_INFER) & (length == self.in_bytes)):
+                with m.Elif(is_infer & len_frame):
                     m.next = "PAYLOAD"
-                with m.Elif((cmd == P.CMD_INFO) | (cmd == P.CMD_INFER)):
+                with m.Elif(is_info | is_infer):
                     refuse(P.BAD_LENGTH)
                     m.next = "DRAIN"
                 with m.Else():
@@ -296,7 +303,7 @@ class HostLink(wiring.Component):
                 with m.If(got):
                     with m.If(byte != crc):
                         refuse(P.BAD_CRC)
-                    with m.Elif(cmd == P.CMD_INFO):
+                    with m.Elif(is_info):
                         m.d.sync += respond(P.OK, len(info), 1)
                         m.d.sync += self.error.eq(0)
                     with m.Else():
