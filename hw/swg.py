@@ -160,6 +160,7 @@ class SlidingWindowGenerator(wiring.Component):
         frame_read_d = Signal()
         ahead_w = Signal()                              # `ahead` as the writer sees it
         at_last = Signal(init=H * W == 1)               # (wy, wx) is the frame's last pixel
+        row_end = Signal(init=W == 1)                   # wx == W - 1 (a register, as at_last)
         ready = Signal(init=1)
         m.d.comb += self.pix_in.ready.eq(ready)
         write = self.pix_in.valid & ready
@@ -178,18 +179,18 @@ class SlidingWindowGenerator(wiring.Component):
         # only selects (it follows pix_in.valid, which comes from the upstream unit)
         nxt = {}
         for w in (0, 1):
-            d = dist + (wx == W - 1) - released if w else dist - released
+            d = dist + row_end - released if w else dist - released
             a = Mux(at_last, 1, Mux(frame_read_r, 0, ahead_w)) if w else Mux(frame_read_r, 0, ahead_w)
             last = next_is_last if w else at_last
             nxt[w] = (d, a, last, (d < B) & ~(a & last))
         m.d.sync += [reg.eq(Mux(write, with_write, without))
                      for reg, with_write, without in zip((dist, ahead_w, at_last, ready), nxt[1], nxt[0])]
         with m.If(write):
-            with m.If(wx == W - 1):
-                m.d.sync += [wx.eq(0), wy.eq(Mux(wy == H - 1, 0, wy + 1)),
+            with m.If(row_end):
+                m.d.sync += [wx.eq(0), row_end.eq(W == 1), wy.eq(Mux(wy == H - 1, 0, wy + 1)),
                              wslot.eq(Mux(wslot == B - 1, 0, wslot + 1))]
             with m.Else():
-                m.d.sync += wx.eq(wx + 1)
+                m.d.sync += [wx.eq(wx + 1), row_end.eq(wx == W - 2)]
 
         # ---- assembly: issue K column reads, land them in `asm`, hand over to `win_out` ---
         asm = Signal(K * K * pw)
