@@ -14,19 +14,20 @@ zero elements, and the padded output channels are dropped (a partial last fold).
 
 Pipeline (every path registered): issue (weight ROM read, first level of the
 input-slice multiplexer) -> two ROM output registers and input slice registers (the
-block RAM's clock-to-out leaves room for a short route only) -> operand registers (so the block-RAM read, the routes to the multipliers and the
-multiplier each get a whole cycle) -> multiply (registered products; on ECP5 the
-operand and product registers are a MULT18X18D's own, see :mod:`hw.dsp`) -> adder
-tree (a register after the first level, then every ``TREE_LEVELS`` levels) ->
-accumulate (with bias on the first fold) -> requantize (2 stages: rounding shift,
-clamp) -> collect the ``NF`` groups of ``PE`` results into one output pixel ->
-output FIFO.
+block RAM's clock-to-out leaves room for a short route only) -> operand registers (so
+the block-RAM read, the routes to the multipliers and the multiplier each get a whole
+cycle) -> multiply (registered products; on ECP5 the operand and product registers
+are a MULT18X18D's own, see :mod:`hw.dsp`) -> adder tree (a register after the first
+level, then every ``TREE_LEVELS`` levels) -> accumulate (with bias on the first fold)
+-> requantize (2 stages: rounding shift, clamp) -> collect the ``NF`` groups of ``PE``
+results into one output pixel -> output FIFO.
 
 Flow control: the unit *reads its input in place*: it keeps ``vec_in.ready`` low
 while it works through the vector's folds and raises it in the cycle of the last
 fold (so the source must hold ``payload`` stable while ``valid`` is high, as
-stream sources must). ``vec_in.ready`` is a register: it does not follow ``valid``. It only starts a vector when the output FIFO is sure to have
-room for it (credit counter), so the pipeline itself never stalls.
+stream sources must). ``vec_in.ready`` is a register: it does not follow ``valid``.
+It only starts a vector when the output FIFO is sure to have room for it (credit
+counter), so the pipeline itself never stalls.
 """
 from __future__ import annotations
 
@@ -179,7 +180,8 @@ class MatrixVectorUnit(wiring.Component):
                 with m.If(nf_last):
                     m.d.sync += [nf.eq(0), nf_last.eq(NF == 1), last_fold.eq(NF * SF == 1)]
                 with m.Else():
-                    m.d.sync += [nf.eq(nf + 1), nf_last.eq(nf == NF - 2), last_fold.eq((SF == 1) & (nf == NF - 2))]
+                    m.d.sync += [nf.eq(nf + 1), nf_last.eq(nf == NF - 2),
+                                 last_fold.eq((SF == 1) & (nf == NF - 2))]
             with m.Else():
                 m.d.sync += [sf.eq(sf + 1), sf_first.eq(0), sf_last.eq(sf == SF - 2),
                              last_fold.eq((sf == SF - 2) & nf_last)]

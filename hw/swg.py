@@ -46,6 +46,11 @@ def default_rows(kernel: int, stride: int) -> int:
     return kernel + stride + 1
 
 
+def _wrap(value, modulus: int):
+    """``value mod modulus`` for ``0 <= value < 2 * modulus`` (ring-slot arithmetic)."""
+    return Mux(value >= modulus, value - modulus, value)
+
+
 def _out_size(n: int, kernel: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - kernel) // stride + 1
 
@@ -121,7 +126,7 @@ class SlidingWindowGenerator(wiring.Component):
 
         # ---- write side: position of the next input pixel ------------------------------
         wy = Signal(range(H), name="wy")
-        wx = Signal(range(W), name="wx")
+        wx = Signal(col_bits, name="wx")                # column (< W), as wide as the address field
         wslot = Signal(range(B), name="wslot")          # ring slot of row wy
         ahead = Signal()                                # writer is one frame ahead of the reader
 
@@ -164,9 +169,7 @@ class SlidingWindowGenerator(wiring.Component):
         ready = Signal(init=1)
         m.d.comb += self.pix_in.ready.eq(ready)
         write = self.pix_in.valid & ready
-        wcol = Signal(col_bits)                         # wx, widened to the column field
-        m.d.comb += [wcol.eq(wx), wport.addr.eq(Cat(wcol, wslot)), wport.data.eq(self.pix_in.payload),
-                     wport.en.eq(write)]
+        m.d.comb += [wport.addr.eq(Cat(wx, wslot)), wport.data.eq(self.pix_in.payload), wport.en.eq(write)]
         frame_written = Signal()
         m.d.comb += frame_written.eq(write & at_last)
         if H * W == 1:
@@ -188,7 +191,7 @@ class SlidingWindowGenerator(wiring.Component):
         with m.If(write):
             with m.If(row_end):
                 m.d.sync += [wx.eq(0), row_end.eq(W == 1), wy.eq(Mux(wy == H - 1, 0, wy + 1)),
-                             wslot.eq(Mux(wslot == B - 1, 0, wslot + 1))]
+                             wslot.eq(_wrap(wslot + 1, B))]
             with m.Else():
                 m.d.sync += [wx.eq(wx + 1), row_end.eq(wx == W - 2)]
 
@@ -271,17 +274,15 @@ class SlidingWindowGenerator(wiring.Component):
                         m.d.comb += frame_read.eq(1)
                         # next frame: row 0 sits H rows further along the ring
                         nb = rbase + (H % B)
-                        nb_mod = Mux(nb >= B, nb - B, nb)
+                        nb_mod = _wrap(nb, B)
                         m.d.sync += [oy.eq(0), y0.eq(-P), rbase.eq(nb_mod)]
                         for ky in range(K):
-                            ny = nb_mod + ((ky - P) % B)
-                            m.d.sync += slot_row[ky].eq(Mux(ny >= B, ny - B, ny))
+                            m.d.sync += slot_row[ky].eq(_wrap(nb_mod + ((ky - P) % B), B))
                         m.d.sync += [row_ok[ky].eq(0 <= ky - P < H) for ky in range(K)]
                     with m.Else():
                         m.d.sync += [oy.eq(oy + 1), y0.eq(y0 + S)]
                         for ky in range(K):
-                            ns = slot_row[ky] + (S % B)
-                            m.d.sync += slot_row[ky].eq(Mux(ns >= B, ns - B, ns))
+                            m.d.sync += slot_row[ky].eq(_wrap(slot_row[ky] + (S % B), B))
                         # 0 <= y0 + S + ky < H, compared against constants
                         m.d.sync += [row_ok[ky].eq((y0 >= -S - ky) & (y0 < H - S - ky)) for ky in range(K)]
                 with m.Else():

@@ -124,7 +124,6 @@ def test_swg_rate_one_window_per_k_plus_1_cycles():
     assert gaps.max() <= 5 and np.median(gaps) == 4, gaps
 
 
-
 def _driven_by_flip_flop(dut, port: str) -> bool:
     """Whether the generated Verilog drives ``port`` straight from a clocked register."""
     import re
