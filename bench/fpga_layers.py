@@ -66,10 +66,17 @@ def main(argv=None, build_one=_build_one) -> int:
         print(f"error: --jobs {args.jobs}: use 1 or more", file=sys.stderr)
         return 2
 
+    from artifact import ArtifactError
     from bench.hw_cycles import trained_layers
+    from deploy.fpga.boards import BoardError, get_board
     from deploy.fpga.build import machine
 
-    layers = trained_layers(args.artifact)
+    try:                                            # bad input fails before any build starts
+        get_board(args.board)
+        layers = trained_layers(args.artifact)
+    except (ArtifactError, BoardError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not layers:
         print(f"error: {args.artifact} has no Tucker-2 layer to build", file=sys.stderr)
         return 2

@@ -49,3 +49,6 @@ def test_fpga_layers_table_and_summary(capsys, tmp_path):
                        "slowest_s": 700.0, "lowest_fmax_mhz": 140.0}
     assert "built within 600 s: 4/6" in capsys.readouterr().out
     assert fpga_layers.main(["--jobs", "0"], build_one=fake_build) == 2
+    assert fpga_layers.main(["--board", "nosuch"], build_one=fake_build) == 2
+    assert fpga_layers.main(["--artifact", str(tmp_path / "none")], build_one=fake_build) == 2
+    assert "error: unknown board 'nosuch'" in capsys.readouterr().err
