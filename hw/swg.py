@@ -154,8 +154,10 @@ class SlidingWindowGenerator(wiring.Component):
         # dist = (H if ahead else 0) + wy - max(y0, 0) < B. `pix_in.ready` is a register
         # (HW_REQUESTS item 5): `dist` is a counter, +1 when the writer finishes a row and
         # -`released` (rows the reader gave up, through two registers) two cycles after the
-        # reader moves to its next row of windows, and the permission is computed for the
-        # next cycle. Reader events reach the writer late, which can only delay a permission.
+        # reader moves to its next row of windows. The permission for the next cycle is
+        # `dist + row_end < B` with this cycle's release left out (it counts a cycle later):
+        # one compare of a register, no adder before it. Reader events reach the writer
+        # late, which can only delay a permission.
         dist = Signal(signed(y0.shape().width + 2))
         released = Signal(range(H + 1))                 # rows the reader released (2 cycles ago)
         stepped = Signal()                              # the reader moved to its next row of windows last cycle
@@ -183,9 +185,10 @@ class SlidingWindowGenerator(wiring.Component):
         nxt = {}
         for w in (0, 1):
             d = dist + row_end - released if w else dist - released
+            room = Mux(row_end, dist < B - 1, dist < B) if w else dist < B
             a = Mux(at_last, 1, Mux(frame_read_r, 0, ahead_w)) if w else Mux(frame_read_r, 0, ahead_w)
             last = next_is_last if w else at_last
-            nxt[w] = (d, a, last, (d < B) & ~(a & last))
+            nxt[w] = (d, a, last, room & ~(a & last))
         m.d.sync += [reg.eq(Mux(write, with_write, without))
                      for reg, with_write, without in zip((dist, ahead_w, at_last, ready), nxt[1], nxt[0])]
         with m.If(write):
