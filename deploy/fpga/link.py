@@ -162,7 +162,7 @@ class HostLink(wiring.Component):
 
         # ---- output serializer: engine pixel -> bytes --------------------------------
         ob, eb = self.out_bits, self.out_eb
-        word = Signal(self.out_pix_bytes * 8)
+        word = Signal(self.out_pix_bytes * 8, reset_less=True)     # qualified by `left`
         left = Signal(range(self.out_pix_bytes + 1))
         fields = []
         for c in range(self.out_c):
@@ -182,7 +182,7 @@ class HostLink(wiring.Component):
         # ---- pixel assembler: frame buffer -> engine ---------------------------------
         feed_start = Signal()
         raddr = Signal(range(self.in_bytes + 1))
-        pix = Signal(self.in_pix_bytes * 8)
+        pix = Signal(self.in_pix_bytes * 8, reset_less=True)
         nbyte = Signal(range(self.in_pix_bytes + 1))
         m.d.comb += [rp.addr.eq(raddr), rp.en.eq(1)]
         ib = self.in_bits
@@ -213,7 +213,7 @@ class HostLink(wiring.Component):
         # ---- receive FSM --------------------------------------------------------------
         # the receiver's strobe and byte are registered again here, so that the route from the
         # UART (placed by the pins) to the receive FSM is a path of its own
-        byte, got = Signal(8), Signal()
+        byte, got = Signal(8, reset_less=True), Signal()
         m.d.sync += [byte.eq(urx.data), got.eq(urx.valid)]
         # the header is kept as flags, each compared as its byte arrives, so that the CHECK
         # state decides from registers (command and 16-bit length compares were its critical path)
@@ -221,6 +221,10 @@ class HostLink(wiring.Component):
         len_lo_zero, len_lo_frame = Signal(), Signal()  # length low byte: 0 / the frame's
         len_zero, len_frame = Signal(), Signal()        # length: 0 / the input frame's bytes
         crc = Signal(8)
+        # byte == crc, compared a cycle early from the receiver's byte: crc only changes in a
+        # `got` cycle and the receiver's strobes are a byte time apart, so crc is the same then
+        crc_match = Signal()
+        m.d.sync += crc_match.eq(urx.data == crc)
         waddr = Signal(range(max(2, self.in_bytes)))
         # idle counter with `timed_out` (idle == timeout_cycles) kept as a register: it feeds
         # the receive FSM and, through a refusal, the response FSM's load enables
@@ -301,7 +305,7 @@ class HostLink(wiring.Component):
             with m.State("RCRC"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(got):
-                    with m.If(byte != crc):
+                    with m.If(~crc_match):
                         refuse(P.BAD_CRC)
                     with m.Elif(is_info):
                         m.d.sync += respond(P.OK, len(info), 1)
