@@ -18,12 +18,15 @@ the two stages are depends on the platform the design is elaborated for:
 * Anything else (``None`` = Amaranth simulation and Verilog for Verilator, iCE40,
   Xilinx): an operand word register in the fabric and ``p <= a * b``.
 
-Both variants reset their registers to 0 with the domain's reset and have no clock
-enable, so their outputs are equal cycle for cycle.
+Both variants have neither a reset nor a clock enable (the registers hold data, which
+the caller's valid pipeline qualifies), so their outputs are equal cycle for cycle once
+the operands have been held for two cycles. The reset is left off on purpose: on ECP5 a
+sync reset reaches every DSP through its ``RST`` pin, and routing the reset net into the
+DSP tiles was what stalled nextpnr's router1 for minutes in some placements.
 """
 from __future__ import annotations
 
-from amaranth import ClockSignal, Const, Instance, ResetSignal, Signal, signed
+from amaranth import ClockSignal, Const, Instance, Signal, signed
 from amaranth.vendor import LatticePlatform
 
 __all__ = ["Multipliers", "is_ecp5"]
@@ -77,7 +80,7 @@ class Multipliers:
         self.m, self.domain, self.dsp = m, domain, is_ecp5(platform)
 
     def _reg(self, value, name: str) -> Signal:
-        r = Signal(value.shape(), name=name)
+        r = Signal(value.shape(), name=name, reset_less=True)
         self.m.d[self.domain] += r.eq(value)
         return r
 
@@ -90,7 +93,7 @@ class Multipliers:
 
     def product(self, a: _Elem, b: _Elem, shape, name: str) -> Signal:
         """Stage 2: the registered product ``a * b`` of elements of :meth:`operand` words."""
-        p = Signal(shape, name=name)
+        p = Signal(shape, name=name, reset_less=True)
         if self.dsp and a.fits_dsp() and b.fits_dsp():
             self._mult18x18d(a.value, b.value, p, name)
             return p
@@ -109,8 +112,15 @@ class Multipliers:
                  **{f"i_B{k}": b18[k] for k in range(DSP_BITS)},
                  **{f"i_C{k}": 0 for k in range(DSP_BITS)},
                  **{f"o_P{k}": p36[k] for k in range(2 * DSP_BITS)}}
+        # The control pins' constants come from two LUTs of this DSP's own (placed next to it):
+        # nextpnr routes a constant on these pins from one chip-wide GND / VCC LUT, and those
+        # long routes into the DSP tiles (RST0 most of all) stalled router1 for minutes.
+        tie0, tie1 = Signal(name=f"{name}_tie0"), Signal(name=f"{name}_tie1")
+        for tie, init in ((tie0, 0x0000), (tie1, 0xFFFF)):
+            self.m.submodules[tie.name] = Instance("LUT4", p_INIT=Const(init, 16), i_A=0, i_B=0, i_C=0, i_D=0,
+                                                   o_Z=tie)
         self.m.submodules[f"{name}_dsp"] = Instance(
             "MULT18X18D",
             p_REG_INPUTA_CLK="CLK0", p_REG_INPUTB_CLK="CLK0", p_REG_PIPELINE_CLK="NONE", p_REG_OUTPUT_CLK="CLK0",
-            i_CLK0=ClockSignal(self.domain), i_CE0=1, i_RST0=ResetSignal(self.domain, allow_reset_less=True),
-            i_SIGNEDA=1, i_SIGNEDB=1, i_SOURCEA=0, i_SOURCEB=0, **ports)
+            i_CLK0=ClockSignal(self.domain), i_CE0=tie1, i_RST0=tie0,
+            i_SIGNEDA=tie1, i_SIGNEDB=tie1, i_SOURCEA=tie0, i_SOURCEB=tie0, **ports)

@@ -28,6 +28,11 @@ fold (so the source must hold ``payload`` stable while ``valid`` is high, as
 stream sources must). ``vec_in.ready`` is a register: it does not follow ``valid``.
 It only starts a vector when the output FIFO is sure to have room for it (credit
 counter), so the pipeline itself never stalls.
+
+Reset: only the control (fold counters, credits, the valid pipeline) is reset; the data
+registers (ROM outputs, input slices, products, adder tree, accumulators, requantizer,
+collect) are not, as their contents only count where a valid flag says so. This keeps
+the reset net's fan-out to the control flip-flops (see :mod:`hw.dsp`).
 """
 from __future__ import annotations
 
@@ -195,7 +200,7 @@ class MatrixVectorUnit(wiring.Component):
             for i in range(n):
                 pv, pf, pl, pn = out[-1]
                 dv, df, dl = Signal(name=f"v_d{i + 1}"), Signal(name=f"first_d{i + 1}"), Signal(name=f"last_d{i + 1}")
-                dn = Signal.like(nf, name=f"nf_d{i + 1}")
+                dn = Signal.like(nf, name=f"nf_d{i + 1}", reset_less=True)
                 m.d.sync += [dv.eq(pv), df.eq(pf), dl.eq(pl), dn.eq(pn)]
                 out.append((dv, df, dl, dn))
             return out
@@ -217,7 +222,7 @@ class MatrixVectorUnit(wiring.Component):
             with m.If(go):
                 m.d.sync += waddr.eq(Mux(last_fold, 0, waddr + 1))
             m.d.comb += [rp.addr.eq(waddr), rp.en.eq(1)]
-            rom_q, wword = Signal(rom_w), Signal(rom_w)
+            rom_q, wword = Signal(rom_w, reset_less=True), Signal(rom_w, reset_less=True)
             m.d.sync += [rom_q.eq(rp.data), wword.eq(rom_q)]
         else:
             wword = Const(self.weight_words()[0], unsigned(rom_w))
@@ -232,7 +237,7 @@ class MatrixVectorUnit(wiring.Component):
         groups = []
         for g in range(0, SF, X_GROUP):
             words = vec[g * SIMD * ib:(g + X_GROUP) * SIMD * ib]
-            xg = Signal(SIMD * ib, name=f"x_g{g // X_GROUP}")
+            xg = Signal(SIMD * ib, name=f"x_g{g // X_GROUP}", reset_less=True)
             if SF == 1:
                 m.d.sync += xg.eq(words)
             else:
@@ -243,13 +248,13 @@ class MatrixVectorUnit(wiring.Component):
                     m.d.sync += sel.eq(Mux(sf_last, 0, sel + 1))
                 m.d.sync += xg.eq(words.word_select(sel, SIMD * ib))
             groups.append(xg)
-        x_r = Signal(SIMD * ib)
+        x_r = Signal(SIMD * ib, reset_less=True)
         if len(groups) == 1:
             m.d.sync += x_r.eq(groups[0])
         else:
-            hi = Signal(len(sf) - lo_bits)
+            hi = Signal(len(sf) - lo_bits, reset_less=True)
             m.d.sync += [hi.eq(sf[lo_bits:]), x_r.eq(Cat(*groups).word_select(hi, SIMD * ib))]
-        x_w = Signal(SIMD * ib)                         # in step with the ROM's second register
+        x_w = Signal(SIMD * ib, reset_less=True)        # in step with the ROM's second register
         m.d.sync += x_w.eq(x_r)
 
         # operand registers (cycle 4): the ROM output and the matching input slice are
@@ -290,7 +295,7 @@ class MatrixVectorUnit(wiring.Component):
                 if len(values) > 1 and (level - 1) % TREE_LEVELS == 0:
                     regs = []
                     for i, v in enumerate(values):
-                        r = Signal.like(v, name=f"t{pe}_r{level}_{i}")
+                        r = Signal.like(v, name=f"t{pe}_r{level}_{i}", reset_less=True)
                         m.d.sync += r.eq(v)
                         regs.append(r)
                     values = regs
@@ -311,11 +316,11 @@ class MatrixVectorUnit(wiring.Component):
             bword = Const(0, unsigned(PE * ab))
         accs = []
         for pe in range(PE):
-            acc = Signal(signed(ab), name=f"acc_{pe}")
+            acc = Signal(signed(ab), name=f"acc_{pe}", reset_less=True)
             with m.If(av):
                 m.d.sync += acc.eq(Mux(afirst, elem(bword, pe, ab, True), acc) + sums[pe])
             accs.append(acc)
-        done, done_nf = Signal(), Signal.like(nf)       # accs hold a finished dot product
+        done, done_nf = Signal(), Signal.like(nf, reset_less=True)   # accs hold a finished dot product
         m.d.sync += [done.eq(av & alast), done_nf.eq(anf)]
 
         # ---- requantize ---------------------------------------------------------------
@@ -330,7 +335,7 @@ class MatrixVectorUnit(wiring.Component):
                 results.append(rq.out)
             r_done, r_nf = done, done_nf
             for i in range(2):
-                dv, dn = Signal(name=f"rq_done_{i}"), Signal.like(nf, name=f"rq_nf_{i}")
+                dv, dn = Signal(name=f"rq_done_{i}"), Signal.like(nf, name=f"rq_nf_{i}", reset_less=True)
                 m.d.sync += [dv.eq(r_done), dn.eq(r_nf)]
                 r_done, r_nf = dv, dn
         else:
@@ -344,7 +349,7 @@ class MatrixVectorUnit(wiring.Component):
         if NF == 1:
             m.d.comb += [fifo.w_data.eq(group[:out_w]), fifo.w_en.eq(r_done)]
         else:
-            collect = Signal((NF - 1) * gw)
+            collect = Signal((NF - 1) * gw, reset_less=True)
             m.d.comb += [fifo.w_data.eq(Cat(collect, group)[:out_w]), fifo.w_en.eq(r_done & (r_nf == NF - 1))]
             with m.If(r_done & (r_nf != NF - 1)):
                 m.d.sync += collect.word_select(r_nf, gw).eq(group)

@@ -76,7 +76,10 @@ class Requantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         rs = round_shift(m, self.acc, self.shift)
-        rounded = Signal.like(rs, name="rounded")
+        # data registers without reset (the caller's valid pipeline qualifies them)
+        rounded = Signal.like(rs, name="rounded", reset_less=True)
+        clamped = Signal(self.out_shape, name="clamped", reset_less=True)
         m.d.sync += rounded.eq(rs)                  # stage 1: rounding shift
-        m.d.sync += self.out.eq(clamp(rounded, self.lo, self.hi))   # stage 2: clamp
+        m.d.sync += clamped.eq(clamp(rounded, self.lo, self.hi))   # stage 2: clamp
+        m.d.comb += self.out.eq(clamped)
         return m

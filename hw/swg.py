@@ -199,8 +199,8 @@ class SlidingWindowGenerator(wiring.Component):
                 m.d.sync += [wx.eq(wx + 1), row_end.eq(wx == W - 2)]
 
         # ---- assembly: issue K column reads, land them in `asm`, hand over to `win_out` ---
-        asm = Signal(K * K * pw)
-        out_reg = Signal(K * K * pw)
+        asm = Signal(K * K * pw, reset_less=True)       # data registers: no reset (out_valid qualifies them)
+        out_reg = Signal(K * K * pw, reset_less=True)
         out_valid = Signal()
         m.d.comb += [self.win_out.payload.eq(out_reg), self.win_out.valid.eq(out_valid)]
         # phase: 0 = reading columns, 1 = last column landing, 2 = asm holds a complete window

@@ -1,10 +1,11 @@
 """hw/dsp.py: registered multipliers, behavioural and as ECP5 MULT18X18D instances.
 
 * Amaranth simulator (platform None): products two cycles after the operands,
-  truncated to the product shape, 0 after reset.
+  truncated to the product shape, 0 at start (initial values: the registers have no reset).
 * ECP5 elaboration: one MULT18X18D per product with input and output registers
-  (no pipeline register); a fabric fallback for an operand wider than the DSP.
-* Verilator with the MULT18X18D model of tests/models/: the ECP5 products against
+  (no pipeline register), its control-pin constants from LUT4s of its own; a fabric
+  fallback for an operand wider than the DSP.
+* Verilator with the MULT18X18D and LUT4 models of tests/models/: the ECP5 products against
   an independent delay line, cycle for cycle (the DSP's extreme widths, both
   signednesses, a constant operand, the fallback); and Tucker-2 engines elaborated
   for ECP5 under the cocotb testbench of sim/, every output element against the
@@ -27,7 +28,7 @@ from amaranth.sim import Simulator  # noqa: E402
 
 from hw.dsp import Multipliers, is_ecp5  # noqa: E402
 
-MODEL = Path(__file__).parent / "models" / "MULT18X18D.v"
+MODELS = [Path(__file__).parent / "models" / name for name in ("MULT18X18D.v", "LUT4.v")]
 CONST = -77
 # (a bits, a signed, b bits, b signed, product shape) on the low bits of the a / b words:
 # the DSP's extremes, truncated products, an operand one bit too wide for the DSP (index 5:
@@ -145,6 +146,14 @@ def test_ecp5_elaboration_uses_registered_mult18x18d():
             ("REG_INPUTA_CLK", "CLK0"), ("REG_INPUTB_CLK", "CLK0"), ("REG_OUTPUT_CLK", "CLK0"),
             ("REG_PIPELINE_CLK", "NONE")]
     assert "a_op" not in text                   # the operand registers are the DSPs' own
+    # control pins: no constant and no reset; each DSP's own tie LUTs (0 and 1)
+    ties = {pin: re.findall(rf"\.{pin}\(\\?(\w+)\s*\)", text) for pin in
+            ("CE0", "RST0", "SIGNEDA", "SIGNEDB", "SOURCEA", "SOURCEB")}
+    for pin, nets in ties.items():
+        assert len(nets) == len(insts) and all(n.endswith("_tie1" if pin in ("CE0", "SIGNEDA", "SIGNEDB")
+                                                          else "_tie0") for n in nets), (pin, nets)
+    assert len(set(ties["RST0"])) == len(insts)  # one tie per DSP
+    assert len(re.findall(r"LUT4\s*#\(\s*\.INIT\(16'h(?:0000|ffff)\)", text)) == 2 * len(insts)
     assert "p_5_a" in text and "p_5_b" in text  # the too-wide pair: fabric registers
 
 
@@ -203,7 +212,7 @@ def test_ecp5_products_under_verilator_match_delay_line(tmp_path):
     (tmp_path / "pairs.v").write_text(verilog.convert(Pairs(), name="pairs", platform=_ecp5(), emit_src=False))
     outs = "".join(f", .p{i}()" for i in range(len(PAIRS)))
     (tmp_path / "tb.sv").write_text(TB.format(n=len(PAIRS) - 1, outs=outs))
-    run = _verilator_binary(tmp_path / "tb.sv", [tmp_path / "pairs.v", MODEL], tmp_path)
+    run = _verilator_binary(tmp_path / "tb.sv", [tmp_path / "pairs.v", *MODELS], tmp_path)
     assert run.returncode == 0 and "PASS" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
 
 
@@ -240,7 +249,7 @@ def test_ecp5_engine_bit_exact_under_cocotb(tmp_path, ch, out, ranks, k, h, w, i
     rtl.mkdir()
     (rtl / "elrt_t2.v").write_text(text)
     design = normalize(describe(eng, art.layer("t2"), "elrt_t2", "elrt_t2.v"), base=rtl)
-    design["sources"].append(str(MODEL))
+    design["sources"] += [str(p) for p in MODELS]
     try:
         runner.build(design, tmp_path / "build", log_file=tmp_path / "build.log")
     except ToolError as e:
