@@ -18,11 +18,12 @@ the two stages are depends on the platform the design is elaborated for:
 * Anything else (``None`` = Amaranth simulation and Verilog for Verilator, iCE40,
   Xilinx): an operand word register in the fabric and ``p <= a * b``.
 
-Both variants have neither a reset nor a clock enable (the registers hold data, which
-the caller's valid pipeline qualifies), so their outputs are equal cycle for cycle once
-the operands have been held for two cycles. The reset is left off on purpose: on ECP5 a
-sync reset reaches every DSP through its ``RST`` pin, and routing the reset net into the
-DSP tiles was what stalled nextpnr's router1 for minutes in some placements.
+Neither variant has a clock enable, so their outputs are equal cycle for cycle, except
+in the two cycles after a reset. The ECP5 registers have no reset (they hold data, which
+the caller's valid pipeline qualifies): a sync reset reached every DSP through its
+``RST`` pin, and routing the reset net into the DSP tiles stalled nextpnr's router1 for
+minutes in some placements. The fabric registers reset to 0: without it, yosys
+``synth_ice40 -dsp`` left some products of an engine in LUTs (4 of 6 SB_MAC16 instead of 6).
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class Multipliers:
         self.m, self.domain, self.dsp = m, domain, is_ecp5(platform)
 
     def _reg(self, value, name: str) -> Signal:
-        r = Signal(value.shape(), name=name, reset_less=True)
+        r = Signal(value.shape(), name=name, reset_less=self.dsp)
         self.m.d[self.domain] += r.eq(value)
         return r
 
@@ -93,7 +94,7 @@ class Multipliers:
 
     def product(self, a: _Elem, b: _Elem, shape, name: str) -> Signal:
         """Stage 2: the registered product ``a * b`` of elements of :meth:`operand` words."""
-        p = Signal(shape, name=name, reset_less=True)
+        p = Signal(shape, name=name, reset_less=self.dsp)
         if self.dsp and a.fits_dsp() and b.fits_dsp():
             self._mult18x18d(a.value, b.value, p, name)
             return p

@@ -30,8 +30,8 @@ It only starts a vector when the output FIFO is sure to have room for it (credit
 counter), so the pipeline itself never stalls.
 
 Reset: only the control (fold counters, credits, the valid pipeline) is reset; the data
-registers (ROM outputs, input slices, products, adder tree, accumulators, requantizer,
-collect) are not, as their contents only count where a valid flag says so. This keeps
+registers (ROM outputs, input slices, adder tree, accumulators, requantizer, collect;
+the products on ECP5, see :mod:`hw.dsp`) are not, as their contents only count where a valid flag says so. This keeps
 the reset net's fan-out to the control flip-flops (see :mod:`hw.dsp`).
 """
 from __future__ import annotations

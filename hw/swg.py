@@ -26,6 +26,7 @@ from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.vendor import SiliconBluePlatform
 
 from .spec import HwError
 
@@ -54,6 +55,11 @@ def _wrap(value, modulus: int):
 def _out_size(n: int, kernel: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - kernel) // stride + 1
 
+
+
+def _is_ice40(platform) -> bool:
+    """Whether ``platform`` is an Amaranth iCE40 platform (SiliconBlue; no LUT RAM)."""
+    return isinstance(platform, SiliconBluePlatform)
 
 class SlidingWindowGenerator(wiring.Component):
     """k x k window generator with line buffers, stride and zero padding.
@@ -118,8 +124,9 @@ class SlidingWindowGenerator(wiring.Component):
         col_bits = max(1, (W - 1).bit_length())
         depth = B << col_bits
         # up to DISTRIBUTED_MAX_DEPTH rows x columns, LUT RAM: a block RAM's clock-to-out
-        # (4.3 ns on ECP5) would leave too little of the landing cycle
-        attrs = {"ram_style": "distributed"} if depth <= DISTRIBUTED_MAX_DEPTH else None
+        # (4.3 ns on ECP5) would leave too little of the landing cycle (iCE40 has no LUT RAM)
+        lut_ram = depth <= DISTRIBUTED_MAX_DEPTH and not _is_ice40(platform)
+        attrs = {"ram_style": "distributed"} if lut_ram else None
         ring = m.submodules.ring = Memory(shape=unsigned(pw), depth=depth, init=[], attrs=attrs)
         wport = ring.write_port()
         rports = [ring.read_port(domain="sync") for _ in range(K)]

@@ -1,7 +1,7 @@
 """hw/dsp.py: registered multipliers, behavioural and as ECP5 MULT18X18D instances.
 
 * Amaranth simulator (platform None): products two cycles after the operands,
-  truncated to the product shape, 0 at start (initial values: the registers have no reset).
+  truncated to the product shape, 0 after reset.
 * ECP5 elaboration: one MULT18X18D per product with input and output registers
   (no pipeline register), its control-pin constants from LUT4s of its own; a fabric
   fallback for an operand wider than the DSP.

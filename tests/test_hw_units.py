@@ -138,6 +138,18 @@ def test_swg_input_ready_is_a_register():
     assert _driven_by_flip_flop(SlidingWindowGenerator(2, 4, 5, 4, 3, 1, 1, rows=4), "pix_in__ready")
 
 
+@pytest.mark.parametrize("board,lut_ram", [("ulx3s.ULX3S_12F_Platform", True),
+                                            ("icebreaker.ICEBreakerPlatform", False)])
+def test_swg_ring_in_lut_ram_only_where_the_part_has_it(board, lut_ram):
+    """A small ring asks for LUT RAM (`ram_style`) on ECP5; on iCE40, which has none, it
+    must not (yosys then finds no mapping for the memory and the build fails)."""
+    from amaranth.back import rtlil
+    module, cls = board.split(".")
+    plat = getattr(pytest.importorskip(f"amaranth_boards.{module}"), cls)()
+    text = rtlil.convert(SlidingWindowGenerator(2, 4, 5, 4, 3, 1, 1), name="dut", platform=plat)
+    assert ("ram_style" in text) == lut_ram
+
+
 @pytest.mark.parametrize("pe,simd", [(2, 2), (4, 4)])               # 4 folds, 1 fold per vector
 def test_mvu_input_ready_is_a_register(pe, simd):
     """vec_in.ready drives the source's hand-over (on the SWG a clock enable per window pixel),
