@@ -31,8 +31,8 @@ counter), so the pipeline itself never stalls.
 
 Reset: only the control (fold counters, credits, the valid pipeline) is reset; the data
 registers (ROM outputs, input slices, adder tree, accumulators, requantizer, collect;
-the products on ECP5, see :mod:`hw.dsp`) are not, as their contents only count where a valid flag says so. This keeps
-the reset net's fan-out to the control flip-flops (see :mod:`hw.dsp`).
+on ECP5 also the products, see :mod:`hw.dsp`) are not, as their contents only count
+where a valid flag says so. This keeps the reset net's fan-out to the control flip-flops.
 """
 from __future__ import annotations
 

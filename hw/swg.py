@@ -56,10 +56,10 @@ def _out_size(n: int, kernel: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - kernel) // stride + 1
 
 
-
 def _is_ice40(platform) -> bool:
     """Whether ``platform`` is an Amaranth iCE40 platform (SiliconBlue; no LUT RAM)."""
     return isinstance(platform, SiliconBluePlatform)
+
 
 class SlidingWindowGenerator(wiring.Component):
     """k x k window generator with line buffers, stride and zero padding.
