@@ -1,14 +1,22 @@
 """``python -m artifact DIR [--input X.npy] [--output Y.npy]``: validate and summarise an
-artifact; with ``--input``, run the golden model on an integer array (N, C, H, W)."""
+artifact; with ``--input``, run the golden model on an integer array (N, C, H, W).
+
+Bad input (an artifact that breaks a rule of docs/artifact.md section 5, an input array
+whose shape, dtype or values do not fit the artifact's input record, an output path that
+cannot be written) is one line on stderr and exit status 2, with nothing written."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
 from . import golden
-from .io import ArtifactError, load_artifact, stages_of
+from .base import ArtifactError
+from .cli import Parser, UsageError, check_in_file, check_out_file, fail
+from .files import atomic_save_npy
+from .io import check_input_array, load_artifact, stages_of
+
+PROG = "python -m artifact"
 
 
 def summary(art) -> str:
@@ -25,28 +33,39 @@ def summary(art) -> str:
     return "\n".join(lines)
 
 
+def _load_input(path: str, manifest: dict) -> np.ndarray:
+    check_in_file(path, "--input")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as e:  # truncated file, pickled objects, not a .npy
+        raise UsageError(f"--input {path} is not a readable .npy array ({type(e).__name__}); "
+                         f"save it with numpy.save") from None
+    if not isinstance(x, np.ndarray):
+        raise UsageError(f"--input {path} is an .npz archive; give a single .npy array")
+    return check_input_array(manifest, x, f"--input {path}")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m artifact", description=__doc__.splitlines()[0])
+    p = Parser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("artifact", help="artifact directory (manifest.yaml + tensors.npz)")
-    p.add_argument("--input", help="integer input array (.npy) to run through the golden model")
-    p.add_argument("--output", help="where to write the output array (.npy)")
+    p.add_argument("--input", help="integer input array (.npy, shape (N, *input.shape)) to run through the golden model")
+    p.add_argument("--output", help="where to write the output array (a path ending in .npy; needs --input)")
     args = p.parse_args(argv)
     try:
+        if args.output and not args.input:
+            raise UsageError("--output needs --input")
+        if args.output:
+            check_out_file(args.output, ".npy")
         art = load_artifact(args.artifact)
+        x = _load_input(args.input, art.manifest) if args.input else None
         print(summary(art))
-        if args.input:
-            x = np.load(args.input, allow_pickle=False)
-            want = tuple(art.manifest["input"]["shape"])
-            if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want or not np.issubdtype(x.dtype, np.integer):
-                raise ArtifactError(f"--input must be an integer array of shape (N, {', '.join(map(str, want))}), "
-                                    f"got {x.dtype} {x.shape}")
+        if x is not None:
             y = golden.run(art, x)
             if args.output:
-                np.save(args.output, y)
+                atomic_save_npy(args.output, y)
             print(f"output {y.shape}; argmax {y.reshape(len(y), -1).argmax(1).tolist()[:16]}")
-    except (ArtifactError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ArtifactError, UsageError, OSError) as e:
+        return fail(PROG, e)
     return 0
 
 

@@ -3,15 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .io import int_range
+from .base import int_range, signed_bits
 
-
-def signed_bits(lo: int, hi: int) -> int:
-    """Smallest two's-complement width holding every integer in [lo, hi]."""
-    bits = 1
-    while not (-(1 << (bits - 1)) <= lo and hi <= (1 << (bits - 1)) - 1):
-        bits += 1
-    return bits
+__all__ = ["signed_bits", "acc_range", "acc_bits", "worst_case_input_row"]
 
 
 def acc_range(weight: np.ndarray, bias, in_bits: int, in_signed: bool) -> tuple[int, int]:
@@ -19,16 +13,24 @@ def acc_range(weight: np.ndarray, bias, in_bits: int, in_signed: bool) -> tuple[
 
     ``weight`` is (M, ...) with one row per output channel; each row's extreme is
     reached by x = hi where w > 0 and x = lo where w < 0 (and the reverse).
+    Computed with Python integers, so it is exact for every width the format allows.
     """
     x_lo, x_hi = int_range(in_bits, in_signed)
-    w = weight.reshape(weight.shape[0], -1).astype(np.int64)
-    pos, neg = np.clip(w, 0, None), np.clip(w, None, 0)
-    hi = pos.sum(1) * x_hi + neg.sum(1) * x_lo
-    lo = pos.sum(1) * x_lo + neg.sum(1) * x_hi
-    if bias is not None:
-        b = np.asarray(bias, dtype=np.int64)
-        hi, lo = hi + b, lo + b
-    return int(lo.min()), int(hi.max())
+    w = np.asarray(weight)
+    w = w.reshape(w.shape[0], -1)
+    wmax = int(np.abs(w.astype(np.float64)).max()) if w.size else 0
+    if wmax * max(w.shape[1], 1) < (1 << 62):         # row sums exact in int64
+        w64 = w.astype(np.int64)
+        pos = np.where(w64 > 0, w64, 0).sum(1).tolist()
+        neg = np.where(w64 < 0, w64, 0).sum(1).tolist()
+    else:
+        wo = w.astype(object)
+        pos = [sum(int(v) for v in row if v > 0) for row in wo]
+        neg = [sum(int(v) for v in row if v < 0) for row in wo]
+    b = [0] * len(pos) if bias is None else [int(v) for v in np.asarray(bias).reshape(-1)]
+    hi = [p * x_hi + n * x_lo + c for p, n, c in zip(pos, neg, b)]
+    lo = [p * x_lo + n * x_hi + c for p, n, c in zip(pos, neg, b)]
+    return min(lo), max(hi)
 
 
 def acc_bits(weight: np.ndarray, bias, in_bits: int, in_signed: bool) -> int:

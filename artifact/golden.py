@@ -12,12 +12,24 @@ Every arithmetic step is on int64 NumPy arrays:
   round-half-to-even (what ``torch.round`` does); ``shift <= 0`` is an exact left
   shift; then clamp to ``[lo, hi]`` (``lo == 0`` is ReLU).
 
+int64 is exact for every artifact the validator accepts (docs/artifact.md rule 11:
+every width <= 64 bits, |shift| <= 64, a left shift never widens an accumulator past
+64 bits). :func:`round_shift` itself is exact for any int64 input and any shift: a
+right shift by 64 or more is 0, and a left shift that would leave int64 raises
+OverflowError instead of wrapping.
+
+Each op's semantics is registered in the op table (:mod:`artifact.ops`) as the
+``golden`` lowering; :func:`run_layer` dispatches through it.
+
 Tensors are batched NCHW (conv) or NC (linear) int64 arrays.
 """
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from .io import check_input_array
+from .ops import lowering, register_lowering
 
 __all__ = [
     "quantize_input",
@@ -32,10 +44,26 @@ __all__ = [
 
 
 def round_shift(acc: np.ndarray, shift: int) -> np.ndarray:
-    """``round_half_even(acc / 2**shift)`` for ``shift > 0``; ``acc << -shift`` otherwise."""
+    """``round_half_even(acc / 2**shift)`` for ``shift > 0``; ``acc << -shift`` otherwise.
+
+    Exact for every int64 ``acc`` and every ``shift``: for ``shift >= 64`` the quotient
+    lies in [-1/2, 1/2] and rounds to 0; a left shift whose result leaves int64 raises
+    OverflowError (never wraps)."""
     acc = np.asarray(acc, dtype=np.int64)
+    shift = int(shift)
     if shift <= 0:
-        return acc << (-shift)
+        k = -shift
+        if k == 0 or acc.size == 0:
+            return acc.copy()
+        limit = 1 << (63 - k) if k < 63 else 0      # |acc| < limit (acc >= -limit) keeps acc << k in int64
+        if k >= 64 or int(acc.max()) >= limit or int(acc.min()) < -limit:
+            if k >= 64 and not acc.any():
+                return acc.copy()
+            raise OverflowError(f"left shift by {k} of values in [{int(acc.min())}, {int(acc.max())}] "
+                                f"leaves int64")
+        return acc << k
+    if shift >= 64:
+        return np.zeros_like(acc)
     floor = acc >> shift                      # arithmetic shift = floor division
     rem = acc - (floor << shift)              # 0 <= rem < 2**shift
     half = np.int64(1) << (shift - 1)
@@ -45,8 +73,8 @@ def round_shift(acc: np.ndarray, shift: int) -> np.ndarray:
 
 def requantize(acc: np.ndarray, requant: dict) -> np.ndarray:
     """Apply a manifest ``requant`` record: rounding shift, then clamp to ``clamp``."""
-    lo, hi = requant["clamp"]
-    return np.clip(round_shift(acc, int(requant["shift"])), lo, hi)
+    lo, hi = (int(v) for v in requant["clamp"])
+    return np.clip(round_shift(acc, int(requant["shift"])), lo, hi).astype(np.int64)
 
 
 def quantize_input(x, spec: dict) -> np.ndarray:
@@ -109,31 +137,50 @@ def _stage_fn(stage: dict):
     return linear_stage if "linear" in (stage.get("kind"), stage.get("op")) else conv_stage
 
 
+@register_lowering("golden", "conv")
+@register_lowering("golden", "linear")
+def _single_stage(layer: dict, inputs: list, tensors: dict):
+    return _stage_fn(layer)(inputs[0], layer, tensors), {}
+
+
+@register_lowering("golden", "tucker2")
+@register_lowering("golden", "lowrank")
+def _factorized(layer: dict, inputs: list, tensors: dict):
+    out, stages = inputs[0], {}
+    for stage in layer["stages"]:
+        out = _stage_fn(stage)(out, stage, tensors)
+        stages[stage["name"]] = out
+    return out, stages
+
+
+@register_lowering("golden", "add")
+def _add(layer: dict, inputs: list, tensors: dict):
+    (a, b), (sa, sb) = inputs, layer["align"]
+    acc = round_shift(a.astype(np.int64), -int(sa)) + round_shift(b.astype(np.int64), -int(sb))
+    return requantize(acc, layer["requant"]), {}
+
+
+@register_lowering("golden", "requant")
+def _requant(layer: dict, inputs: list, tensors: dict):
+    return requantize(inputs[0].astype(np.int64), layer["requant"]), {}
+
+
+@register_lowering("golden", "maxpool")
+def _maxpool(layer: dict, inputs: list, tensors: dict):
+    # Padding never wins: the validator keeps padding < kernel, so every window holds a real pixel.
+    lo = np.iinfo(np.int64).min
+    win = _windows(inputs[0].astype(np.int64), layer["kernel"], layer["stride"], layer["padding"], lo)
+    return win.max(axis=(4, 5)), {}
+
+
+@register_lowering("golden", "global_sum_pool")
+def _global_sum_pool(layer: dict, inputs: list, tensors: dict):
+    return requantize(inputs[0].astype(np.int64).sum(axis=(2, 3)), layer["requant"]), {}
+
+
 def run_layer(layer: dict, inputs: list, tensors: dict) -> tuple[np.ndarray, dict]:
     """Run one manifest layer. Returns (output, {stage_name: tensor}) intermediates."""
-    op = layer["op"]
-    stages = {}
-    if op in ("conv", "linear"):
-        out = _stage_fn(layer)(inputs[0], layer, tensors)
-    elif op in ("tucker2", "lowrank"):
-        out = inputs[0]
-        for stage in layer["stages"]:
-            out = _stage_fn(stage)(out, stage, tensors)
-            stages[stage["name"]] = out
-    elif op == "add":
-        (a, b), (sa, sb) = inputs, layer["align"]
-        out = requantize((a.astype(np.int64) << sa) + (b.astype(np.int64) << sb), layer["requant"])
-    elif op == "requant":
-        out = requantize(inputs[0].astype(np.int64), layer["requant"])
-    elif op == "maxpool":
-        lo = np.iinfo(np.int64).min
-        win = _windows(inputs[0].astype(np.int64), layer["kernel"], layer["stride"], layer["padding"], lo)
-        out = win.max(axis=(4, 5))
-    elif op == "global_sum_pool":
-        out = requantize(inputs[0].astype(np.int64).sum(axis=(2, 3)), layer["requant"])
-    else:
-        raise ValueError(f"layer {layer['name']}: unknown op {op!r}")
-    return out, stages
+    return lowering("golden", layer["op"])(layer, inputs, tensors)
 
 
 def run(artifact, x: np.ndarray, collect: bool = False, upto: str | None = None):
@@ -142,9 +189,11 @@ def run(artifact, x: np.ndarray, collect: bool = False, upto: str | None = None)
     Returns the output tensor (the logits accumulator), or with ``collect=True`` a dict
     ``{tensor_name: array}`` holding the input, every layer's output and every stage's
     output (keyed ``"<layer>.<stage>"``). ``upto`` stops after the named layer.
+    ``x`` is checked first (:func:`artifact.check_input_array`, ArtifactError if its
+    shape, dtype or values do not fit the artifact's input record).
     """
     manifest, tensors = artifact.manifest, artifact.tensors
-    values = {"input": np.asarray(x, dtype=np.int64)}
+    values = {"input": check_input_array(manifest, x)}
     for layer in manifest["layers"]:
         ins = [values[name] for name in layer["inputs"]]
         out, stages = run_layer(layer, ins, tensors)

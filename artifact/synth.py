@@ -10,17 +10,13 @@ import math
 
 import numpy as np
 
+from .base import conv_out_hw, dtype_for_bits, int_range
 from .bounds import acc_bits
-from .io import FORMAT, FORMAT_VERSION, Artifact, int_range, validate
+from .io import FORMAT, FORMAT_VERSION, Artifact, validate
 
 
 def _tensor(shape, bits, signed, exponent) -> dict:
     return {"shape": [int(s) for s in shape], "bits": int(bits), "signed": bool(signed), "exponent": int(exponent)}
-
-
-def conv_out_hw(h: int, w: int, kernel: int, stride: int, padding: int) -> tuple[int, int]:
-    """Output height and width of a convolution."""
-    return (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
 
 
 def _random_stage(rng, stage: dict, weight_key, in_spec, weight_shape, out_hw: list, *, weight_bits, out_bits,
@@ -29,7 +25,7 @@ def _random_stage(rng, stage: dict, weight_key, in_spec, weight_shape, out_hw: l
     cout, fan_in = weight_shape[0], int(np.prod(weight_shape[1:]))
     wlo, whi = int_range(weight_bits, True)
     weight = rng.integers(wlo + 1, whi + 1, size=weight_shape, dtype=np.int64)
-    tensors = {weight_key: weight.astype(np.int8 if weight_bits <= 8 else np.int16)}
+    tensors = {weight_key: weight.astype(dtype_for_bits(weight_bits))}
     x_hi = int_range(in_spec["bits"], in_spec["signed"])[1]
     typical = math.sqrt(fan_in) * max(whi, 1) * max(x_hi, 1) / 2
     bias_key = None
@@ -37,7 +33,6 @@ def _random_stage(rng, stage: dict, weight_key, in_spec, weight_shape, out_hw: l
     if bias:
         bias_key = weight_key.rsplit(".", 1)[0] + ".bias"
         b = rng.integers(-int(typical) - 1, int(typical) + 2, size=cout)
-        tensors[bias_key] = b.astype(np.int32)
     w_exp = -(weight_bits - 1)
     acc_exp = in_spec["exponent"] + w_exp
     stage.update({"weight": weight_key, "bias": bias_key, "in": dict(in_spec),
@@ -45,6 +40,7 @@ def _random_stage(rng, stage: dict, weight_key, in_spec, weight_shape, out_hw: l
                   "acc": {"bits": acc_bits(weight, b, in_spec["bits"], in_spec["signed"]), "exponent": acc_exp}})
     if bias:
         stage["bias_bits"] = stage["acc"]["bits"]
+        tensors[bias_key] = b.astype(dtype_for_bits(stage["bias_bits"]))
     if requant:
         out_hi = int_range(out_bits, out_signed)[1]
         shift = max(0, round(math.log2(max(typical, 1) / max(out_hi, 1))) + 1)
@@ -82,7 +78,7 @@ def _artifact(in_spec: dict, layers: list, tensors: dict, name: str) -> Artifact
 
 
 def random_tucker2(seed=0, *, channels=8, out_channels=8, ranks=(4, 4), kernel=3, stride=1, padding=None,
-                   height=6, width=6, in_bits=8, in_signed=False, weight_bits=8, act_bits=8,
+                   height=6, width=6, in_bits=8, in_signed=False, in_exponent=-4, weight_bits=8, act_bits=8,
                    out_signed=False, bias=True, name="t2") -> Artifact:
     """A one-layer artifact: a random Tucker-2 layer (U1 1x1, G kxk, U2 1x1).
 
@@ -91,7 +87,7 @@ def random_tucker2(seed=0, *, channels=8, out_channels=8, ranks=(4, 4), kernel=3
     """
     rng = np.random.default_rng(seed)
     padding = kernel // 2 if padding is None else padding
-    in_spec = _tensor([channels, height, width], in_bits, in_signed, -4)
+    in_spec = _tensor([channels, height, width], in_bits, in_signed, in_exponent)
     r1, r2 = ranks
     u1, t1 = make_conv_stage(rng, "u1", f"{name}.u1.weight", in_spec, r1, weight_bits=weight_bits,
                              out_bits=act_bits, out_signed=True, bias=False)

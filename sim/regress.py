@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from artifact import Artifact
+from artifact.bounds import acc_bits
 from artifact.files import atomic_write_text
 
 from .design import DesignError, normalize
@@ -57,8 +59,10 @@ def _perturbed_copy(art_path: Path, layer: str, work: Path, seed: int) -> tuple[
         idx = tuple(int(rng.integers(0, n)) for n in w0.shape)
         w = w0.copy()
         w[idx] = lo if w0[idx] > 0 else hi
+        bias = art.tensors[st["bias"]] if st.get("bias") else None
+        if acc_bits(w, bias, st["in"]["bits"], st["in"]["signed"]) > st["acc"]["bits"]:
+            continue                      # the faulty artifact must still be valid (rule 10)
         tensors = {**art.tensors, st["weight"]: w}
-        from artifact import Artifact
         if not np.array_equal(golden_layer(Artifact(art.manifest, tensors), layer, x)[0], ref):
             save_artifact(work / "artifact_fault", art.manifest, tensors)
             return work / "artifact_fault", f"{st['name']} weight{list(idx)} {int(w0[idx])} -> {int(w[idx])}"

@@ -160,16 +160,14 @@ def _two_layer_artifact():
     from artifact import Artifact, validate
     from artifact.synth import random_tucker2
     a = random_tucker2(1, name="a", channels=4, out_channels=4, ranks=(2, 2), height=4, width=4)
+    a_out = a.manifest["layers"][0]["out"]
+    # b's declared input is a's output record (docs/artifact.md rule 5)
     b0 = random_tucker2(2, name="b", channels=4, out_channels=3, ranks=(2, 2), height=4, width=4,
-                        in_bits=a.manifest["layers"][0]["out"]["bits"])
+                        in_bits=a_out["bits"], in_signed=a_out["signed"], in_exponent=a_out["exponent"])
     la, lb = a.manifest["layers"][0], dict(b0.manifest["layers"][0])
     lb["inputs"] = ["a"]
     man = {**a.manifest, "layers": [la, lb], "output": "b"}
     tensors = {**a.tensors, **b0.tensors}
-    # b's declared input must be a's output record
-    lb["in"] = dict(la["out"])
-    lb["stages"] = [dict(st) for st in lb["stages"]]
-    lb["stages"][0]["in"] = dict(la["out"])
     validate(man, tensors)
     return Artifact(man, tensors)
 

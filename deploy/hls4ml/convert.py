@@ -40,7 +40,8 @@ from artifact import Artifact, ArtifactError
 from artifact.bounds import acc_bits as bound_acc_bits
 from artifact.bounds import signed_bits
 
-from .precision import HLSConversionError, ap_string, fixed, requant_type
+from .precision import (HLSConversionError, accumulator_type, ap_string, check_shift_readable, fixed,
+                        requant_type)
 
 __all__ = ["BACKENDS", "Stream", "HLSBuild", "convert", "layer_input_specs"]
 
@@ -94,6 +95,11 @@ def _cname(name: str) -> str:
 
 def _spec_stream(var: str, spec: dict) -> Stream:
     return Stream(var, tuple(spec["shape"]), int(spec["bits"]), bool(spec["signed"]), int(spec["exponent"]))
+
+
+def _shift(record: dict) -> int:
+    """The record's requantization shift (0 when its requant is null)."""
+    return int((record.get("requant") or {}).get("shift", 0))
 
 
 class _Builder:
@@ -173,7 +179,8 @@ class _Builder:
             "stride_height": s, "stride_width": s, "out_height": ho, "out_width": wo,
             "pad_top": p, "pad_bottom": p, "pad_left": p, "pad_right": p,
         }, weight=fixed(int(stage["weight_bits"]), int(stage["weight_exponent"]), True),
-            bias=fixed(bias_bits, e_acc, True), accum=fixed(acc_bits, e_acc, True), result=res)
+            bias=fixed(bias_bits, e_acc, True), accum=accumulator_type(acc_bits, e_acc, _shift(stage)),
+            result=res)
         return Stream(var, (cout, ho, wo), bits, signed, e_out)
 
     def dense(self, x: Stream, stage: dict, name: str, where: str) -> Stream:
@@ -191,7 +198,8 @@ class _Builder:
             "name": var, "class_name": "Dense", "inputs": [x.var], "n_in": n_in, "n_out": n_out,
             "weight_data": (w.astype(np.float64) * 2.0 ** int(stage["weight_exponent"])).T, "bias_data": bias,
         }, weight=fixed(int(stage["weight_bits"]), int(stage["weight_exponent"]), True),
-            bias=fixed(bias_bits, e_acc, True), accum=fixed(acc_bits, e_acc, True), result=res)
+            bias=fixed(bias_bits, e_acc, True), accum=accumulator_type(acc_bits, e_acc, _shift(stage)),
+            result=res)
         return Stream(var, (n_out,), bits, signed, e_out)
 
     def stage(self, x: Stream, stage: dict, name: str, where: str) -> Stream:
@@ -208,6 +216,7 @@ class _Builder:
             raise HLSConversionError(f"{where}: align {[sa, sb]} does not line up input exponents "
                                      f"{a.exponent} and {b.exponent}; the sum of reals would not be the integer sum")
         e_sum = a.exponent - sa
+        check_shift_readable(max(a.bits + sa, b.bits + sb) + 1, int(layer["requant"]["shift"]), where)
         e_out = e_sum + int(layer["requant"]["shift"])
         res = requant_type(layer["requant"]["clamp"], e_out, where)
         var = self._name(_cname(layer["name"]))
@@ -215,6 +224,7 @@ class _Builder:
         return Stream(var, a.shape, res.width, res.signed, e_out)
 
     def requant(self, x: Stream, layer: dict) -> Stream:
+        check_shift_readable(x.bits, int(layer["requant"]["shift"]), layer["name"])
         e_out = x.exponent + int(layer["requant"]["shift"])
         res = requant_type(layer["requant"]["clamp"], e_out, layer["name"])
         var = self._name(_cname(layer["name"]))
@@ -272,7 +282,7 @@ class _Builder:
             res = requant_type(layer["requant"]["clamp"], e_out, where)
             self._add({"name": var, "class_name": "GlobalAveragePooling2D", "inputs": [x.var],
                        "data_format": "channels_last", "in_height": h, "in_width": w, "n_filt": c},
-                      accum=fixed(sum_bits + k, x.exponent - k, True), result=res)
+                      accum=accumulator_type(sum_bits + k, x.exponent - k, shift), result=res)
             return Stream(var, (c,), res.width, res.signed, e_out)
         # H*W not a power of two: the sum as an H x W convolution with an identity kernel
         # scaled by 2**-divisor_log2 (the exporter's mean scale; integers are unaffected).
@@ -287,7 +297,7 @@ class _Builder:
                    "stride_height": 1, "stride_width": 1, "out_height": 1, "out_width": 1,
                    "pad_top": 0, "pad_bottom": 0, "pad_left": 0, "pad_right": 0},
                   weight=fixed(2, -k, True), bias=fixed(1, x.exponent - k, True),
-                  accum=fixed(sum_bits, x.exponent - k, True), result=res)
+                  accum=accumulator_type(sum_bits, x.exponent - k, shift), result=res)
         rv = self._name(var + "_flat")
         self._add({"name": rv, "class_name": "Reshape", "inputs": [var], "target_shape": [c]}, result=res)
         return Stream(rv, (c,), res.width, res.signed, e_out)

@@ -17,7 +17,8 @@ from hls4ml.model.types import FixedPrecisionType, RoundingMode, SaturationMode
 
 from artifact import int_range
 
-__all__ = ["HLSConversionError", "fixed", "ap_string", "requant_type", "exponent_of"]
+__all__ = ["HLSConversionError", "fixed", "ap_string", "requant_type", "exponent_of", "accumulator_type",
+           "check_shift_readable"]
 
 
 class HLSConversionError(ValueError):
@@ -66,3 +67,20 @@ def requant_type(clamp, exponent: int, where: str) -> FixedPrecisionType:
             return fixed(bits, exponent, True, "RND_CONV", "SAT_SYM")
     raise HLSConversionError(f"{where}: clamp [{lo}, {hi}] is not the saturation range of an ap_fixed/ap_ufixed type "
                              f"(hls4ml has no exact integer clip layer); see docs/hls4ml.md")
+
+
+def accumulator_type(bits: int, exponent: int, shift: int) -> FixedPrecisionType:
+    """Signed accumulator type for a requantization by ``shift``: ``bits`` wide, widened to
+    ``shift`` bits when the shift is larger. ap_fixed's convergent rounding reads the bit
+    just below the result's LSB and aborts ("Attempting to read bit beyond MSB") when that
+    bit lies above the source's MSB; a sign-extended (wider) source holds the same value."""
+    return fixed(max(int(bits), int(shift)), exponent, True)
+
+
+def check_shift_readable(source_bits: int, shift: int, where: str) -> None:
+    """Refuse a rounding right shift past the MSB of a source type the converter does not
+    choose (hls4ml's Merge and Activation layers read their inputs' types directly)."""
+    if shift > source_bits:
+        raise HLSConversionError(f"{where}: shift {shift} exceeds the {source_bits}-bit source (every output would be "
+                                 f"the clamp of 0); ap_fixed's rounding cannot read past the MSB, so hls4ml has no "
+                                 f"exact form of it")

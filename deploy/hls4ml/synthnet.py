@@ -11,12 +11,11 @@ makes it 3x3 (not a power of two), ``b2_stride=1`` makes it 4x4.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from artifact import Artifact, int_range
 from artifact.bounds import signed_bits
+from artifact.ops import pool_divisor_log2
 from artifact.synth import _artifact, _tensor, make_conv_stage, make_linear_stage
 
 __all__ = ["random_network"]
@@ -79,8 +78,10 @@ def random_network(seed: int = 0, *, size: int = 8, channels: int = 8, classes: 
     o = layers[-1]["out"]
     n = o["shape"][1] * o["shape"][2]
     gshift = max(0, (n * int_range(o["bits"], False)[1]).bit_length() - act_bits)
-    k = math.ceil(math.log2(n))  # as the exporter: sum * 2**-k (a mean for n = 2**k)
+    k = pool_divisor_log2(o["shape"][1], o["shape"][2])  # as the exporter: sum * 2**-k (a mean for n = 2**k)
+    sum_lo, sum_hi = (v * n for v in int_range(o["bits"], o["signed"]))
     layers.append({"name": "gap", "op": "global_sum_pool", "inputs": ["rq"], "in": dict(o), "divisor_log2": k,
+                   "acc": {"bits": signed_bits(sum_lo, sum_hi), "exponent": o["exponent"]},
                    "requant": {"shift": gshift, "clamp": list(int_range(act_bits, False))},
                    "out": _tensor([o["shape"][0]], act_bits, False, o["exponent"] - k + gshift)})
 
