@@ -173,6 +173,8 @@ def check_out_file(path, suffix: str | None = None, what: str = "--output") -> P
         raise UsageError(f"{what} {p} must end in {suffix}")
     if p.is_dir():
         raise UsageError(f"{what} {p} is a folder; give a file name")
+    if p.exists() and not p.is_file():
+        raise UsageError(f"{what} {p} exists and is not a regular file (a device or socket?); give a file name")
     if p.exists() and not os.access(p, os.W_OK):
         raise UsageError(f"{what} {p} is not writable")
     _writable_parent(p, what)

@@ -20,10 +20,10 @@ not matter for resources or timing).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from artifact.cli import (Parser, UsageError, check_out_dir, check_out_file, fail, float_range,  # noqa: E402
+                          int_range)
 from artifact.files import atomic_write_text  # noqa: E402
 
 SHAPES = {"layer3": dict(channels=64, out_channels=64, ranks=(38, 38), height=2, width=2),
@@ -55,31 +57,58 @@ def _artifact(args, work: Path):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    prog = "bench/fpga.py"
+    ap = Parser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--artifact")
     ap.add_argument("--layer")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="layer3")
     ap.add_argument("--random", action="store_true", help="use the random --shape layer even if a trained artifact exists")
     ap.add_argument("--board", default="ulx3s-85f")
     ap.add_argument("--speed", default="8")
-    ap.add_argument("--clock-mhz", type=float, default=150.0)
-    ap.add_argument("--multipliers", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--clock-mhz", type=float_range(0.0, 1000.0, lo_open=True), default=150.0,
+                    help="design clock in MHz (0 < F <= 1000; default 150)")
+    ap.add_argument("--multipliers", type=int_range(1, 100_000), default=64,
+                    help="multiplier budget of both engines (1..100,000; default 64)")
+    ap.add_argument("--seed", type=int_range(0, 2**31 - 1), default=1, help="nextpnr seed (0..2**31-1)")
     ap.add_argument("--out", default=None, help="build folder (default: a temporary one)")
     ap.add_argument("--asic", action="store_true", help="also the yosys generic-gate estimate of both engines")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
-    from artifact import load_artifact, save_artifact
-    from deploy.fpga.asic import asic_estimate, dense_twin
-    from deploy.fpga.build import build, default_layer, machine
+    from artifact import ArtifactError, load_artifact, save_artifact
+    from deploy.fpga.asic import asic_estimate, check_layer, dense_twin
+    from deploy.fpga.boards import BoardError, get_board
+    from deploy.fpga.build import FlowError, build, check_build_options, default_layer, machine
 
-    work = Path(args.out or tempfile.mkdtemp(prefix="elrt-bench-fpga-"))
-    art_dir, layer, origin = _artifact(args, work)
-    art = load_artifact(art_dir)
-    layer = layer or default_layer(art)
-    dense = dense_twin(art, layer)
-    dense_dir = save_artifact(work / f"{layer}_dense", dense.manifest, dense.tensors)
+    made = None
+    try:                                            # bad input fails before any build starts
+        if args.out is not None:
+            check_out_dir(args.out)
+        if args.json is not None:
+            if check_out_file(args.json, None, "--json").exists() and not Path(args.json).is_file():
+                raise UsageError(f"--json {args.json} is not a regular file; choose another path")
+        get_board(args.board).platform(args.speed)
+        check_build_options(clock_mhz=args.clock_mhz, seed=args.seed)
+        if args.layer is not None and not args.artifact:
+            raise UsageError("--layer needs --artifact DIR")
+        if args.out is None:
+            work = made = Path(tempfile.mkdtemp(prefix="elrt-bench-fpga-"))
+        else:
+            work, made = Path(args.out), None
+        art_dir, layer, origin = _artifact(args, work)
+        art = load_artifact(art_dir)
+        layer = layer or default_layer(art)
+        if art.layer(layer)["op"] != "tucker2":
+            raise UsageError(f"layer {layer!r} is {art.layer(layer)['op']}; the benchmark compares a Tucker-2 "
+                             f"layer with its dense twin")
+        check_layer(art, layer, args.multipliers)
+        dense = dense_twin(art, layer)
+        check_layer(dense, f"{layer}_dense", args.multipliers)
+        dense_dir = save_artifact(work / f"{layer}_dense", dense.manifest, dense.tensors)
+    except (ArtifactError, BoardError, UsageError, FlowError, OSError) as e:
+        if made is not None:                        # the temporary folder this run made
+            shutil.rmtree(made, ignore_errors=True)
+        return fail(prog, e, getattr(e, "code", 2))
     print(f"artifact: {art_dir} ({origin}); layer {layer}")
     print(f"part: board {args.board}, speed grade {args.speed}, design clock {args.clock_mhz:g} MHz (PLL); "
           f"multiplier budget {args.multipliers}")
@@ -88,11 +117,16 @@ def main(argv=None) -> int:
     recs = {}
     for name, d, l in (("tucker2", art_dir, layer), ("dense", dense_dir, f"{layer}_dense")):
         t0 = time.monotonic()
-        rec = build(args.board, d, l, work / "fpga", multipliers=args.multipliers, clock_mhz=args.clock_mhz,
-                    speed=args.speed, seed=args.seed, log=lambda *a: None)
-        rec["wall_s"] = round(time.monotonic() - t0, 1)
-        if args.asic:
-            rec["asic"] = asic_estimate(d, l, work / "asic", multipliers=args.multipliers)
+        try:
+            rec = build(args.board, d, l, work / "fpga", multipliers=args.multipliers, clock_mhz=args.clock_mhz,
+                        speed=args.speed, seed=args.seed, log=lambda *a: None)
+            rec["wall_s"] = round(time.monotonic() - t0, 1)
+            if args.asic:
+                rec["asic"] = asic_estimate(d, l, work / "asic", multipliers=args.multipliers)
+        except (FlowError, BoardError, ArtifactError, OSError) as e:    # e.g. too large for the part
+            return fail(prog, f"{name} engine: {e}", getattr(e, "code", 1))
+        except RuntimeError as e:                                        # yosys failed (--asic)
+            return fail(prog, f"{name} engine: {e}", 1)
         recs[name] = rec
         print(f"  built {name} in {rec['wall_s']:.0f} s")
 
@@ -126,8 +160,12 @@ def main(argv=None) -> int:
         print(f"{name}: timing at {args.clock_mhz:g} MHz {'met' if r['timing_pass'] else 'NOT met'}; "
               f"critical path from {r['critical_path'][0]['start'] if r['critical_path'] else '?'}")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"table": table, "reports": recs, "machine": m, "artifact": str(art_dir),
-                                               "origin": origin}, indent=1, default=str))
+        try:
+            atomic_write_text(args.json, json.dumps({"table": table, "reports": recs, "machine": m,
+                                                     "artifact": str(art_dir), "origin": origin}, indent=1,
+                                                    default=str))
+        except OSError as e:
+            return fail(prog, e)
     return 0
 
 

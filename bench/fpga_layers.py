@@ -14,7 +14,6 @@ the load average is printed with the machine, since it moves the wall times.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from artifact.cli import (Parser, UsageError, check_out_dir, check_out_file, fail, float_range,  # noqa: E402
+                          int_range, unit_float)
 from artifact.files import atomic_write_text  # noqa: E402
 
 DEFAULT_ARTIFACT = ROOT / "tests" / "fixtures" / "resnet20_digits"
@@ -36,7 +37,8 @@ def _build_one(job: dict) -> dict:
     from deploy.fpga.build import build
     t0 = time.monotonic()
     rec = build(job["board"], job["artifact"], job["layer"], job["out"], multipliers=job["multipliers"],
-                clock_mhz=job["clock_mhz"], speed=job["speed"], seed=job["seed"], log=lambda *a: None)
+                clock_mhz=job["clock_mhz"], speed=job["speed"], seed=job["seed"],
+                min_utilisation=job.get("min_utilisation"), log=lambda *a: None)
     rec["wall_s"] = round(time.monotonic() - t0, 1)
     return rec
 
@@ -50,36 +52,45 @@ def summarise_layers(rows: list[dict], target_s: float) -> dict:
 
 
 def main(argv=None, build_one=_build_one) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    prog = "bench/fpga_layers.py"
+    ap = Parser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--artifact", default=str(DEFAULT_ARTIFACT))
     ap.add_argument("--board", default="ulx3s-85f")
     ap.add_argument("--speed", default="8")
-    ap.add_argument("--clock-mhz", type=float, default=150.0)
-    ap.add_argument("--multipliers", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--jobs", type=int, default=1, help="builds at once (default 1)")
-    ap.add_argument("--target-s", type=float, default=600.0, help="build-time target per layer (default 600 s)")
+    ap.add_argument("--clock-mhz", type=float_range(0.0, 1000.0, lo_open=True), default=150.0,
+                    help="design clock in MHz (0 < F <= 1000; default 150)")
+    ap.add_argument("--multipliers", type=int_range(1, 100_000), default=64,
+                    help="multiplier budget (1..100,000; default 64)")
+    ap.add_argument("--min-utilisation", type=unit_float, default=None, help="planner floor, 0..1")
+    ap.add_argument("--seed", type=int_range(0, 2**31 - 1), default=1, help="nextpnr seed (0..2**31-1)")
+    ap.add_argument("--jobs", type=int_range(1, 64), default=1, help="builds at once (1..64; default 1)")
+    ap.add_argument("--target-s", type=float_range(0.0, 86_400.0, lo_open=True), default=600.0,
+                    help="build-time target per layer in seconds (0 < T <= 86400; default 600)")
     ap.add_argument("--out", default=None, help="build folder (default: a temporary one)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if args.jobs < 1:
-        print(f"error: --jobs {args.jobs}: use 1 or more", file=sys.stderr)
-        return 2
 
     from artifact import ArtifactError
     from bench.hw_cycles import trained_layers
     from deploy.fpga.boards import BoardError, get_board
-    from deploy.fpga.build import machine
+    from deploy.fpga.build import check_build_options, machine
 
     try:                                            # bad input fails before any build starts
-        get_board(args.board)
+        if args.out is not None:
+            check_out_dir(args.out)
+        if args.json is not None:
+            if check_out_file(args.json, None, "--json").exists() and not Path(args.json).is_file():
+                raise UsageError(f"--json {args.json} is not a regular file; choose another path")
+        get_board(args.board).platform(args.speed)
+        check_build_options(clock_mhz=args.clock_mhz, seed=args.seed)
         layers = trained_layers(args.artifact)
-    except (ArtifactError, BoardError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not layers:
-        print(f"error: {args.artifact} has no Tucker-2 layer to build", file=sys.stderr)
-        return 2
+        if not layers:
+            raise UsageError(f"{args.artifact} has no Tucker-2 layer to build")
+        from deploy.fpga.asic import check_layer
+        for _, art, name, _ in layers:
+            check_layer(art, name, args.multipliers)
+    except (ArtifactError, BoardError, UsageError, OSError) as e:
+        return fail(prog, e)
     work = Path(args.out or tempfile.mkdtemp(prefix="elrt-bench-fpga-layers-"))
     m = machine()
     print(f"artifact: {args.artifact}; {len(layers)} Tucker-2 layer shapes")
@@ -87,13 +98,18 @@ def main(argv=None, build_one=_build_one) -> int:
           f"multiplier budget {args.multipliers}; {args.jobs} build(s) at once")
     print(f"machine: {m['host']} {m['cpu']} {m['cores']} cores, load average {os.getloadavg()[0]:.1f}")
     jobs = [dict(board=args.board, artifact=args.artifact, layer=name, out=str(work / "fpga"),
-                 multipliers=args.multipliers, clock_mhz=args.clock_mhz, speed=args.speed, seed=args.seed)
+                 multipliers=args.multipliers, clock_mhz=args.clock_mhz, speed=args.speed, seed=args.seed,
+                 min_utilisation=args.min_utilisation)
             for _, _, name, _ in layers]
-    if args.jobs == 1:
-        recs = [build_one(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            recs = list(pool.map(build_one, jobs))
+    from deploy.fpga.build import FlowError
+    try:
+        if args.jobs == 1:
+            recs = [build_one(j) for j in jobs]
+        else:
+            with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+                recs = list(pool.map(build_one, jobs))
+    except (FlowError, BoardError, ArtifactError, OSError) as e:    # e.g. a layer too large for the part
+        return fail(prog, e, getattr(e, "code", 1))
 
     rows = []
     print(f"\n{'layer':38s} {'mult':>4s} {'cyc/frame':>9s} {'LUT':>6s} {'FF':>6s} {'DSP':>4s} {'BRAM':>4s} "
@@ -111,9 +127,12 @@ def main(argv=None, build_one=_build_one) -> int:
           f"(lowest Fmax {summary['lowest_fmax_mhz']:.1f} MHz); built within {args.target_s:g} s: "
           f"{summary['within_target']}/{summary['layers']} (slowest {summary['slowest_s']:.0f} s)")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"rows": rows, "summary": summary, "machine": m,
-                                                 "artifact": str(args.artifact), "reports": recs},
-                                                indent=1, default=str))
+        try:
+            atomic_write_text(args.json, json.dumps({"rows": rows, "summary": summary, "machine": m,
+                                                     "artifact": str(args.artifact), "reports": recs},
+                                                    indent=1, default=str))
+        except OSError as e:
+            return fail(prog, e)
     return 0
 
 

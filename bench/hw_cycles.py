@@ -24,7 +24,6 @@ Usage: python bench/hw_cycles.py [--artifact DIR | --synthetic] [--budgets 32 64
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -36,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import amaranth  # noqa: E402
 
-from artifact import load_artifact  # noqa: E402
+from artifact import ArtifactError, load_artifact  # noqa: E402
+from artifact.cli import Parser, UsageError, check_out_file, fail, int_range, unit_float  # noqa: E402
 from artifact.files import atomic_write_text  # noqa: E402
 from artifact.synth import random_conv, random_tucker2  # noqa: E402
 from hw.engine import build_engine  # noqa: E402
@@ -123,17 +123,36 @@ def measure(label: str, art, layer: str, dense_kw: dict, budget: int, frames: in
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    prog = "bench/hw_cycles.py"
+    ap = Parser(prog=prog, description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--artifact", default=str(DEFAULT_ARTIFACT), help="trained artifact whose Tucker-2 layers to run")
     src.add_argument("--synthetic", action="store_true", help="random ResNet-20-shaped layers instead")
-    ap.add_argument("--budgets", type=int, nargs="+", default=[32, 64, 128])
-    ap.add_argument("--min-utilisation", type=float, default=None, help="planner floor (default: the planner's)")
-    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--budgets", type=int_range(1, 100_000), nargs="+", default=[32, 64, 128],
+                    help="multiplier budgets (each 1..100,000; default 32 64 128)")
+    ap.add_argument("--min-utilisation", type=unit_float, default=None,
+                    help="planner floor, 0..1 (default: the planner's)")
+    ap.add_argument("--frames", type=int_range(2, 100), default=3,
+                    help="frames back to back (2..100: the steady state is measured between frames; default 3)")
     ap.add_argument("--quick", action="store_true", help="first layer, first budget only")
     ap.add_argument("--json", default=None, help="also write the rows as JSON")
     args = ap.parse_args(argv)
-    layers = synthetic_layers() if args.synthetic else trained_layers(args.artifact)
+    try:                                            # bad input fails before any simulation
+        if args.json is not None:
+            if check_out_file(args.json, None, "--json").exists() and not Path(args.json).is_file():
+                raise UsageError(f"--json {args.json} is not a regular file; choose another path")
+        layers = synthetic_layers() if args.synthetic else trained_layers(args.artifact)
+        if not layers:
+            raise UsageError(f"{args.artifact} has no Tucker-2 layer to measure")
+        from hw.engine import check_engine
+        from hw.planner import plan_folding
+        from hw.spec import layer_stages
+        for _, art, layer, _ in (layers[:1] if args.quick else layers):
+            stages = layer_stages(art, layer)
+            for budget in (args.budgets[:1] if args.quick else args.budgets):
+                check_engine(stages, plan_folding(stages, budget, min_utilisation=args.min_utilisation))
+    except (UsageError, ArtifactError, OSError) as e:
+        return fail(prog, e)
     print(f"machine: {machine()}")
     print(f"layers: {'synthetic (random weights)' if args.synthetic else args.artifact}; "
           f"planner min_utilisation: {'default' if args.min_utilisation is None else args.min_utilisation}")
@@ -160,7 +179,10 @@ def main(argv=None) -> int:
           f"multipliers: {ok_speed}/{len(rows)}, at the nominal budget: {ok_speed_b}/{len(rows)}; "
           f"bit-exact: {sum(r['exact'] for r in rows)}/{len(rows)}")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+        try:
+            atomic_write_text(args.json, json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+        except OSError as e:
+            return fail(prog, e)
     return 0
 
 

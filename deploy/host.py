@@ -15,13 +15,16 @@ training and quantised with :func:`artifact.golden.quantize_input` and the artif
 input record) or check the answers against the golden model (``--check``).
 
 Input ``.npy``: integer tensors ``(N, C, H, W)`` or one ``(C, H, W)`` frame, already in
-the layer input's integer range. With ``--json FILE`` a machine-readable record of the
-run is written. Exit status: 0 all frames answered (and matched, with ``--check``),
-1 a mismatch or a failed request, 2 bad input.
+the layer input's integer range (checked with :func:`artifact.io.check_input_array`
+against the artifact layer's input before the port is opened, and against the board's
+layer once it has answered ``info``). ``--out Y.npy`` is written at exactly that path
+(it must end in ``.npy``), atomically. With ``--json FILE`` a machine-readable record of
+the run is written. Exit status: 0 all frames answered (and matched, with ``--check``),
+1 a mismatch or a failed request, 2 bad input (one line on stderr, nothing sent or
+written: every option, path and input array is checked first).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import threading
@@ -29,10 +32,16 @@ import time
 
 import numpy as np
 
-from artifact.files import atomic_write_text
+from artifact.cli import Parser, UsageError, check_in_file, check_out_file, fail, float_range, int_range
+from artifact.files import atomic_save_npy, atomic_write_text
 from deploy.fpga import protocol as P
 
-__all__ = ["main", "open_port", "digits_images"]
+__all__ = ["main", "open_port", "digits_images", "load_frames"]
+
+PROG = "python -m deploy.host"
+#: scikit-learn's digits data set has this many images.
+DIGITS = 1797
+MIN_BAUD, MAX_BAUD = 50, 20_000_000
 
 
 def open_port(url: str, baud: int, timeout: float = 0.05):
@@ -40,7 +49,7 @@ def open_port(url: str, baud: int, timeout: float = 0.05):
     try:
         import serial
     except ImportError:
-        raise SystemExit("error: pyserial is not installed: `pip install pyserial`") from None
+        raise UsageError("pyserial is not installed: `pip install pyserial`") from None
     return serial.serial_for_url(url, baudrate=baud, timeout=timeout)
 
 
@@ -56,8 +65,14 @@ def digits_images(artifact, n: int, offset: int = 0) -> tuple[np.ndarray, np.nda
 
 
 def _layer_for(art, name):
+    """The board's layer: ``name`` (an op the hardware generator builds) or the default."""
     if name:
-        return art.layer(name)["name"]
+        from hw.spec import SUPPORTED_OPS
+        op = art.layer(name)["op"]
+        if op not in SUPPORTED_OPS:
+            raise UsageError(f"layer {name!r} has op {op!r}, which no board runs (board layers: "
+                             f"{', '.join(SUPPORTED_OPS)})")
+        return name
     from deploy.fpga.build import default_layer
     return default_layer(art)
 
@@ -74,37 +89,85 @@ def _cmd_info(link, args, out) -> int:
     return 0
 
 
-def _cmd_infer(link, args, out) -> int:
+def load_frames(path, what: str = "--npy") -> np.ndarray:
+    """An integer ``.npy`` of frames, loaded without pickles; UsageError (one line) when it
+    is missing, damaged (truncated, an object array) or not integers."""
+    p = check_in_file(path, what)
+    try:
+        x = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"{what} {p}: not a readable .npy array ({msg}); save it with numpy.save") from None
+    if not isinstance(x, np.ndarray):
+        raise UsageError(f"{what} {p}: a .npz archive, not one .npy array")
+    if x.dtype == object or not np.issubdtype(x.dtype, np.integer):
+        raise UsageError(f"{what} {p}: expected integer tensors, got {x.dtype} (quantise them first, "
+                         f"artifact.golden.quantize_input)")
+    return x
+
+
+def _batched(x: np.ndarray, shape) -> np.ndarray:
+    """One ``(C, H, W)`` frame becomes a batch of one."""
+    return x[None] if x.ndim == len(shape) else x
+
+
+def _layer_input(art, layer: str) -> dict:
+    rec = art.layer(layer)
+    return rec.get("in", rec.get("stages", [rec])[0]["in"])
+
+
+def _prepare_infer(args) -> dict:
+    """Everything ``infer`` needs that does not need the board: artifact, layer, frames
+    (checked against the layer input), digit labels. UsageError / ArtifactError."""
     from artifact import load_artifact
+    from artifact.io import check_input_array
+    if (args.check or args.digits) and not args.artifact:
+        raise UsageError(f"{'--check' if args.check else '--digits'} needs --artifact DIR"
+                         + (" (for the golden model)" if args.check else " (for the input quantiser)"))
+    if args.layer is not None and not args.artifact:
+        raise UsageError("--layer needs --artifact DIR")
     art = load_artifact(args.artifact) if args.artifact else None
+    layer = _layer_for(art, args.layer) if art is not None else None
     labels = None
     if args.digits:
-        if art is None:
-            raise ValueError("--digits needs --artifact (for the input quantiser)")
+        if args.offset + args.digits > DIGITS:
+            raise UsageError(f"--offset {args.offset} + --digits {args.digits} is past the {DIGITS} digits images")
+        if "input" not in art.layer(layer)["inputs"]:
+            raise UsageError(f"--digits images are the network input, but layer {layer!r} takes "
+                             f"{art.layer(layer)['inputs']}")
+        if list(art.manifest["input"]["shape"]) != [1, 8, 8]:
+            raise UsageError(f"--digits images are 1x8x8, the artifact's input is {art.manifest['input']['shape']}")
         x, labels = digits_images(art, args.digits, args.offset)
     else:
-        x = np.load(args.npy)
-        if not np.issubdtype(x.dtype, np.integer):
-            raise ValueError(f"{args.npy}: expected integer tensors, got {x.dtype} (quantise them first)")
-        x = x.astype(np.int64)
+        if args.offset:
+            raise UsageError("--offset applies to --digits")
+        x = load_frames(args.npy)
+        if art is not None:
+            spec = _layer_input(art, layer)
+            x = check_input_array({"input": spec}, _batched(x, spec["shape"]), f"--npy {args.npy} (layer {layer})")
+    return {"art": art, "layer": layer, "x": x.astype(np.int64), "labels": labels}
+
+
+def _cmd_infer(link, args, out, prep: dict) -> int:
+    from artifact.io import check_input_array
+    art, layer, x, labels = prep["art"], prep["layer"], prep["x"], prep["labels"]
     info = link.board_info()
-    if x.ndim == len(info.in_shape):
-        x = x[None]
-    layer = _layer_for(art, args.layer) if art is not None else None
-    if args.digits and art is not None:
-        rec = art.layer(layer)
-        if "input" not in rec["inputs"]:
-            raise ValueError(f"--digits images are the network input, but layer {layer!r} takes {rec['inputs']}")
-    if tuple(x.shape[1:]) != tuple(info.in_shape):
-        raise ValueError(f"input frames have shape {tuple(x.shape[1:])}, the board's layer takes {info.in_shape}")
+    board_in = {"shape": list(info.in_shape), "bits": info.in_bits, "signed": info.in_signed}
+    x = _batched(x, info.in_shape)
+    if art is not None and x.ndim >= 2 and int(np.prod(x.shape[1:])) == int(np.prod(info.in_shape)):
+        x = x.reshape(len(x), *info.in_shape)       # a (N, C) linear-layer input: the board says (C, 1, 1)
+    x = check_input_array({"input": board_in}, x,
+                          f"input frames (the board's layer takes {tuple(info.in_shape)} x {info.in_bits}-bit "
+                          f"{'signed' if info.in_signed else 'unsigned'})")
     golden = None
     if args.check:
-        if art is None:
-            raise ValueError("--check needs --artifact")
         from artifact.golden import run_layer
         rec = art.layer(layer)
         shape = rec.get("in", rec.get("stages", [rec])[0]["in"])["shape"]
         golden, _ = run_layer(rec, [x.reshape(len(x), *shape)], art.tensors)
+        if int(np.prod(golden.shape[1:])) != int(np.prod(info.out_shape)):
+            raise UsageError(f"layer {layer!r} of the artifact gives {list(golden.shape[1:])}, the board's layer "
+                             f"{list(info.out_shape)}: is the board running this layer?")
         golden = golden.reshape(len(x), *info.out_shape)
     ys, results, bad = [], [], 0
     t0 = time.monotonic()
@@ -139,7 +202,7 @@ def _cmd_infer(link, args, out) -> int:
           + (f", {link.retried} retried request(s)" if link.retried else "")
           + ("" if golden is None else f"; {len(x) - bad}/{len(x)} bit-exact against the golden model"))
     if args.out:
-        np.save(args.out, np.stack(ys))
+        atomic_save_npy(args.out, np.stack(ys))
     out.update(frames=results, seconds=round(total, 3), retried=link.retried,
                bit_exact=None if golden is None else bad == 0)
     return 1 if bad else 0
@@ -159,65 +222,98 @@ def _cmd_serve(args) -> int:
         serve(model, "tcp" if args.tcp is not None else "pty", args.tcp or 0, ready, stop)
     except KeyboardInterrupt:
         stop.set()
+    except OSError as e:
+        where = f"127.0.0.1:{args.tcp}" if args.tcp is not None else "a pty"
+        raise UsageError(f"cannot serve on {where}: {e.strerror or e}"
+                         + ("; choose another --tcp port (0: any free one)" if args.tcp is not None else "")) from None
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
+def _out_file(path, suffix, what):
+    """check_out_file, and an existing path must be a regular file (never replace a device)."""
+    p = check_out_file(path, suffix, what)
+    if p.exists() and not p.is_file():
+        raise UsageError(f"{what} {p} is not a regular file; choose another path")
+    return p
 
 
-def main(argv=None) -> int:
-    ap = _Parser(prog="python -m deploy.host", description="Send images to a board running an ELRT layer engine.")
+def _parser() -> Parser:
+    ap = Parser(prog=PROG, description="Send images to a board running an ELRT layer engine.")
     ap.add_argument("--port", help="serial port / pty / pyserial URL (loop://, socket://HOST:PORT)")
-    ap.add_argument("--baud", type=int, default=115200)
-    ap.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer (plus transfer time)")
-    ap.add_argument("--retries", type=int, default=3)
+    ap.add_argument("--baud", type=int_range(MIN_BAUD, MAX_BAUD), default=115200,
+                    help=f"UART baud rate ({MIN_BAUD}..{MAX_BAUD:,}; default 115200)")
+    ap.add_argument("--timeout", type=float_range(0.0, 3600.0, lo_open=True), default=2.0,
+                    help="seconds to wait for an answer, plus transfer time (0 < T <= 3600; default 2)")
+    ap.add_argument("--retries", type=int_range(0, 100), default=3, help="retries per request (0..100; default 3)")
     ap.add_argument("--json", default=None, help="write a JSON record of the run here")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     sub.add_parser("info", help="ask the board what it runs")
     inf = sub.add_parser("infer", help="send frames, print the outputs")
     src = inf.add_mutually_exclusive_group(required=True)
     src.add_argument("--npy", help="integer input tensors (N, C, H, W) or (C, H, W)")
-    src.add_argument("--digits", type=int, help="send the first N scikit-learn digits (quantised; needs --artifact)")
-    inf.add_argument("--offset", type=int, default=0, help="first digit index")
+    src.add_argument("--digits", type=int_range(1, DIGITS),
+                     help=f"send the first N scikit-learn digits (1..{DIGITS}; quantised; needs --artifact)")
+    inf.add_argument("--offset", type=int_range(0, DIGITS - 1), default=0,
+                     help=f"first digit index (0..{DIGITS - 1}; default 0)")
     inf.add_argument("--artifact", default=None)
     inf.add_argument("--layer", default=None, help="the board's layer in the artifact (default: largest Tucker-2)")
     inf.add_argument("--check", action="store_true", help="compare every output with the golden model")
-    inf.add_argument("--out", default=None, help="save the outputs (N, C, H, W) as .npy")
+    inf.add_argument("--out", default=None, help="save the outputs (N, C, H, W) at exactly this .npy path")
     srv = sub.add_parser("serve", help="run a Python model of the board on a pty (or --tcp PORT)")
     srv.add_argument("--artifact", required=True)
     srv.add_argument("--layer", default=None)
-    srv.add_argument("--tcp", type=int, default=None, help="listen on 127.0.0.1:PORT instead of a pty (0: any)")
-    srv.add_argument("--board-timeout", type=float, default=0.02, help="the model's idle timeout (s)")
+    srv.add_argument("--tcp", type=int_range(0, 65535), default=None,
+                     help="listen on 127.0.0.1:PORT instead of a pty (0..65535; 0: any free port)")
+    srv.add_argument("--board-timeout", type=float_range(0.0, 60.0, lo_open=True), default=0.02,
+                     help="the model's idle timeout in seconds (0 < T <= 60; default 0.02)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
-    if args.cmd == "serve":
-        return _cmd_serve(args)
-    if not args.port:
-        ap.error("--port is required")
     from artifact import ArtifactError
+    if args.cmd == "serve":
+        try:
+            return _cmd_serve(args)
+        except (UsageError, ArtifactError, OSError) as e:
+            return fail(PROG, e)
     out = {"command": args.cmd, "port": args.port}
+    prep = None
+    try:
+        if not args.port or not args.port.strip():
+            raise UsageError("--port is required: a serial device, a pty path or a pyserial URL (socket://HOST:PORT)")
+        if args.json is not None:
+            _out_file(args.json, None, "--json")
+        if args.cmd == "infer":
+            if args.out is not None:
+                _out_file(args.out, ".npy", "--out")
+            prep = _prepare_infer(args)
+    except (UsageError, ArtifactError, OSError) as e:
+        return fail(PROG, e)
     try:
         port = open_port(args.port, args.baud)
-    except Exception as e:                  # noqa: BLE001 - serial.SerialException and OSError
-        sys.stderr.write(f"error: cannot open {args.port}: {str(e).splitlines()[0] if str(e) else e}\n")
-        return 2
+    except UsageError as e:
+        return fail(PROG, e)
+    except Exception as e:                  # noqa: BLE001 - serial.SerialException, OSError, ValueError
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return fail(PROG, f"cannot open {args.port}: {msg}")
     link = P.Link(port, timeout=args.timeout, retries=args.retries,
                   log=lambda m: sys.stderr.write(f"host: {m}\n"))
     try:
-        rc = _cmd_info(link, args, out) if args.cmd == "info" else _cmd_infer(link, args, out)
-    except (ValueError, ArtifactError, OSError) as e:
-        sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
-        rc = 2
+        rc = _cmd_info(link, args, out) if args.cmd == "info" else _cmd_infer(link, args, out, prep)
+    except (ValueError, OSError) as e:      # UsageError, ArtifactError, a frame the protocol cannot carry
+        rc = fail(PROG, e)
     except P.ProtocolError as e:
-        sys.stderr.write(f"error: {e}\n")
-        rc = 1
+        rc = fail(PROG, e, 1)
     finally:
         port.close()
     out["returncode"] = rc
     if args.json:
-        atomic_write_text(args.json, json.dumps(out, indent=1, default=str) + "\n")
+        try:
+            atomic_write_text(args.json, json.dumps(out, indent=1, default=str) + "\n")
+        except OSError as e:
+            return fail(PROG, e)
     return rc
 
 

@@ -38,28 +38,67 @@ JSON description (``format: "elrt-hw-description"``, ``version: 1``):
 """
 from __future__ import annotations
 
-import argparse
 import json
+import math
+import numbers
 import re
 import sys
 from pathlib import Path
 
 from artifact import Artifact, ArtifactError, load_artifact
+from artifact.cli import Parser, UsageError, check_out_dir, fail, int_range, unit_float
 from artifact.files import atomic_write_text
 
 from .engine import LayerEngine, check_engine
 from .planner import DEFAULT_MIN_UTILISATION, plan_folding
 from .spec import HwError, layer_stages
 
-__all__ = ["generate", "describe", "top_name_for", "main", "DESCRIPTION_FORMAT"]
+__all__ = ["generate", "describe", "top_name_for", "check_top_name", "check_options", "main", "DESCRIPTION_FORMAT",
+           "MAX_MULTIPLIERS", "MAX_LINE_ROWS"]
 
 DESCRIPTION_FORMAT = "elrt-hw-description"
 DESCRIPTION_VERSION = 1
+#: The largest multiplier budget accepted (the largest FPGAs have about 12,000 DSP blocks).
+MAX_MULTIPLIERS = 100_000
+#: The most line buffers per sliding-window generator accepted (the default is kernel + stride + 1).
+MAX_LINE_ROWS = 256
+_VERILOG_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def top_name_for(layer_name: str) -> str:
     """Default Verilog top module name for a layer: ``elrt_<layer>`` (non-identifier chars -> ``_``)."""
     return "elrt_" + re.sub(r"[^A-Za-z0-9_]", "_", layer_name)
+
+
+def check_top_name(top: str) -> str:
+    """``top`` if it is a plain Verilog identifier (it also names the output files), else HwError."""
+    if not isinstance(top, str) or not _VERILOG_ID.match(top) or len(top) > 200:
+        raise HwError(f"top module name {top!r} is not a Verilog identifier (letters, digits, _; not starting "
+                      f"with a digit); choose another --top")
+    return top
+
+
+def check_options(multipliers=None, line_rows=None, min_utilisation=None) -> None:
+    """HwError (one line) for a budget, line-buffer count or utilisation floor out of range
+    (NaN and inf included): the checks :func:`generate` makes before any work."""
+    for name, v, lo, hi in (("multiplier budget", multipliers, 1, MAX_MULTIPLIERS),
+                            ("line_rows", line_rows, 1, MAX_LINE_ROWS)):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise HwError(f"{name} must be an integer, got {v!r}")
+        v = int(v)
+        if name == "multiplier budget" and v < lo:
+            raise HwError(f"multiplier budget {v} is too small: each stage needs at least one multiplier")
+        if not lo <= v <= hi:
+            raise HwError(f"{name} {v} is outside [{lo}, {hi}]")
+    if min_utilisation is not None:
+        try:
+            u = float(min_utilisation)
+        except (TypeError, ValueError):
+            raise HwError(f"min_utilisation must be a number in [0, 1], got {min_utilisation!r}") from None
+        if not math.isfinite(u) or not 0.0 <= u <= 1.0:
+            raise HwError(f"min_utilisation must be a number in [0, 1], got {min_utilisation!r}")
 
 
 def _layout(ch: int, h: int, w: int, bits: int, is_signed: bool) -> dict:
@@ -124,13 +163,14 @@ def generate(artifact, layer_name: str, multipliers: int | None = None, out_dir=
     """
     from amaranth.back import verilog
 
+    check_options(multipliers, line_rows, min_utilisation)
+    top = check_top_name(top) if top else top_name_for(layer_name)
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     layer = art.layer(layer_name)
     stages = layer_stages(art, layer_name)
     plan = plan_folding(stages, multipliers, min_utilisation=min_utilisation)
     check_engine(stages, plan, line_rows)
     engine = LayerEngine(stages, plan, line_rows=line_rows)
-    top = top or top_name_for(layer_name)
     out = Path(out_dir)
     vfile = f"{top}.v"
     desc = describe(engine, layer, top, vfile)
@@ -146,31 +186,31 @@ def generate(artifact, layer_name: str, multipliers: int | None = None, out_dir=
     return desc
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):          # one line, exit 2 (argparse prints usage too by default)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
-
-
 def main(argv=None) -> int:
-    ap = _Parser(prog="python -m hw.generate", description="Generate a layer's Verilog and JSON description.")
+    ap = Parser(prog="python -m hw.generate", description="Generate a layer's Verilog and JSON description.")
     ap.add_argument("--artifact", required=True, help="artifact directory (manifest.yaml + tensors.npz)")
     ap.add_argument("--layer", required=True, help="layer name in the manifest")
-    ap.add_argument("--multipliers", type=int, default=None, help="multiplier budget for the folding planner")
+    ap.add_argument("--multipliers", type=int_range(1, MAX_MULTIPLIERS), default=None,
+                    help=f"multiplier budget for the folding planner (1..{MAX_MULTIPLIERS:,}; default 64)")
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--top", default=None, help="top module name (default elrt_<layer>)")
-    ap.add_argument("--min-utilisation", type=float, default=None,
+    ap.add_argument("--top", default=None, help="top module name, a Verilog identifier (default elrt_<layer>)")
+    ap.add_argument("--min-utilisation", type=unit_float, default=None,
                     help="only consider foldings with at least this utilisation, ideal/cycles (0..1; "
                          "default 1/1.05: cycles within 5%% of ideal; 0: fastest folding in the budget)")
-    ap.add_argument("--line-rows", type=int, default=None, help="line buffers per sliding-window generator")
+    ap.add_argument("--line-rows", type=int_range(1, MAX_LINE_ROWS), default=None,
+                    help=f"line buffers per sliding-window generator (1..{MAX_LINE_ROWS}; at least kernel+stride; "
+                         f"default kernel+stride+1)")
     args = ap.parse_args(argv)
     try:
+        if not args.layer.strip():
+            raise UsageError("--layer is empty; give a layer name of the manifest")
+        if args.top is not None:
+            check_top_name(args.top)
+        check_out_dir(args.out)
         desc = generate(args.artifact, args.layer, args.multipliers, args.out, top=args.top, line_rows=args.line_rows,
                         min_utilisation=args.min_utilisation)
-    except (ArtifactError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        sys.stderr.write(f"{ap.prog}: error: {msg}\n")
-        return 2
+    except (UsageError, ArtifactError, OSError) as e:
+        return fail(ap.prog, e)
     print(f"{Path(args.out) / desc['verilog']}: {desc['top']}, {desc['multipliers']['used']} multipliers, "
           f"{desc['cycles_per_frame']} cycles/frame (ideal {desc['ideal_cycles_per_frame']:.1f})")
     return 0

@@ -28,6 +28,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.vendor import SiliconBluePlatform
 
+from artifact import conv_out_hw
+
 from .spec import HwError
 
 __all__ = ["SlidingWindowGenerator", "swg_period", "default_rows"]
@@ -50,10 +52,6 @@ def default_rows(kernel: int, stride: int) -> int:
 def _wrap(value, modulus: int):
     """``value mod modulus`` for ``0 <= value < 2 * modulus`` (ring-slot arithmetic)."""
     return Mux(value >= modulus, value - modulus, value)
-
-
-def _out_size(n: int, kernel: int, stride: int, padding: int) -> int:
-    return (n + 2 * padding - kernel) // stride + 1
 
 
 def _is_ice40(platform) -> bool:
@@ -98,7 +96,7 @@ class SlidingWindowGenerator(wiring.Component):
         """Validate a geometry; return ``(out_height, out_width, rows)`` or raise HwError."""
         if padding >= kernel:
             raise HwError(f"sliding window: padding {padding} must be smaller than kernel {kernel}")
-        oh, ow = _out_size(height, kernel, stride, padding), _out_size(width, kernel, stride, padding)
+        oh, ow = conv_out_hw(height, width, kernel, stride, padding)
         if oh < 1 or ow < 1:
             raise HwError(f"sliding window: a {kernel}x{kernel} kernel does not fit a {height}x{width} image")
         rows = rows or default_rows(kernel, stride)

@@ -8,87 +8,121 @@ Examples::
     python -m sim --waves                       # also write FST waveforms (test/dump.fst per case)
     python -m sim --reduced                     # the part `make test` runs
 
-Writes ``--out``/summary.json (default build/sim) and exits non-zero when a test
-fails. Bad input (no such artifact or layer, a missing simulator) is one line on
-stderr saying what to do, exit status 2.
+Writes ``--out``/summary.json (default build/sim) and exits 1 when a test fails.
+Bad input (no such artifact or layer, a layer that is not Tucker-2, a multiplier
+budget the layer cannot use, an option out of range, an unusable ``--out``, a
+missing simulator) is one line on stderr saying what to do, exit status 2, before
+anything is built: every case's folding is planned first (:func:`sim.cases.check_cases`).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
+
+from artifact.cli import Parser, UsageError, check_out_dir, fail, int_range
 
 from .regress import print_summary, run_cases
 from .toolchain import ToolError, check_cocotb, verilator_env
 
 DEFAULT_SEED = 20240119
+PROG = "python -m sim"
+MAX_SEED = 2**32 - 1
+MAX_MULTIPLIERS = 100_000
+MAX_RANDOM = 1000
+MAX_FRAMES = 100
+MAX_JOBS = 64
+
+_seed = int_range(0, MAX_SEED)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
+def _parser() -> Parser:
+    ap = Parser(prog=PROG, description="Prove the generated RTL bit-exact against the golden model.")
+    ap.add_argument("--artifact", help="verify every Tucker-2 layer of this artifact directory")
+    ap.add_argument("--layer", action="append", help="only this Tucker-2 layer of --artifact (repeatable)")
+    ap.add_argument("--multipliers", type=int_range(1, MAX_MULTIPLIERS), default=None,
+                    help=f"multiplier budget for --artifact layers (1..{MAX_MULTIPLIERS:,}; at least one per stage)")
+    ap.add_argument("--seed", type=_seed, default=None,
+                    help=f"regression seed, 0..2**32-1 (default {DEFAULT_SEED} or $SEED)")
+    ap.add_argument("--random", type=int_range(0, MAX_RANDOM), default=8,
+                    help=f"random layer configurations besides the corners (0..{MAX_RANDOM}; default 8)")
+    ap.add_argument("--reduced", action="store_true", help="the small regression that `make test` runs")
+    ap.add_argument("--frames", type=int_range(1, MAX_FRAMES), default=None,
+                    help=f"frames per test (1..{MAX_FRAMES}; default 3, artifact layers 2)")
+    ap.add_argument("--waves", action="store_true", help="write FST waveforms (one dump.fst per case)")
+    ap.add_argument("--jobs", type=int_range(1, MAX_JOBS), default=min(2, os.cpu_count() or 1),
+                    help=f"cases built/run in parallel (1..{MAX_JOBS}; default min(2, CPUs))")
+    ap.add_argument("--out", default="build/sim", help="output folder (default build/sim)")
+    ap.add_argument("--inject", choices=["weight", "rounding"], help="inject a fault into the RTL (must FAIL)")
+    return ap
 
 
-def _fail(msg: str) -> int:
-    sys.stderr.write(f"python -m sim: error: {msg}\n")
-    return 2
+def _resolve_seed(ap: Parser, args) -> int:
+    if args.seed is not None:
+        return args.seed
+    env = os.environ.get("SEED") or ""
+    if not env.strip():
+        return DEFAULT_SEED
+    try:
+        return _seed(env)
+    except Exception as e:             # noqa: BLE001 - argparse.ArgumentTypeError
+        ap.error(f"$SEED: {e}; set SEED to an integer 0..{MAX_SEED} or pass --seed")
 
 
 def main(argv=None) -> int:
-    ap = _Parser(prog="python -m sim", description="Prove the generated RTL bit-exact against the golden model.")
-    ap.add_argument("--artifact", help="verify every Tucker-2 layer of this artifact directory")
-    ap.add_argument("--layer", action="append", help="only this layer of --artifact (repeatable)")
-    ap.add_argument("--multipliers", type=int, default=None, help="multiplier budget for --artifact layers")
-    ap.add_argument("--seed", type=int, default=int(os.environ.get("SEED") or DEFAULT_SEED),
-                    help=f"regression seed (default {DEFAULT_SEED} or $SEED)")
-    ap.add_argument("--random", type=int, default=8, help="random layer configurations besides the corners")
-    ap.add_argument("--reduced", action="store_true", help="the small regression that `make test` runs")
-    ap.add_argument("--frames", type=int, default=None, help="frames per test (default 3, artifact layers 2)")
-    ap.add_argument("--waves", action="store_true", help="write FST waveforms (one dump.fst per case)")
-    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="cases built/run in parallel")
-    ap.add_argument("--out", default="build/sim", help="output folder (default build/sim)")
-    ap.add_argument("--inject", choices=["weight", "rounding"], help="inject a fault into the RTL (must FAIL)")
+    ap = _parser()
     args = ap.parse_args(argv)
+    args.seed = _resolve_seed(ap, args)
 
-    from .cases import artifact_cases, reduced_cases, standard_cases
+    from artifact import ArtifactError
+
+    from .cases import artifact_cases, check_cases, reduced_cases, standard_cases
     try:
-        check_cocotb()
-        verilator_env()
+        if args.layer and not args.artifact:
+            raise UsageError("--layer needs --artifact DIR (or ARTIFACT=DIR with make)")
+        if args.multipliers is not None and not args.artifact:
+            raise UsageError("--multipliers applies to --artifact layers; the standard regression's "
+                             "layers have their own budgets")
+        if args.artifact is not None and not args.artifact.strip():
+            raise UsageError("--artifact is empty; give an artifact directory")
+        if any(not name.strip() for name in args.layer or []):
+            raise UsageError("--layer is empty; give a layer name of the manifest")
+        check_out_dir(args.out)
         try:
             import hw.generate  # noqa: F401
         except ImportError as e:
             raise ToolError(f"cannot import hw.generate ({e}); run from the repository root with "
                             f"`pip install -e .[hw,sim]`") from None
-        if args.layer and not args.artifact:
-            return _fail("--layer needs --artifact DIR (or ARTIFACT=DIR with make)")
         if args.artifact:
-            from artifact import ArtifactError, load_artifact
-            try:
-                art = load_artifact(args.artifact)
-                cases = artifact_cases(art, str(Path(args.artifact).resolve()), args.seed, args.layer,
-                                       args.multipliers, frames=args.frames or 2)
-            except ArtifactError as e:
-                return _fail(str(e))
+            from artifact import load_artifact
+            art = load_artifact(args.artifact)
+            cases = artifact_cases(art, str(Path(args.artifact).resolve()), args.seed, args.layer,
+                                   args.multipliers, frames=args.frames or 2)
             if not cases:
-                return _fail(f"artifact {args.artifact} has no Tucker-2 layer to verify "
-                             f"(layers: {', '.join(l['name'] for l in art.layers())})")
+                raise UsageError(f"artifact {args.artifact} has no Tucker-2 layer to verify "
+                                 f"(layers: {', '.join(l['name'] for l in art.layers())})")
+            check_cases(cases, art)
             mode = "artifact"
         else:
             cases = reduced_cases(args.seed) if args.reduced else standard_cases(args.seed, args.random)
             if args.frames:
                 for c in cases:
                     c["frames"] = args.frames
+            check_cases(cases)
             mode = "reduced" if args.reduced else "standard"
-    except ToolError as e:
-        return _fail(str(e))
+        check_cocotb()                       # the simulator last: bad options and layers are reported first
+        verilator_env()
+    except (UsageError, ToolError, ArtifactError, OSError) as e:
+        return fail(PROG, e)
     if args.inject:
         for c in cases:
             c["inject"] = args.inject
     print(f"sim: {len(cases)} design(s), seed {args.seed}, {args.jobs} job(s), output {args.out}", flush=True)
-    summary = run_cases(cases, args.out, jobs=args.jobs, waves=args.waves, seed=args.seed, mode=mode,
-                        progress=lambda line: print(line, flush=True))
+    try:
+        summary = run_cases(cases, args.out, jobs=args.jobs, waves=args.waves, seed=args.seed, mode=mode,
+                            progress=lambda line: print(line, flush=True))
+    except OSError as e:                      # the output folder (full disk, permissions)
+        return fail(PROG, e)
     print_summary(summary, Path(args.out) / "summary.json")
     return 0 if summary["passed"] else 1
 

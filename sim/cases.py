@@ -10,7 +10,9 @@ A *case* is a JSON-able dict::
 :func:`standard_cases` gives fixed corner cases (every kernel size, stride 2,
 2-bit and 8-bit, signed and unsigned, fully folded and fully parallel) followed by
 random ones drawn from the seed; :func:`artifact_cases` gives one case per
-Tucker-2 layer of an artifact.
+Tucker-2 layer of an artifact. :func:`check_cases` plans every case's folding before
+any simulation starts, so that an unsupported layer or a budget the layer cannot use
+is bad input (one line, ``HwError``), not a failed test.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import random
 
 from .vectors import tucker2_layers
 
-__all__ = ["CORNERS", "random_config", "standard_cases", "reduced_cases", "artifact_cases"]
+__all__ = ["CORNERS", "random_config", "standard_cases", "reduced_cases", "artifact_cases", "check_cases"]
 
 #: Corner configurations every standard regression runs (keyword arguments of random_tucker2).
 CORNERS = [
@@ -83,10 +85,48 @@ def artifact_cases(artifact, path: str, seed: int, layers=None, multipliers=None
     names = tucker2_layers(artifact)
     if layers:
         for name in layers:
-            artifact.layer(name)                  # ArtifactError (one line) when unknown
-        names = list(layers)
+            op = artifact.layer(name)["op"]       # ArtifactError (one line) when unknown
+            if op != "tucker2":
+                from hw.spec import HwError
+                raise HwError(f"layer {name!r} has op {op!r}; the regression verifies Tucker-2 layers only "
+                              f"(Tucker-2 layers: {', '.join(names) or 'none'})")
+        names = list(dict.fromkeys(layers))
     rng = random.Random(seed)
     return [{"name": f"{artifact.manifest['model'].get('name', 'artifact')}.{name}", "seed": seed + i,
              "layer": name, "multipliers": multipliers, "synth": None, "artifact": str(path),
              "frames": frames, "bubble": round(rng.uniform(0.1, 0.5), 2),
              "backpressure": round(rng.uniform(0.1, 0.6), 2)} for i, name in enumerate(names)]
+
+
+def check_cases(cases: list[dict], artifact=None) -> None:
+    """Plan every case's folding (no Amaranth elaboration, no simulation); HwError or
+    ArtifactError (one line, naming the case) for a case that cannot be built.
+
+    ``artifact`` is the loaded artifact of artifact cases (else each case's artifact
+    path is loaded); synthetic cases make their small random layer.
+    """
+    from artifact import ArtifactError, load_artifact
+    from artifact.synth import random_tucker2
+    from hw.engine import check_engine
+    from hw.generate import check_options
+    from hw.planner import plan_folding
+    from hw.spec import layer_stages
+
+    loaded = {}
+    for c in cases:
+        try:
+            check_options(c.get("multipliers"))
+            if c.get("synth"):
+                kw = dict(c["synth"])
+                kw["ranks"] = tuple(kw["ranks"])
+                art = random_tucker2(c["seed"], name=c["layer"], **kw)
+            elif artifact is not None:
+                art = artifact
+            else:
+                path = str(c["artifact"])
+                art = loaded.get(path) or loaded.setdefault(path, load_artifact(path))
+            stages = layer_stages(art, c["layer"])
+            check_engine(stages, plan_folding(stages, c.get("multipliers")))
+        except ArtifactError as e:           # HwError is an ArtifactError
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise type(e)(f"case {c['name']}: {msg}") from None

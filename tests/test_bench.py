@@ -48,7 +48,19 @@ def test_fpga_layers_table_and_summary(capsys, tmp_path):
     assert summary == {"layers": 6, "timing_met": 4, "within_target": 4, "target_s": 600.0,
                        "slowest_s": 700.0, "lowest_fmax_mhz": 140.0}
     assert "built within 600 s: 4/6" in capsys.readouterr().out
-    assert fpga_layers.main(["--jobs", "0"], build_one=fake_build) == 2
+    import pytest
+    with pytest.raises(SystemExit) as e:
+        fpga_layers.main(["--jobs", "0"], build_one=fake_build)
+    assert e.value.code == 2 and "--jobs: 0 is outside" in capsys.readouterr().err
     assert fpga_layers.main(["--board", "nosuch"], build_one=fake_build) == 2
-    assert fpga_layers.main(["--artifact", str(tmp_path / "none")], build_one=fake_build) == 2
     assert "error: unknown board 'nosuch'" in capsys.readouterr().err
+    assert fpga_layers.main(["--artifact", str(tmp_path / "none")], build_one=fake_build) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    built.clear()
+
+    def failing_build(job):                              # a layer that does not fit the part
+        from deploy.fpga.build import DesignTooLarge
+        raise DesignTooLarge("design too large for LFE5U-85F: MULT18X18D 200/156")
+    assert fpga_layers.main([], build_one=failing_build) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "design too large" in err and "Traceback" not in err

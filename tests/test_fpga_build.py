@@ -76,7 +76,7 @@ def test_design_too_large_for_the_part(tmp_path):
                         "--multipliers", "24", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 2
-    err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    err = [l for l in r.stderr.splitlines() if "error:" in l]
     assert len(err) == 1 and "design too large for iCE40UP5K-SG48" in err[0] and "ICESTORM_LC" in err[0]
 
 

@@ -138,6 +138,29 @@ def test_unknown_board_and_bad_input_exit_2(tiny_dir, tmp_path, capsys):
         B.build("ulx3s-12f", tiny_dir, out=tmp_path, router="router9")
 
 
+@pytest.mark.parametrize("kw,needle", [
+    (dict(clock_mhz=float("nan")), "clock nan MHz"),       # a NaN clock used to fall back to the board clock
+    (dict(clock_mhz=float("inf")), "clock inf MHz"),
+    (dict(clock_mhz=0), "clock 0 MHz"),
+    (dict(baud=0), "baud rate 0"),
+    (dict(seed=-1), "seed -1"),
+    (dict(timeout_s=float("nan")), "timeout"),
+])
+def test_build_api_rejects_bad_numbers(tiny_dir, tmp_path, kw, needle):
+    with pytest.raises(B.BoardError, match=needle):
+        B.build("ulx3s-12f", tiny_dir, out=tmp_path / "o", **kw)
+    assert not (tmp_path / "o").exists()
+
+
+def test_foreign_output_folder_is_never_deleted(tiny_dir, tmp_path, capsys):
+    mine = tmp_path / "arty-a7-35" / "tiny"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine\n")
+    rc, _, err = _run(["--board", "arty-a7-35", "--artifact", str(tiny_dir), "--out", str(tmp_path)], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "was not written by this tool" in err
+    assert (mine / "notes.txt").read_text() == "mine\n" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
 def test_design_too_large_is_one_line_exit_2(tiny_dir, tmp_path, capsys, monkeypatch):
     """The flow's reaction to nextpnr failing on a full part (the tools are stubbed: the
     real case is the slow test below)."""
@@ -178,3 +201,10 @@ def test_vivado_build_tree(tiny_dir, tmp_path, capsys, monkeypatch):
     rec = json.loads((tmp_path / "arty-a7-35" / "tiny" / "report.json").read_text())
     assert rec["flow"] == "vivado" and rec["vivado"] is None and rec["board_info"]["baud"] == 1000000
     assert rec["board_info"]["clk_hz"] == 100_000_000
+    assert (tmp_path / "arty-a7-35" / "tiny" / B.MARKER).is_file()
+    # a rebuild replaces the folder this tool wrote
+    rc, _, _ = _run(["--board", "arty-a7-35", "--artifact", str(tiny_dir), "--baud", "115200",
+                     "--out", str(tmp_path)], capsys)
+    assert rc == 0
+    rec = json.loads((tmp_path / "arty-a7-35" / "tiny" / "report.json").read_text())
+    assert rec["board_info"]["baud"] == 115200

@@ -126,6 +126,13 @@ def test_cli_tucker2_layer_vivado(tmp_path):
     assert " 0 mismatches in 1728 values" in r.stdout
     assert str(tmp_path / "prj") in r.stdout and "synthesis:" in r.stdout
     assert (tmp_path / "prj/build_prj.tcl").is_file() and (tmp_path / "prj/tb_data/tb_output_predictions.dat").is_file()
+    # built in a temporary sibling, renamed into place: nothing else is left next to it, and the
+    # project's config names its final folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "prj"]
+    assert f"OutputDir: {tmp_path / 'prj'}\n" in (tmp_path / "prj/hls4ml_config.yml").read_text()
+    import json
+    rep = json.loads((tmp_path / "prj/csim_report.json").read_text())
+    assert rep["format"] == "elrt-hls4ml-report" and rep["project"] == str(tmp_path / "prj")
 
 
 # random Tucker-2 / dense shapes: kernel, stride, padding, ranks, bit widths, signedness
@@ -268,3 +275,57 @@ def test_cli_bad_input(tmp_path, saved_t2, args, needle):
 def test_cli_missing_artifact(tmp_path):
     r = _cli("--artifact", tmp_path / "none", "--out", tmp_path / "o")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_cli_failed_build_leaves_no_project(tmp_path, saved_t2, monkeypatch, capsys):
+    """g++ failing: exit 1, one line, no --out folder and no temporary sibling; the log is kept."""
+    from deploy.hls4ml import cli, csim
+
+    def broken(build, quiet=True):
+        print("g++: error: something")
+        raise Exception("Failed to compile project")
+    monkeypatch.setattr(csim, "compile_model", broken)
+    rc = cli.main(["--artifact", str(saved_t2), "--layer", "t2", "--out", str(tmp_path / "a" / "prj")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "C-simulation build failed" in err, err
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["prj.hls4ml.log"]
+    assert "g++: error: something" in (tmp_path / "a" / "prj.hls4ml.log").read_text()
+
+
+def test_cli_replaces_only_its_own_projects(tmp_path):
+    from deploy.hls4ml import cli
+    from artifact.cli import UsageError
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "old.txt").write_text("old")
+    (ours / "csim_report.json").write_text('{"format": "elrt-hls4ml-report"}')
+    assert cli.check_out(ours) == ours
+    new = tmp_path / ".ours.x.tmp"
+    new.mkdir()
+    (new / "csim_report.json").write_text("{}")
+    cli._install(new, ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours"]
+    assert sorted(p.name for p in ours.iterdir()) == ["csim_report.json"]
+    empty = tmp_path / "empty"                       # a user's empty folder is filled, not replaced
+    empty.mkdir()
+    ino = empty.stat().st_ino
+    new.mkdir()
+    (new / "f").write_text("x")
+    cli._install(new, empty)
+    assert empty.stat().st_ino == ino and [p.name for p in empty.iterdir()] == ["f"] and not new.exists()
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "x").write_text("x")
+    with pytest.raises(UsageError, match="not an hls4ml project"):
+        cli.check_out(tmp_path / "theirs")
+
+
+def test_compare_checks_given_inputs(tmp_path):
+    """Out-of-range inputs are bad input, not C-simulation mismatches (checked before compiling)."""
+    art = random_tucker2(3, channels=2, out_channels=2, ranks=(1, 1), height=3, width=3)
+    build = convert(art, tmp_path / "p", layer="t2")
+    name = next(iter(build.inputs))
+    with pytest.raises(ArtifactError, match="outside the input's"):
+        compare(build, art, xs={name: np.full((1, 2, 3, 3), 10**6)})
+    with pytest.raises(ArtifactError, match="integer"):
+        compare(build, art, xs={name: np.zeros((1, 2, 3, 3))})
+    assert not (tmp_path / "p").exists()

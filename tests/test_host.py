@@ -33,7 +33,7 @@ class _Served:
         def ready(a):
             self.addr = a
             got.set()
-        model = BoardModel(art, layer, model_info(art, layer, timeout_s=0.01))
+        self.model = model = BoardModel(art, layer, model_info(art, layer, timeout_s=0.01))
         self.thread = threading.Thread(target=serve, args=(model, kind, 0, ready, self.stop), daemon=True)
         self.thread.start()
         assert got.wait(10)
@@ -68,8 +68,10 @@ def test_host_infer_over_pty_is_bit_exact(t2_dir, tmp_path, capsys):
 
 def test_host_digits_are_quantised_with_the_artifact_input(tmp_path, capsys):
     art = random_conv(5, channels=1, out_channels=2, height=8, width=8, name="conv1")
-    art.manifest["input"]["exponent"] = -6
-    art.layer("conv1")["in"]["exponent"] = -6
+    d = -6 - art.manifest["input"]["exponent"]       # inputs in [-1, 1] at 8 bits unsigned: 2**-6 steps
+    art.manifest["input"]["exponent"] += d
+    for rec in (art.layer("conv1")["in"], art.layer("conv1")["acc"], art.layer("conv1")["out"]):
+        rec["exponent"] += d                           # keep acc = in + weight exponents (rule 8)
     path = save_artifact(tmp_path / "a", art.manifest, art.tensors)
     srv = _Served(art, "conv1", "tcp")
     try:
@@ -102,6 +104,43 @@ def test_host_bad_input(t2_dir, tmp_path, capsys):
         srv.close()
     assert host.main(["--port", str(tmp_path / "no-such-tty"), "info"]) == 2
     assert "cannot open" in capsys.readouterr().err
+
+
+def test_host_checks_frames_against_the_board_before_sending(t2_dir, tmp_path, capsys):
+    """Without an artifact the board's own input record is the check: out-of-range values are
+    bad input (exit 2, one line) and no frame is sent; --out must end in .npy."""
+    from artifact import load_artifact
+    art = load_artifact(t2_dir)
+    np.save(tmp_path / "big.npy", np.full((2, 4, 4, 4), 10**6, dtype=np.int64))
+    srv = _Served(art, "t2", "pty")
+    try:
+        rc = host.main(["--port", srv.addr, "infer", "--npy", str(tmp_path / "big.npy")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "outside the input's" in err, err
+        assert srv.model.frames == 0
+    finally:
+        srv.close()
+    np.save(tmp_path / "x.npy", random_input(art, 1, seed=1))
+    rc = host.main(["--port", "loop://", "infer", "--npy", str(tmp_path / "x.npy"), "--out", str(tmp_path / "y")])
+    assert rc == 2 and "must end in .npy" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists() and not (tmp_path / "y.npy").exists()
+
+
+def test_host_out_is_written_atomically_at_the_path(t2_dir, tmp_path, capsys):
+    from artifact import load_artifact
+    art = load_artifact(t2_dir)
+    x = random_input(art, 2, seed=3)
+    np.save(tmp_path / "x.npy", x[0])                # one (C, H, W) frame is a batch of one
+    srv = _Served(art, "t2", "tcp")
+    try:
+        rc = host.main(["--port", srv.addr, "infer", "--npy", str(tmp_path / "x.npy"), "--artifact", str(t2_dir),
+                        "--check", "--out", str(tmp_path / "y.out.npy")])
+    finally:
+        srv.close()
+    assert rc == 0, capsys.readouterr()
+    want, _ = run_layer(art.layer("t2"), [x[:1]], art.tensors)
+    assert np.array_equal(np.load(tmp_path / "y.out.npy"), want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy", "y.out.npy"]     # no temp file left
 
 
 def test_host_module_entry_point_over_a_socket(t2_dir, tmp_path):

@@ -76,22 +76,46 @@ def test_cli_bad_input_one_line_exit_2(art_dir, tmp_path, args, needle):
 
 @pytest.mark.parametrize("args,needle", [
     (["--layer", "t2", "--multipliers", "2"], "too small"),
-    (["--layer", "t2", "--multipliers", "0"], "too small"),
     (["--layer", "t2", "--line-rows", "2"], "line buffers"),
     (["--layer", "pool"], "op 'maxpool'"),
+    (["--layer", "t2", "--top", "1bad"], "Verilog identifier"),
 ])
 def test_cli_bad_input_in_process(art_dir, tmp_path, capsys, args, needle):
-    assert main(["--artifact", str(art_dir), "--out", str(tmp_path), *args]) == 2
+    assert main(["--artifact", str(art_dir), "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "o").exists()
 
 
-def test_cli_usage_error_one_line(art_dir, tmp_path, capsys):
+@pytest.mark.parametrize("args,needle", [
+    (["--multipliers", "many"], "'many' is not an integer"),
+    (["--multipliers", "0"], "0 is outside the allowed range [1, 100000]"),
+    (["--min-utilisation", "nan"], "nan is not a finite number"),
+    (["--min-utilisation", "1.5"], "outside the allowed range [0, 1]"),
+    (["--line-rows", "0"], "--line-rows"),
+])
+def test_cli_usage_error_one_line(art_dir, tmp_path, capsys, args, needle):
     with pytest.raises(SystemExit) as e:
-        main(["--artifact", str(art_dir), "--layer", "t2", "--multipliers", "many", "--out", str(tmp_path)])
+        main(["--artifact", str(art_dir), "--layer", "t2", "--out", str(tmp_path / "o"), *args])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "invalid int" in err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(min_utilisation=float("nan")), "min_utilisation"),
+    (dict(min_utilisation=-1), "min_utilisation"),
+    (dict(multipliers=0), "too small"),
+    (dict(multipliers=10**9), "outside"),
+    (dict(line_rows=-1), "line_rows"),
+    (dict(top="a/b"), "Verilog identifier"),
+])
+def test_generate_rejects_bad_options_before_work(art_dir, tmp_path, kw, needle):
+    """The API checks its options too: a NaN utilisation floor would write invalid JSON."""
+    with pytest.raises(HwError, match=needle):
+        generate(art_dir, "t2", out_dir=tmp_path / "o", **kw)
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_artifact_exit_2(tmp_path, capsys):

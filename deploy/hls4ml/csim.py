@@ -17,8 +17,8 @@ from artifact import golden
 
 from .convert import HLSBuild, Stream
 
-__all__ = ["CsimResult", "to_hls", "from_hls", "stimulus", "golden_reference", "compile_model", "run_csim",
-           "compare", "write_tb_data"]
+__all__ = ["CsimResult", "to_hls", "from_hls", "stimulus", "golden_reference", "check_inputs", "compile_model",
+           "run_csim", "compare", "write_tb_data"]
 
 
 @dataclass
@@ -79,6 +79,24 @@ def golden_reference(build: HLSBuild, artifact: Artifact, xs: dict) -> np.ndarra
     return values[build.output_name]
 
 
+def check_inputs(build: HLSBuild, xs: dict) -> dict:
+    """Check given inputs ({tensor_name: batch}) against the build's input streams (names,
+    integer dtype, shape, bit range; one batch size); ArtifactError (one line) otherwise.
+    Out-of-range values would otherwise show up as C-simulation "mismatches"."""
+    from artifact import ArtifactError
+    from artifact.io import check_input_array
+    missing = [n for n in build.inputs if n not in xs]
+    if missing:
+        raise ArtifactError(f"inputs {missing} are missing (the build takes {list(build.inputs)})")
+    out = {}
+    for name, s in build.inputs.items():
+        rec = {"input": {"shape": list(s.shape), "bits": s.bits, "signed": s.signed}}
+        out[name] = check_input_array(rec, xs[name], f"input {name!r}")
+    if len({len(v) for v in out.values()}) > 1:
+        raise ArtifactError(f"inputs have different batch sizes {[len(v) for v in out.values()]}")
+    return out
+
+
 def compile_model(build: HLSBuild, quiet: bool = True) -> None:
     """Write the HLS project and build the C-simulation library with g++."""
     sink = io.StringIO()
@@ -100,10 +118,12 @@ def run_csim(build: HLSBuild, xs: dict) -> np.ndarray:
 def compare(build: HLSBuild, artifact: Artifact, batch: int = 8, seed: int = 0, xs: dict | None = None,
             compile_first: bool = True) -> CsimResult:
     """C-simulate ``build`` on ``batch`` stimulus samples and count mismatches with the golden model."""
-    if compile_first:
-        compile_model(build)
     if xs is None:
         xs = {name: stimulus(s, batch, seed + i) for i, (name, s) in enumerate(build.inputs.items())}
+    else:
+        xs = check_inputs(build, xs)
+    if compile_first:
+        compile_model(build)
     hls = run_csim(build, xs)
     ref = np.asarray(golden_reference(build, artifact, xs), dtype=np.int64)
     if hls.shape != ref.shape:
