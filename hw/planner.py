@@ -20,6 +20,8 @@ the fastest plan regardless.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 
 from .spec import HwError, StageSpec
@@ -118,7 +120,9 @@ def stage_options(spec: StageSpec) -> list[StageFold]:
 def plan_folding(specs: list[StageSpec], multipliers: int | None = None, *,
                  min_utilisation: float | None = None) -> Plan:
     """Fastest balanced folding of a layer's stages within ``multipliers`` (default
-    :data:`DEFAULT_MULTIPLIERS`). HwError if the budget is below one multiplier per stage.
+    :data:`DEFAULT_MULTIPLIERS`). HwError (one line) if the budget is not a positive
+    integer or is below one multiplier per stage, or ``min_utilisation`` is not a
+    number in [0, 1] (NaN and inf included).
 
     Only plans whose utilisation (ideal / expected cycles, ideal = total MACs /
     multipliers used) is at least ``min_utilisation`` (default
@@ -127,9 +131,8 @@ def plan_folding(specs: list[StageSpec], multipliers: int | None = None, *,
     keep busy. If no plan within the budget reaches it, the best-utilised plan is
     returned.
     """
-    budget = DEFAULT_MULTIPLIERS if multipliers is None else int(multipliers)
-    if min_utilisation is None:
-        min_utilisation = DEFAULT_MIN_UTILISATION
+    budget = DEFAULT_MULTIPLIERS if multipliers is None else _check_budget(multipliers)
+    min_utilisation = DEFAULT_MIN_UTILISATION if min_utilisation is None else _check_utilisation(min_utilisation)
     if budget < len(specs):
         raise HwError(f"multiplier budget {budget} is too small: the layer has {len(specs)} stage(s) "
                       f"and each needs at least one multiplier")
@@ -154,6 +157,23 @@ def plan_folding(specs: list[StageSpec], multipliers: int | None = None, *,
     if best is None:    # unreachable: the all-ones folding fits any budget >= len(specs)
         raise HwError(f"no folding of this layer fits {budget} multipliers")
     return best
+
+
+def _check_budget(multipliers) -> int:
+    """``multipliers`` as an int: a positive integer (bool, float, NaN refused), else HwError."""
+    if isinstance(multipliers, bool) or not isinstance(multipliers, numbers.Integral):
+        raise HwError(f"multiplier budget must be a positive integer, got {multipliers!r}")
+    if multipliers < 1:
+        raise HwError(f"multiplier budget {int(multipliers)} is not positive: each stage needs at least one multiplier")
+    return int(multipliers)
+
+
+def _check_utilisation(min_utilisation) -> float:
+    """``min_utilisation`` as a float in [0, 1] (NaN, inf, bools and strings refused), else HwError."""
+    if isinstance(min_utilisation, bool) or not isinstance(min_utilisation, numbers.Real) \
+            or not math.isfinite(min_utilisation) or not 0.0 <= min_utilisation <= 1.0:
+        raise HwError(f"min_utilisation must be a number in [0, 1], got {min_utilisation!r}")
+    return float(min_utilisation)
 
 
 def fixed_folding(specs: list[StageSpec], folds: list[tuple[int, int]], budget: int | None = None) -> Plan:

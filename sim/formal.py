@@ -37,6 +37,7 @@ from pathlib import Path
 from amaranth import Array, Const, Elaboratable, Module, Signal
 from amaranth.hdl import Assert, Assume, Cover
 
+from artifact import conv_out_hw
 from artifact.cli import Parser, UsageError, check_out_dir, fail
 from artifact.files import atomic_write_text
 
@@ -51,8 +52,7 @@ def window_table(height: int, width: int, kernel: int, stride: int, padding: int
     A window may leave once every real (non-padding) pixel it covers has arrived;
     frames follow each other, so ``n`` runs over ``frames`` frames.
     """
-    ho = (height + 2 * padding - kernel) // stride + 1
-    wo = (width + 2 * padding - kernel) // stride + 1
+    ho, wo = conv_out_hw(height, width, kernel, stride, padding)
     last = sorted(min(oy * stride - padding + kernel - 1, height - 1) * width
                   + min(ox * stride - padding + kernel - 1, width - 1)
                   for oy in range(ho) for ox in range(wo))
@@ -152,7 +152,7 @@ class UnitHarness(Elaboratable):
             done = n_out >= 2
         else:
             h, w, k, st, p = self.geometry
-            ho, wo = (h + 2 * p - k) // st + 1, (w + 2 * p - k) // st + 1
+            ho, wo = conv_out_hw(h, w, k, st, p)
             frames = self.depth // (h * w) + 1
             t = window_table(h, w, k, st, p, frames)
             allowed = Array(Const(v, self.cbits) for v in t)[n_in]

@@ -9,6 +9,11 @@ Fault injection (to prove the regression can fail): a case with ``"inject":
 "weight"`` generates its RTL from a copy of the artifact with one weight changed
 while the golden model keeps the original; ``"inject": "rounding"`` generates it
 with the requantizer rounding half up instead of half to even.
+
+Each case writes ``<out>/<case>/rtl`` with the marker file :data:`RTL_MARKER`; a rerun
+replaces that folder only when it holds the marker (or, from a run before the marker
+existed, nothing but ``.v``/``.json`` files). Anything else there is refused
+(:class:`RtlFolderError`, one line), never deleted.
 """
 from __future__ import annotations
 
@@ -28,7 +33,16 @@ from artifact.files import atomic_write_text
 from .design import DesignError, normalize
 from .vectors import layer_io, layer_macs
 
-__all__ = ["run_case", "run_cases", "print_summary", "write_summary"]
+__all__ = ["run_case", "run_cases", "print_summary", "write_summary", "RTL_MARKER", "RtlFolderError",
+           "check_rtl_folder"]
+
+#: Marks ``<out>/<case>/rtl`` as written by :func:`run_case` (so that a rerun may replace it).
+RTL_MARKER = ".elrt-sim-rtl"
+
+
+class RtlFolderError(FileExistsError):
+    """``<out>/<case>/rtl`` holds something this tool did not write; it is left alone.
+    (An OSError: the command line reports it as bad input, one line, exit 2.)"""
 
 
 def _synth_artifact(case: dict, work: Path):
@@ -115,6 +129,37 @@ def _check_layout(design: dict, art, layer: str) -> None:
             raise DesignError(f"{side} payload is {got} bits wide, the artifact implies {exp} (channels x bits)")
 
 
+def _rtl_is_ours(rtl: Path) -> bool:
+    """Whether ``rtl`` (a folder) was written by :func:`run_case`: it holds :data:`RTL_MARKER`,
+    or (a run from before the marker) only what ``hw.generate`` writes, ``<top>.v`` and
+    ``<top>.json`` (and their atomic-write temporaries)."""
+    if (rtl / RTL_MARKER).is_file() and not (rtl / RTL_MARKER).is_symlink():
+        return True
+    entries = list(rtl.iterdir())
+    return bool(entries) and all(e.is_file() and not e.is_symlink() and e.suffix in (".v", ".json", ".tmp")
+                                 for e in entries)
+
+
+def check_rtl_folder(rtl) -> bool:
+    """Whether ``rtl`` exists and may be replaced (an earlier run of this tool wrote it);
+    RtlFolderError (one line) if something this tool did not write is in its place."""
+    rtl = Path(rtl)
+    if not rtl.exists() and not rtl.is_symlink():
+        return False
+    if rtl.is_symlink() or not rtl.is_dir():
+        raise RtlFolderError(f"{rtl} exists and is not a folder this tool wrote; remove it or choose another --out")
+    if any(rtl.iterdir()) and not _rtl_is_ours(rtl):
+        raise RtlFolderError(f"{rtl} holds files this tool did not write (no {RTL_MARKER}); remove it or "
+                             f"choose another --out")
+    return True
+
+
+def _clear_rtl(rtl: Path) -> None:
+    """Remove the RTL folder of an earlier run (never one this tool did not write)."""
+    if check_rtl_folder(rtl):
+        shutil.rmtree(rtl)
+
+
 def run_case(case: dict, out_dir, *, waves: bool = False) -> dict:
     """Generate, build and simulate one case; return its record (never raises)."""
     from artifact import load_artifact
@@ -125,8 +170,7 @@ def run_case(case: dict, out_dir, *, waves: bool = False) -> dict:
            "artifact": case.get("artifact"), "multiplier_budget": case.get("multipliers"),
            "inject": case.get("inject"), "passed": False, "tests": []}
     try:
-        if work.exists():
-            shutil.rmtree(work / "rtl", ignore_errors=True)
+        _clear_rtl(work / "rtl")
         work.mkdir(parents=True, exist_ok=True)
         art_path = Path(case["artifact"]) if case.get("artifact") else _synth_artifact(case, work)
         art = load_artifact(art_path)
@@ -136,6 +180,9 @@ def run_case(case: dict, out_dir, *, waves: bool = False) -> dict:
         elif case.get("inject") == "rounding":
             rec["fault"] = "requantizer rounds half up instead of half to even"
         t = time.monotonic()
+        (work / "rtl").mkdir()
+        atomic_write_text(work / "rtl" / RTL_MARKER, "written by python -m sim (sim.regress); a rerun replaces "
+                                                     "this folder\n")
         desc = _generate(gen_path, case["layer"], case.get("multipliers"), work / "rtl", case.get("inject"))
         rec["generate_s"] = round(time.monotonic() - t, 2)
         design = normalize(desc, base=work / "rtl")
@@ -184,8 +231,13 @@ def _versions() -> dict:
 
 def run_cases(cases: list[dict], out_dir, *, jobs: int = 2, waves: bool = False, seed=None, mode: str = "",
               progress=print) -> dict:
-    """Run ``cases`` (``jobs`` at a time), write ``out_dir/summary.json``; return the summary."""
+    """Run ``cases`` (``jobs`` at a time), write ``out_dir/summary.json``; return the summary.
+
+    RtlFolderError (an OSError) before any case runs when a case's ``rtl`` folder holds
+    something this tool did not write."""
     out_dir = Path(out_dir)
+    for c in cases:                          # before anything runs: never delete what we did not write
+        check_rtl_folder(out_dir.resolve() / c["name"] / "rtl")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     records = {}

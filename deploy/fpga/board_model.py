@@ -9,6 +9,8 @@ tested without a board. ``python -m deploy.host serve`` runs it.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import select
 import socket
@@ -21,12 +23,26 @@ from artifact.golden import run_layer
 
 from . import protocol as P
 
-__all__ = ["BoardModel", "serve", "model_info"]
+__all__ = ["BoardModel", "serve", "model_info", "MAX_TIMEOUT_CYCLES"]
+
+#: The board info record carries the idle timeout as an unsigned 32-bit cycle count.
+MAX_TIMEOUT_CYCLES = 2**32 - 1
 
 
 def model_info(artifact, layer: str, *, baud: int = 115200, clk_hz: int = 0, timeout_s: float = 0.02,
                multipliers: int = 0, cycles_per_frame: int = 0) -> P.BoardInfo:
-    """The BoardInfo the model reports for a layer (shapes from the manifest)."""
+    """The BoardInfo the model reports for a layer (shapes from the manifest).
+
+    ``timeout_s`` must be a finite positive number of seconds that fits the info record's
+    32-bit cycle count (ValueError, one line, otherwise)."""
+    clk = clk_hz or 1_000_000
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real) or not math.isfinite(timeout_s) \
+            or timeout_s <= 0:
+        raise ValueError(f"board model timeout {timeout_s!r} s must be a finite positive number of seconds")
+    cycles = max(1, int(round(timeout_s * clk)))
+    if cycles > MAX_TIMEOUT_CYCLES:
+        raise ValueError(f"board model timeout {timeout_s!r} s is {cycles} cycles at {clk:g} Hz; the board info "
+                         f"holds at most {MAX_TIMEOUT_CYCLES} ({MAX_TIMEOUT_CYCLES / clk:g} s)")
     rec = artifact.layer(layer)
     stages = list(rec.get("stages", [rec]))
     i, o = stages[0]["in"], stages[-1]["out"]
@@ -36,8 +52,7 @@ def model_info(artifact, layer: str, *, baud: int = 115200, clk_hz: int = 0, tim
         return tuple((s + [1, 1])[:3]) if len(s) < 3 else tuple(s)
 
     return P.BoardInfo(P.PROTOCOL_VERSION, rec["op"], shape3(i), int(i["bits"]), bool(i["signed"]), shape3(o),
-                       int(o["bits"]), bool(o["signed"]), multipliers, cycles_per_frame, clk_hz or 1_000_000, baud,
-                       max(1, int(round(timeout_s * (clk_hz or 1_000_000)))))
+                       int(o["bits"]), bool(o["signed"]), multipliers, cycles_per_frame, clk, baud, cycles)
 
 
 class BoardModel:

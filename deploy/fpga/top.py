@@ -11,13 +11,16 @@ until the PLL locks, and the UART divisor follows the real frequency.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 from amaranth import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
 from .link import DEFAULT_TIMEOUT_S, host_link_for
 
-__all__ = ["BoardTop", "ecp5_pll_params"]
+__all__ = ["BoardTop", "ecp5_pll_params", "check_clock_mhz"]
 
 
 def ecp5_pll_params(fin_hz: float, fout_hz: float) -> dict:
@@ -47,8 +50,23 @@ def ecp5_pll_params(fin_hz: float, fout_hz: float) -> dict:
     return {"clki_div": ref, "clkfb_div": fb, "clkop_div": op, "fout_hz": fout * 1e6, "fvco_hz": fvco * 1e6}
 
 
+def check_clock_mhz(clock_mhz) -> float:
+    """``clock_mhz`` as a float: a finite positive number, else ValueError (one line). A NaN
+    would otherwise compare unequal to nothing and fall back to the board clock silently."""
+    if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, numbers.Real):
+        raise ValueError(f"clock {clock_mhz!r} MHz is not a number")
+    f = float(clock_mhz)
+    if not math.isfinite(f) or f <= 0:
+        raise ValueError(f"clock {clock_mhz!r} MHz must be a finite positive frequency")
+    return f
+
+
 class BoardTop(Elaboratable):
-    """Board-level top for ``platform`` (an amaranth-boards platform instance)."""
+    """Board-level top for ``platform`` (an amaranth-boards platform instance).
+
+    ``clock_mhz`` (None: the board clock) must be a finite positive number (ValueError
+    otherwise); a clock other than the board's needs an ECP5 PLL (see :func:`ecp5_pll_params`).
+    """
 
     def __init__(self, platform, artifact, layer: str, *, baud: int = 115200, multipliers: int | None = None,
                  clock_mhz: float | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -56,6 +74,8 @@ class BoardTop(Elaboratable):
         self.board_hz = float(platform.default_clk_frequency)
         self.pll = None
         family = getattr(platform, "family", None)
+        if clock_mhz is not None:
+            clock_mhz = check_clock_mhz(clock_mhz)
         if clock_mhz is not None and abs(clock_mhz * 1e6 - self.board_hz) > 1:
             if family != "ecp5":
                 raise ValueError(f"a clock other than the board's {self.board_hz / 1e6:g} MHz needs a PLL; "

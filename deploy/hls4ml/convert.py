@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from artifact import Artifact, ArtifactError
+from artifact import Artifact, ArtifactError, conv_out_hw
 from artifact.bounds import acc_bits as bound_acc_bits
 from artifact.bounds import signed_bits
 
@@ -237,6 +237,7 @@ class _Builder:
         if len(x.shape) != 3:
             raise HLSConversionError(f"{where}: maxpool needs a [C, H, W] input, got {list(x.shape)}")
         c, h, w = x.shape
+        ho, wo = conv_out_hw(h, w, k, s, p)
         if k != s:
             raise HLSConversionError(f"{where}: maxpool kernel {k} with stride {s}: hls4ml's io_stream pooling only "
                                      f"implements non-overlapping windows (kernel == stride); see docs/hls4ml.md")
@@ -252,7 +253,6 @@ class _Builder:
                        "pad_top": p, "pad_bottom": p, "pad_left": p, "pad_right": p}, result=x.precision)
             x = Stream(pv, (c, h + 2 * p, w + 2 * p), x.bits, x.signed, x.exponent)
             h, w = h + 2 * p, w + 2 * p
-        ho, wo = (h - k) // s + 1, (w - k) // s + 1
         if [c, ho, wo] != list(layer["out"]["shape"]):
             raise HLSConversionError(f"{where}: maxpool output {[c, ho, wo]} differs from the manifest's "
                                      f"{layer['out']['shape']}")

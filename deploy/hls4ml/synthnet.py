@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from artifact import Artifact, int_range
+from artifact import Artifact, conv_out_size, int_range
 from artifact.bounds import signed_bits
 from artifact.ops import pool_divisor_log2
 from artifact.synth import _artifact, _tensor, make_conv_stage, make_linear_stage
@@ -62,7 +62,7 @@ def random_network(seed: int = 0, *, size: int = 8, channels: int = 8, classes: 
                    "out": _tensor([channels, size, size], act_bits, False, e + shift)})
 
     a_out = layers[-1]["out"]
-    ph = (size + 2 * pool_padding - 2) // 2 + 1
+    ph = conv_out_size(size, 2, 2, pool_padding)
     layers.append({"name": "pool", "op": "maxpool", "inputs": ["add1"], "in": dict(a_out), "kernel": 2, "stride": 2,
                    "padding": pool_padding, "out": _tensor([channels, ph, ph], a_out["bits"], False, a_out["exponent"])})
 
