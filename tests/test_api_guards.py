@@ -61,6 +61,14 @@ def test_check_clock_mhz_passes_good_values():
     assert check_clock_mhz(25) == 25.0 and check_clock_mhz(48.5) == 48.5
 
 
+@pytest.mark.parametrize("timeout", [math.nan, math.inf, 0, -1.0, "0.02"])
+def test_host_link_rejects_bad_timeout(t2, timeout):
+    from deploy.fpga.link import host_link_for
+    with pytest.raises(ValueError, match="link timeout") as e:
+        host_link_for(t2, "t2", clk_hz=25e6, baud=115200, timeout_s=timeout)
+    assert "\n" not in str(e.value)
+
+
 # ----------------------------------------------------------------------------- board model
 
 @pytest.mark.parametrize("timeout", [math.nan, math.inf, -math.inf, 0, 0.0, -0.02, "0.02", True, 1e9])

@@ -336,6 +336,9 @@ def host_link_for(artifact, layer: str, *, clk_hz: float, baud: int, multipliers
     from hw.engine import build_engine
 
     divisor = uart_divisor(clk_hz, baud)            # bad baud rates fail before anything is built
+    if timeout_cycles is None and not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)
+                                       and timeout_s > 0):
+        raise ValueError(f"link timeout {timeout_s!r} s: give a finite number of seconds > 0")
     engine = build_engine(artifact, layer, multipliers, min_utilisation=min_utilisation)
     first, last = engine.stages[0], engine.stages[-1]
     in_layout = {"shape": [first.in_ch, first.height, first.width], "bits": first.in_bits,
