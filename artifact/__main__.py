@@ -12,7 +12,7 @@ import numpy as np
 
 from . import golden
 from .base import ArtifactError
-from .cli import Parser, UsageError, check_in_file, check_out_file, fail
+from .cli import Parser, UsageError, check_out_file, fail, load_npy
 from .files import atomic_save_npy
 from .io import check_input_array, load_artifact, stages_of
 
@@ -34,15 +34,7 @@ def summary(art) -> str:
 
 
 def _load_input(path: str, manifest: dict) -> np.ndarray:
-    check_in_file(path, "--input")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except Exception as e:  # truncated file, pickled objects, not a .npy
-        raise UsageError(f"--input {path} is not a readable .npy array ({type(e).__name__}); "
-                         f"save it with numpy.save") from None
-    if not isinstance(x, np.ndarray):
-        raise UsageError(f"--input {path} is an .npz archive; give a single .npy array")
-    return check_input_array(manifest, x, f"--input {path}")
+    return check_input_array(manifest, load_npy(path, "--input"), f"--input {path}")
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 __all__ = [
     "Parser", "UsageError", "fail", "one_line",
     "int_range", "positive_int", "nonneg_int", "float_range", "positive_float", "unit_float",
-    "check_out_dir", "check_out_file", "check_in_file",
+    "check_out_dir", "check_out_file", "check_in_file", "check_number", "load_npy",
 ]
 
 USAGE_EXIT = 2
@@ -117,6 +117,23 @@ positive_float = float_range(0.0, None, lo_open=True)
 unit_float = float_range(0.0, 1.0)
 
 
+def check_number(value, what: str, lo=None, hi=None, *, lo_open: bool = False, integer: bool = False,
+                 error=ValueError):
+    """An API-level option value: a real number (an integer with ``integer``; never a bool or
+    a string), finite, in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``). Returns it as
+    int/float; raises ``error`` with a one-line message naming ``what`` otherwise."""
+    import numbers
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise error(f"{what} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    value = int(value) if integer else float(value)
+    if not math.isfinite(value):
+        raise error(f"{what} {value!r} is not a finite number")
+    if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
+        raise error(f"{what} {value:g} is outside {_describe(lo, hi, lo_open)}")
+    return value
+
+
 # ----------------------------------------------------------------------------- paths
 
 def check_in_file(path, what: str = "input") -> Path:
@@ -179,3 +196,19 @@ def check_out_file(path, suffix: str | None = None, what: str = "--output") -> P
         raise UsageError(f"{what} {p} is not writable")
     _writable_parent(p, what)
     return p
+
+
+def load_npy(path, what: str = "--input"):
+    """One array from a ``.npy`` file, never unpickling: UsageError (one line) when the file
+    is missing, damaged (truncated, an object array) or an ``.npz`` archive."""
+    import numpy as np
+    p = check_in_file(path, what)
+    try:
+        x = np.load(p, allow_pickle=False)
+    except Exception as e:  # truncated (EOFError/ValueError), pickled objects (ValueError), not .npy
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"{what} {p}: not a readable .npy array ({msg}); save it with numpy.save") from None
+    if not isinstance(x, np.ndarray):
+        x.close()
+        raise UsageError(f"{what} {p}: a .npz archive, not one .npy array")
+    return x

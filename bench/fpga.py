@@ -85,8 +85,7 @@ def main(argv=None) -> int:
         if args.out is not None:
             check_out_dir(args.out)
         if args.json is not None:
-            if check_out_file(args.json, None, "--json").exists() and not Path(args.json).is_file():
-                raise UsageError(f"--json {args.json} is not a regular file; choose another path")
+            check_out_file(args.json, None, "--json")
         get_board(args.board).platform(args.speed)
         check_build_options(clock_mhz=args.clock_mhz, seed=args.seed)
         if args.layer is not None and not args.artifact:

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from artifact.cli import Parser, UsageError, check_in_file, check_out_file, fail, float_range, int_range
+from artifact.cli import Parser, UsageError, check_out_file, fail, float_range, int_range, load_npy
 from artifact.files import atomic_save_npy, atomic_write_text
 from deploy.fpga import protocol as P
 
@@ -92,16 +92,9 @@ def _cmd_info(link, args, out) -> int:
 def load_frames(path, what: str = "--npy") -> np.ndarray:
     """An integer ``.npy`` of frames, loaded without pickles; UsageError (one line) when it
     is missing, damaged (truncated, an object array) or not integers."""
-    p = check_in_file(path, what)
-    try:
-        x = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"{what} {p}: not a readable .npy array ({msg}); save it with numpy.save") from None
-    if not isinstance(x, np.ndarray):
-        raise UsageError(f"{what} {p}: a .npz archive, not one .npy array")
+    x = load_npy(path, what)
     if x.dtype == object or not np.issubdtype(x.dtype, np.integer):
-        raise UsageError(f"{what} {p}: expected integer tensors, got {x.dtype} (quantise them first, "
+        raise UsageError(f"{what} {path}: expected integer tensors, got {x.dtype} (quantise them first, "
                          f"artifact.golden.quantize_input)")
     return x
 

@@ -39,14 +39,12 @@ JSON description (``format: "elrt-hw-description"``, ``version: 1``):
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import re
 import sys
 from pathlib import Path
 
 from artifact import Artifact, ArtifactError, load_artifact
-from artifact.cli import Parser, UsageError, check_out_dir, fail, int_range, unit_float
+from artifact.cli import Parser, UsageError, check_number, check_out_dir, fail, int_range, unit_float
 from artifact.files import atomic_write_text
 
 from .engine import LayerEngine, check_engine
@@ -81,24 +79,14 @@ def check_top_name(top: str) -> str:
 def check_options(multipliers=None, line_rows=None, min_utilisation=None) -> None:
     """HwError (one line) for a budget, line-buffer count or utilisation floor out of range
     (NaN and inf included): the checks :func:`generate` makes before any work."""
-    for name, v, lo, hi in (("multiplier budget", multipliers, 1, MAX_MULTIPLIERS),
-                            ("line_rows", line_rows, 1, MAX_LINE_ROWS)):
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise HwError(f"{name} must be an integer, got {v!r}")
-        v = int(v)
-        if name == "multiplier budget" and v < lo:
-            raise HwError(f"multiplier budget {v} is too small: each stage needs at least one multiplier")
-        if not lo <= v <= hi:
-            raise HwError(f"{name} {v} is outside [{lo}, {hi}]")
+    if multipliers is not None:
+        if check_number(multipliers, "multiplier budget", integer=True, error=HwError) < 1:
+            raise HwError(f"multiplier budget {multipliers} is too small: each stage needs at least one multiplier")
+        check_number(multipliers, "multiplier budget", 1, MAX_MULTIPLIERS, integer=True, error=HwError)
+    if line_rows is not None:
+        check_number(line_rows, "line_rows", 1, MAX_LINE_ROWS, integer=True, error=HwError)
     if min_utilisation is not None:
-        try:
-            u = float(min_utilisation)
-        except (TypeError, ValueError):
-            raise HwError(f"min_utilisation must be a number in [0, 1], got {min_utilisation!r}") from None
-        if not math.isfinite(u) or not 0.0 <= u <= 1.0:
-            raise HwError(f"min_utilisation must be a number in [0, 1], got {min_utilisation!r}")
+        check_number(min_utilisation, "min_utilisation", 0.0, 1.0, error=HwError)
 
 
 def _layout(ch: int, h: int, w: int, bits: int, is_signed: bool) -> dict:

@@ -29,7 +29,6 @@ replaced only when an earlier run of this tool wrote it (it holds the marker fil
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform as _pyplatform
 import re
@@ -39,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from artifact.cli import Parser, UsageError, check_out_dir, fail, float_range, int_range, unit_float
+from artifact.cli import Parser, UsageError, check_number, check_out_dir, fail, float_range, int_range, unit_float
 from artifact.files import atomic_write_text
 
 from .boards import BoardError, board_names, get_board
@@ -253,24 +252,13 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
 def check_build_options(*, baud=115200, clock_mhz=None, seed=None, timeout_s=None) -> None:
     """BoardError (one line) for a baud rate, clock, seed or timeout out of range (NaN, inf
     included): a NaN clock would otherwise fall back to the board clock silently."""
-    if isinstance(baud, bool) or not isinstance(baud, int) or not MIN_BAUD <= baud <= MAX_BAUD:
-        raise BoardError(f"baud rate {baud!r} is outside {MIN_BAUD}..{MAX_BAUD}")
+    check_number(baud, "baud rate", MIN_BAUD, MAX_BAUD, integer=True, error=BoardError)
     if clock_mhz is not None:
-        try:
-            f = float(clock_mhz)
-        except (TypeError, ValueError):
-            raise BoardError(f"clock {clock_mhz!r} MHz is not a number") from None
-        if not math.isfinite(f) or not 0 < f <= MAX_CLOCK_MHZ:
-            raise BoardError(f"clock {clock_mhz!r} MHz is outside (0, {MAX_CLOCK_MHZ:g}] MHz")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
-        raise BoardError(f"nextpnr seed {seed!r} is outside 0..{MAX_SEED}")
+        check_number(clock_mhz, "clock (MHz)", 0, MAX_CLOCK_MHZ, lo_open=True, error=BoardError)
+    if seed is not None:
+        check_number(seed, "nextpnr seed", 0, MAX_SEED, integer=True, error=BoardError)
     if timeout_s is not None:
-        try:
-            t = float(timeout_s)
-        except (TypeError, ValueError):
-            raise BoardError(f"timeout {timeout_s!r} s is not a number") from None
-        if not math.isfinite(t) or not 0 < t <= 3600:
-            raise BoardError(f"timeout {timeout_s!r} s is outside (0, 3600] s")
+        check_number(timeout_s, "timeout (s)", 0, 3600, lo_open=True, error=BoardError)
 
 
 def _check_out(out_dir: Path) -> bool:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from artifact import ArtifactError, load_artifact
-from artifact.cli import Parser, UsageError, check_in_file, check_out_dir, fail, float_range, int_range
+from artifact.cli import Parser, UsageError, check_out_dir, fail, float_range, int_range, load_npy
 from artifact.files import atomic_write_text, umask_mode
 
 from .precision import HLSConversionError
@@ -88,15 +88,7 @@ def check_out(path) -> Path:
 def load_inputs(path, artifact) -> np.ndarray:
     """``--inputs``: an integer array checked against the artifact's input record (no pickles)."""
     from artifact.io import check_input_array
-    p = check_in_file(path, "--inputs")
-    try:
-        x = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"cannot read --inputs {p}: {msg}; save one integer array with numpy.save") from None
-    if not isinstance(x, np.ndarray):
-        raise UsageError(f"--inputs {p} is a .npz archive; give one .npy array (N, C, H, W)")
-    return check_input_array(artifact.manifest, x, f"--inputs {p}")
+    return check_input_array(artifact.manifest, load_npy(path, "--inputs"), f"--inputs {path}")
 
 
 class _Failed(Exception):
