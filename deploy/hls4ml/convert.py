@@ -39,6 +39,7 @@ import numpy as np
 from artifact import Artifact, ArtifactError, conv_out_hw
 from artifact.bounds import acc_bits as bound_acc_bits
 from artifact.bounds import signed_bits
+from artifact.ops import lowering, register_lowering
 
 from .precision import (HLSConversionError, accumulator_type, ap_string, check_shift_readable, fixed,
                         requant_type)
@@ -304,23 +305,48 @@ class _Builder:
 
     # -- manifest layers ------------------------------------------------------------------------
     def layer(self, layer: dict, ins: list) -> Stream:
-        op, name = layer["op"], layer["name"]
-        if op in ("conv", "linear"):
-            return self.stage(ins[0], layer, _cname(name), name)
-        if op in ("tucker2", "lowrank"):
-            x = ins[0]
-            for st in layer["stages"]:
-                x = self.stage(x, st, _cname(f"{name}_{st['name']}"), f"{name}.{st['name']}")
-            return x
-        if op == "add":
-            return self.add(ins[0], ins[1], layer)
-        if op == "requant":
-            return self.requant(ins[0], layer)
-        if op == "maxpool":
-            return self.maxpool(ins[0], layer)
-        if op == "global_sum_pool":
-            return self.global_sum_pool(ins[0], layer)
-        raise HLSConversionError(f"{name}: op {op!r} has no hls4ml mapping")
+        """Lower one manifest layer through the op table's ``hls4ml`` lowering."""
+        try:
+            lower = lowering("hls4ml", layer["op"])
+        except ArtifactError:
+            raise HLSConversionError(f"{layer['name']}: op {layer['op']!r} has no hls4ml mapping") from None
+        return lower(self, layer, ins)
+
+
+# The hls4ml lowering of each op of the artifact format (artifact/ops.py's table).
+@register_lowering("hls4ml", "conv")
+@register_lowering("hls4ml", "linear")
+def _lower_single_stage(b: _Builder, layer: dict, ins: list) -> Stream:
+    return b.stage(ins[0], layer, _cname(layer["name"]), layer["name"])
+
+
+@register_lowering("hls4ml", "tucker2")
+@register_lowering("hls4ml", "lowrank")
+def _lower_factorized(b: _Builder, layer: dict, ins: list) -> Stream:
+    x, name = ins[0], layer["name"]
+    for st in layer["stages"]:
+        x = b.stage(x, st, _cname(f"{name}_{st['name']}"), f"{name}.{st['name']}")
+    return x
+
+
+@register_lowering("hls4ml", "add")
+def _lower_add(b: _Builder, layer: dict, ins: list) -> Stream:
+    return b.add(ins[0], ins[1], layer)
+
+
+@register_lowering("hls4ml", "requant")
+def _lower_requant(b: _Builder, layer: dict, ins: list) -> Stream:
+    return b.requant(ins[0], layer)
+
+
+@register_lowering("hls4ml", "maxpool")
+def _lower_maxpool(b: _Builder, layer: dict, ins: list) -> Stream:
+    return b.maxpool(ins[0], layer)
+
+
+@register_lowering("hls4ml", "global_sum_pool")
+def _lower_global_sum_pool(b: _Builder, layer: dict, ins: list) -> Stream:
+    return b.global_sum_pool(ins[0], layer)
 
 
 def _producer_specs(artifact: Artifact) -> dict:
