@@ -177,7 +177,7 @@ def is_artifact_dir(path) -> bool:
     if not path.is_dir():
         return False
     names = {p.name for p in path.iterdir()}
-    if not names or not names <= {MANIFEST, TENSORS}:
+    if names != {MANIFEST, TENSORS}:
         return False
     try:
         return yaml.safe_load((path / MANIFEST).read_text()).get("format") == FORMAT

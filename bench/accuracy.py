@@ -13,10 +13,14 @@ parameters), writes ``accuracy.json`` and ``accuracy.png`` into ``--out``.
 
     python bench/accuracy.py                                   # digits, affordable default
     python bench/accuracy.py --data cifar10 --data-dir ~/cifar-10-batches-py --epochs 200 --quant
+
+Every option, the ``--out`` folder, the ``--include`` files and each variant's training
+configuration are checked before the first run: bad input is one line
+``python bench/accuracy.py: error: ...`` and exit status 2, with nothing written. A run
+whose loss becomes NaN/inf (``model.train_qat.TrainingDiverged``) is counted as diverged.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,7 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from artifact.cli import (Parser, UsageError, check_in_file, check_out_dir, fail, float_range,  # noqa: E402
+                          int_range, nonneg_int, positive_int)
 from artifact.files import atomic_write_text  # noqa: E402
+
+PROG = "python bench/accuracy.py"
 
 VARIANTS = {
     "dense": {"dense": True, "regularizer": "none"},
@@ -81,38 +89,63 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _included_rows(paths) -> list[dict]:
+    """The result rows of earlier accuracy.json files (UsageError if one is missing or not one)."""
+    rows = []
+    for path in paths:
+        check_in_file(path, "--include")
+        try:
+            results = json.loads(Path(path).read_text())["results"]
+            if not isinstance(results, list) or not all(isinstance(r, dict) and "variant" in r for r in results):
+                raise ValueError
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise UsageError(f"--include {path} is not an accuracy.json written by this bench") from None
+        rows += results
+    return rows
+
+
 def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--data", default="digits", choices=["digits", "cifar10", "synthetic"])
     p.add_argument("--data-dir", default=None)
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    p.add_argument("--epochs", type=int_range(1, 100_000), default=5)
+    p.add_argument("--seeds", type=int_range(1, 1000), default=3, help="number of seeds (0, 1, ...)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--quant", action="store_true", help="Brevitas QAT (default: float, faster)")
-    p.add_argument("--reg-weight", type=float, default=None, help="lambda (default: train_qat's)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reg-weight", type=float_range(0.0, 1e4), default=None, help="lambda (default: train_qat's)")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=float_range(0.0, 1e3, lo_open=True), default=None)
+    p.add_argument("--threads", type=nonneg_int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench/out/accuracy"))
     p.add_argument("--include", type=Path, nargs="*", default=[],
                    help="accuracy.json files of earlier runs (same settings) to table and plot with these "
                         "variants, e.g. to finish an interrupted sweep")
     args = p.parse_args(argv)
 
-    from model.train_qat import train
+    from model import config as config_mod
+    from model.train_qat import TrainingDiverged, train
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    runs_dir = tempfile.mkdtemp(prefix="elrt-acc-")
+    # --- everything is checked before the first run
+    check_out_dir(args.out, "--out")
+    for name in ("accuracy.json", "accuracy.png"):
+        if (args.out / name).is_dir():
+            raise UsageError(f"--out {args.out}: {args.out / name} is a folder; choose another --out")
+    rows = _included_rows(args.include)
     common = {"model": args.model, "data": args.data, "epochs": args.epochs, "quant": args.quant,
-              "export": False, "out_dir": runs_dir, "threads": args.threads}
+              "export": False, "threads": args.threads}
     if args.data_dir:
         common["data_dir"] = os.path.expanduser(args.data_dir)
     for key in ("reg_weight", "batch_size", "lr"):
         if getattr(args, key) is not None:
             common[key] = getattr(args, key)
+    for name in args.variants:
+        config_mod.resolve({**common, **VARIANTS[name]})
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs_dir = tempfile.mkdtemp(prefix="elrt-acc-")
+    common["out_dir"] = runs_dir
     t0 = time.time()
-    rows = [r for path in args.include for r in json.loads(path.read_text())["results"]]
     for name in args.variants:
         runs = []
         for seed in range(args.seeds):
@@ -121,7 +154,7 @@ def main(argv=None) -> list[dict]:
             try:
                 runs.append(train(cfg))
                 print(f"== {name} seed {seed}: test_acc {runs[-1]['test_acc']:.4f}", flush=True)
-            except FloatingPointError as e:      # the loss became NaN/inf: a diverged run
+            except TrainingDiverged as e:        # the loss became NaN/inf: a diverged run
                 runs.append({"error": f"seed {seed}: {e}"})
                 print(f"== {name} seed {seed}: diverged ({e})", flush=True)
         rows.append(summarize(name, runs))
@@ -142,5 +175,16 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
+def cli(argv=None) -> int:
+    """``main`` as a command: bad input is one line on stderr and exit status 2."""
+    from model.data import DataError
+    from model.ranks import RankError
+    try:
+        main(argv)
+    except (UsageError, DataError, RankError, OSError) as e:
+        return fail(PROG, e)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

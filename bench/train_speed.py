@@ -19,7 +19,6 @@ would give). Nothing is asserted: this is a benchmark, not a test.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -33,7 +32,10 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.build import build  # noqa: E402
+from artifact.cli import Parser, UsageError, check_out_file, fail, float_range, int_range  # noqa: E402
 from artifact.files import atomic_write_text  # noqa: E402
+
+PROG = "python bench/train_speed.py"
 from host import cpu_model, load_average  # noqa: E402  (bench/host.py)
 
 
@@ -130,23 +132,30 @@ def stage_breakdown(batch: int, layout: str, repeats: int, warmup: int, reductio
 
 
 def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", nargs="+", type=int, default=[32, 8], help="32: 3x32x32 (CIFAR), 8: 1x8x8 (digits)")
-    p.add_argument("--batch", nargs="+", type=int, default=[128])
+    p = Parser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", type=int_range(4, 512), default=[32, 8],
+                   help="32: 3x32x32 (CIFAR), 8: 1x8x8 (digits), other S: 1xSxS")
+    p.add_argument("--batch", nargs="+", type=int_range(1, 65536), default=[128])
     p.add_argument("--layouts", nargs="+", default=["nchw", "channels_last"], choices=["nchw", "channels_last"])
-    p.add_argument("--threads", nargs="+", type=int, default=[torch.get_num_threads()])
-    p.add_argument("--reduction", type=float, default=2.0, help="FLOPs reduction of the low-rank model")
-    p.add_argument("--rank-multiple", nargs="+", type=int, default=[1, 8],
+    p.add_argument("--threads", nargs="+", type=int_range(1, 1024), default=[torch.get_num_threads()])
+    p.add_argument("--reduction", type=float_range(1.0, 1e4, lo_open=True), default=2.0,
+                   help="FLOPs reduction of the low-rank model")
+    p.add_argument("--rank-multiple", nargs="+", type=int_range(1, 1024), default=[1, 8],
                    help="rank selection granularity: one low-rank model per value (1: any rank)")
     p.add_argument("--quant", action="store_true", help="also measure Brevitas QAT models")
     p.add_argument("--quant-only", action="store_true")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile'd models")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int_range(1, 10_000), default=7)
+    p.add_argument("--warmup", type=int_range(0, 10_000), default=2)
     p.add_argument("--stages", action="store_true",
                    help="also time one 3x3 conv per ResNet-20 stage, dense vs Tucker-2 (fwd + bwd)")
-    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--json", type=Path, help="write the results here (FILE.json)")
     args = p.parse_args(argv)
+    if args.json is not None:
+        try:
+            check_out_file(args.json, ".json", "--json")
+        except UsageError as e:
+            p.error(str(e))
 
     modes = ([] if args.quant_only else [False]) + ([True] if args.quant or args.quant_only else [])
     results = []
@@ -197,5 +206,15 @@ def main(argv=None) -> list[dict]:
     return results
 
 
+def cli(argv=None) -> int:
+    """``main`` as a command: bad input is one line on stderr and exit status 2."""
+    from model.ranks import RankError
+    try:
+        main(argv)
+    except (UsageError, RankError, OSError) as e:
+        return fail(PROG, e)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

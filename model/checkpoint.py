@@ -7,6 +7,8 @@ A checkpoint is one ``torch.save`` of plain containers of tensors and primitives
     config        the run configuration (dict)
     ranks         {layer: [R1, R2] or [R]}
     bn_folded     whether BatchNorm is folded into the convs
+    fold_scales   {ConvBN unit: gamma / sqrt(var + eps) of its folded BN} (after the fold;
+                  the training keeps preconditioning those weights, blocks.precondition_folded_grads)
     model         model.state_dict()
     quant_state   Brevitas activation-scale statistics that state_dict() does not hold
                   (stats-collection counter, running buffer, raw value)
@@ -15,7 +17,9 @@ A checkpoint is one ``torch.save`` of plain containers of tensors and primitives
     rng           torch / numpy / python / cuda generator states
     metrics       per-epoch metrics so far
 
-so ``torch.load(path, weights_only=True)`` can read it. Brevitas' runtime-statistics
+so ``torch.load(path, weights_only=True)`` can read it. :func:`save` refuses a payload whose
+model holds a NaN or infinite value (a diverged run never overwrites its last finite
+checkpoint), and :func:`load` checks the type of every field before anyone uses it. Brevitas' runtime-statistics
 scalings keep their step counter in a Python attribute and save a derived value,
 so ``quant_state`` is what makes a resumed run bit-identical to an uninterrupted one.
 """
@@ -101,16 +105,61 @@ def load_quant_state(model: nn.Module, state: dict) -> None:
 
 # ----------------------------------------------------------------------------- save / load
 
+def non_finite(state: dict) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def save(path: str, payload: dict) -> None:
-    """Write ``payload`` (plus format tags) atomically to ``path``."""
+    """Write ``payload`` (plus format tags) atomically to ``path``; ValueError (nothing
+    written) when its model state is not finite."""
+    bad = non_finite(payload.get("model", {}))
+    if bad:
+        raise ValueError(f"refusing to save a checkpoint with non-finite values (e.g. {bad[0]})")
     payload = {"format": FORMAT, "version": VERSION, **payload}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _check_fields(ck: dict, path: str) -> None:
+    def damaged(what):
+        raise CheckpointError(f"checkpoint {path} is damaged ({what}); start a new run or use an intact run folder")
+
+    if type(ck["epoch"]) is not int or ck["epoch"] < 0:
+        damaged(f"epoch is {ck['epoch']!r}, not a number of epochs")
+    if not isinstance(ck["config"], dict) or not isinstance(ck["config"].get("model"), str):
+        damaged("its configuration is not a mapping naming a model")
+    ranks = ck["ranks"]
+    if not isinstance(ranks, dict) or not all(
+            isinstance(k, str) and isinstance(r, (list, tuple)) and r
+            and all(type(v) is int for v in r) for k, r in ranks.items()):
+        damaged("ranks are not {layer: [integers]}")
+    if not isinstance(ck["bn_folded"], bool):
+        damaged("bn_folded is not true/false")
+    if not isinstance(ck["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ck["model"].values()):
+        damaged("the model state is not a mapping of tensors")
+    if not isinstance(ck["optimizer"], dict):
+        damaged("the optimizer state is not a mapping")
+    for key in ("quant_state", "fold_scales", "metrics", "rng", "scheduler"):
+        if key in ck and not isinstance(ck[key], dict):
+            damaged(f"{key} is not a mapping")
+    if "fold_scales" in ck and not all(isinstance(v, torch.Tensor) for v in ck["fold_scales"].values()):
+        damaged("fold_scales are not tensors")
+    if not isinstance(ck.get("metrics", {}).get("epochs", []), list):
+        damaged("its metrics are not a list of epochs")
+    bad = non_finite(ck["model"])
+    if bad:
+        damaged(f"{bad[0]} holds NaN or infinite values")
 
 
 def load(path: str, map_location="cpu") -> dict:
     """A checkpoint written by :func:`save` (``weights_only=True``); CheckpointError if unusable."""
     if os.path.isdir(path):
-        path = os.path.join(path, FILENAME)
+        folder, path = path, os.path.join(path, FILENAME)
+        if not os.path.exists(path):
+            raise CheckpointError(f"no checkpoint in {folder} (no {FILENAME}): the run stopped before its first "
+                                  f"epoch finished, or this is not a run folder; nothing to resume, start the run "
+                                  f"again without --resume")
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}; --resume needs a run folder written by train_qat.py")
     try:
@@ -127,6 +176,7 @@ def load(path: str, map_location="cpu") -> dict:
     missing = [k for k in ("epoch", "config", "ranks", "bn_folded", "model", "optimizer") if k not in ck]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is incomplete")
+    _check_fields(ck, path)
     return ck
 
 
@@ -158,12 +208,17 @@ def load_trained_model(run_dir):
     run_dir = str(run_dir)
     ck = load(run_dir)
     cfg = ck["config"]
-    in_shape = tuple(int(v) for v in ck.get("in_shape") or _in_shape(cfg))
-    num_classes = int(ck.get("num_classes", 10))
+    try:
+        in_shape = tuple(int(v) for v in ck.get("in_shape") or _in_shape(cfg))
+        num_classes = int(ck.get("num_classes", 10))
+        if len(in_shape) != 3 or min(in_shape) < 1 or num_classes < 1:
+            raise ValueError(f"input shape {in_shape}, {num_classes} classes")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint in {run_dir} is damaged (input shape / classes: {e})") from None
     ranks = {str(k): tuple(int(v) for v in r) for k, r in ck["ranks"].items()}
     try:
         built = build(cfg, in_shape, num_classes, ranks=ranks)
-    except ValueError as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot rebuild the model of {run_dir} ({e})") from None
     model = built.model
     if ck["bn_folded"]:
@@ -179,12 +234,18 @@ def load_trained_model(run_dir):
             "act_bits": cfg.get("act_bits"), "input_bits": cfg.get("input_bits"),
             "regularizer": cfg.get("regularizer"), "epochs": int(ck["epoch"]), "bn_folded": bool(ck["bn_folded"]),
             "inference_reduction": float(built.totals["inference_reduction"]),
-            "test_acc": float(history[-1]["test_acc"]) if history else None,
+            "test_acc": _last_test_acc(history),
             "seed": cfg.get("seed"), "run": os.path.basename(os.path.abspath(run_dir))}
     from .data import preprocess
     if preprocess(cfg.get("data")):
         info["preprocess"] = preprocess(cfg.get("data"))
     return model, cfg, in_shape, info
+
+
+def _last_test_acc(history: list):
+    last = history[-1] if history else None
+    acc = last.get("test_acc") if isinstance(last, dict) else None
+    return float(acc) if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None
 
 
 def _in_shape(cfg: dict) -> tuple:

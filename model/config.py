@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from artifact.cli import UsageError as _CliUsageError
+
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.yaml")
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("cpu", "cuda")
@@ -26,12 +28,52 @@ ARCH_KEYS = ("model", "dense", "flops_reduction", "ranks", "factorize_first", "f
 INVOCATION_KEYS = ("resume", "stop_after", "device", "num_workers", "threads")
 
 
-class UsageError(ValueError):
-    """Bad user input; the message is one line that says what to do."""
+class UsageError(_CliUsageError):
+    """Bad user input; the message is one line that says what to do (an
+    ``artifact.cli.UsageError``, so every tool of the package reports it the same way)."""
 
 
 class ConfigError(UsageError):
     """A configuration key or value that is not allowed."""
+
+
+# Allowed ranges of the numeric keys: (low, high, low excluded, high excluded). Values outside
+# (and NaN / inf) are a ConfigError. The upper bounds only catch absurd values (typos, 1e9).
+BOUNDS = {
+    "rank_multiple": (1, 1024, False, False),
+    "train_subset": (0, 10 ** 9, False, False),
+    "test_subset": (0, 10 ** 9, False, False),
+    "synthetic_size": (1, 10 ** 7, False, False),
+    "num_workers": (0, 256, False, False),
+    "batch_size": (1, 10 ** 6, False, False),
+    "epochs": (1, 10 ** 5, False, False),
+    "seed": (0, 2 ** 63 - 1, False, False),
+    "threads": (0, 1024, False, False),
+    "stop_after": (0, 10 ** 5, False, False),
+    "flops_reduction": (0.0, 1e4, True, False),
+    "reg_weight": (0.0, 1e4, False, False),
+    "lr": (0.0, 1e3, True, False),
+    "momentum": (0.0, 1.0, False, True),
+    "weight_decay": (0.0, 1.0, False, False),
+    "warmup_epochs": (0.0, 1e5, False, False),
+    "label_smoothing": (0.0, 1.0, False, True),
+    "fold_bn_at": (0.0, 1.0, False, False),
+    "grad_clip": (0.0, 1e6, False, False),
+}
+MAX_SYNTHETIC_SIDE = 4096
+MAX_SYNTHETIC_ELEMENTS = 2 ** 30     # train + test values of the synthetic set (4 GiB of float32)
+
+
+def _range_text(lo, hi, lo_open, hi_open) -> str:
+    return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def check_bounds(key: str, value) -> None:
+    """ConfigError unless ``value`` lies in ``BOUNDS[key]``."""
+    lo, hi, lo_open, hi_open = BOUNDS[key]
+    if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+        meaning = {"fold_bn_at": " (a fraction of the epochs)", "momentum": "", "label_smoothing": ""}.get(key, "")
+        raise ConfigError(f"{_flag(key)}{meaning} must be in {_range_text(lo, hi, lo_open, hi_open)}, got {value:g}")
 
 
 _DEFAULTS: dict | None = None
@@ -157,21 +199,29 @@ def parse_cli(argv: list[str]) -> tuple[str | None, dict]:
 
 
 def load_file(path: str) -> dict:
-    """The mapping in a YAML config file (ConfigError if missing, malformed or with unknown keys)."""
-    if not os.path.isfile(path):
+    """The mapping in a YAML config file (ConfigError if missing, unreadable, empty, malformed,
+    not a mapping, or with unknown keys)."""
+    if not os.path.exists(path):
         raise ConfigError(f"config file {path} does not exist")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} is not a file; give a YAML file of key: value lines")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         raise ConfigError(f"config file {path} is not valid YAML" + (f" (line {line + 1})" if line is not None
                                                                       else "")) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text (UTF-8) YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path} ({e.strerror or type(e).__name__})") from None
     if data is None:
-        return {}
+        raise ConfigError(f"config file {path} is empty; give key: value lines (see --help for the keys)")
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    unknown = sorted(set(data) - set(defaults()))
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values (key: value lines), "
+                          f"not a {type(data).__name__}")
+    unknown = sorted(str(k) for k in set(data) - set(defaults()))
     if unknown:
         raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
     return data
@@ -203,8 +253,10 @@ def _check_type(key: str, value: Any) -> Any:
         if isinstance(value, str):
             value = _parse_shape(value)
         if (not isinstance(value, (list, tuple)) or len(value) != 3
-                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
-            raise ConfigError(f"synthetic_shape must be three positive integers C,H,W, got {value!r}")
+                or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SYNTHETIC_SIDE
+                       for v in value)):
+            raise ConfigError(f"synthetic_shape must be three integers C,H,W from 1 to {MAX_SYNTHETIC_SIDE}, "
+                              f"got {value!r}")
         return list(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -217,9 +269,21 @@ def _check_type(key: str, value: Any) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, str):               # YAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{key} must be a finite number, got an integer of {len(str(value))} digits") \
+                from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        return value
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
@@ -233,7 +297,7 @@ def validate(cfg: dict) -> dict:
     from .nets import MODELS
     from .quant import MAX_BITS, MIN_BITS
 
-    unknown = sorted(set(cfg) - set(defaults()))
+    unknown = sorted(str(k) for k in set(cfg) - set(defaults()))
     if unknown:
         raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")
     cfg = {k: _check_type(k, v) for k, v in cfg.items()}
@@ -250,20 +314,16 @@ def validate(cfg: dict) -> dict:
     for key in ("weight_bits", "act_bits", "input_bits"):
         if not MIN_BITS <= cfg[key] <= MAX_BITS:
             raise ConfigError(f"{_flag(key)} must be from {MIN_BITS} to {MAX_BITS}, got {cfg[key]}")
-    positive = ("epochs", "batch_size", "lr", "synthetic_size")
-    for key in positive:
-        if not cfg[key] > 0:
-            raise ConfigError(f"{_flag(key)} must be positive, got {cfg[key]}")
-    for key in ("reg_weight", "weight_decay", "warmup_epochs", "grad_clip", "num_workers", "train_subset",
-                "test_subset", "stop_after", "threads"):
-        if cfg[key] < 0:
-            raise ConfigError(f"{_flag(key)} must not be negative, got {cfg[key]}")
-    if not 0 <= cfg["momentum"] < 1:
-        raise ConfigError(f"--momentum must be in [0, 1), got {cfg['momentum']}")
-    if not 0 <= cfg["label_smoothing"] < 1:
-        raise ConfigError(f"--label-smoothing must be in [0, 1), got {cfg['label_smoothing']}")
-    if not 0 <= cfg["fold_bn_at"] <= 1:
-        raise ConfigError(f"--fold-bn-at is a fraction of the epochs in [0, 1], got {cfg['fold_bn_at']}")
+    for key in BOUNDS:
+        check_bounds(key, cfg[key])
+    if cfg["warmup_epochs"] > cfg["epochs"]:
+        raise ConfigError(f"--warmup-epochs ({cfg['warmup_epochs']:g}) must not exceed --epochs ({cfg['epochs']})")
+    if cfg["data"] == "synthetic":
+        c, h, w = cfg["synthetic_shape"]
+        n = cfg["synthetic_size"] + max(1, cfg["synthetic_size"] // 4)
+        if n * c * h * w > MAX_SYNTHETIC_ELEMENTS:
+            raise ConfigError(f"synthetic data of {n} images of {c}x{h}x{w} would take "
+                              f"{n * c * h * w * 4 / 2 ** 30:.1f} GiB; lower --synthetic-size or --synthetic-shape")
     if not cfg["dense"] and not cfg["ranks"] and not cfg["flops_reduction"] > 1:
         raise ConfigError(f"--flops-reduction must be greater than 1 (or use --dense), got {cfg['flops_reduction']}")
     if cfg["data"] == "cifar10":

@@ -9,7 +9,11 @@ All sets are held in memory as float tensors, already normalised:
   Training augmentation: random shifts of up to one pixel (zero-pixel padding).
 * ``cifar10``: ``data_batch_1..5``, ``test_batch`` and ``batches.meta`` from
   ``data_dir``; per-channel mean/std normalisation; training augmentation: random
-  crop with 4-pixel zero padding and horizontal flip.
+  crop with 4-pixel zero padding and horizontal flip. The pickles are read with a
+  restricted unpickler (dicts, lists, bytes, str, numbers and NumPy arrays only; a file
+  that names any other global, e.g. ``os.system``, is a DataError and nothing in it
+  runs), and every batch is checked: ``data`` a uint8 array of shape (N, 3072), N >= 1,
+  ``labels`` N integers in 0..9.
 * ``synthetic``: Gaussian inputs of ``synthetic_shape`` with random labels.
 
 Shuffling and augmentation are driven by explicit ``torch.Generator`` objects, so a
@@ -131,30 +135,102 @@ def load_digits() -> tuple[TensorSet, TensorSet]:
     return TensorSet(x[tr], y[tr]), TensorSet(x[te], y[te])
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a CIFAR-10 python batch holds: dicts, lists,
+    bytes, str, numbers and NumPy arrays. Any other global (``os.system``,
+    ``builtins.eval``, a class to instantiate ...) is refused before it is looked up, so
+    a crafted file cannot run code."""
+
+    @staticmethod
+    def _allowed() -> dict:
+        try:
+            from numpy._core import multiarray, numeric        # NumPy 2
+        except ImportError:                                     # NumPy 1.x
+            from numpy.core import multiarray, numeric
+        return {
+            # ndarray reconstruction (NumPy 1.x pickles name numpy.core, 2.x numpy._core)
+            ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
+            ("numpy.core.numeric", "_frombuffer"): numeric._frombuffer,      # protocol 5
+            ("numpy._core.numeric", "_frombuffer"): numeric._frombuffer,
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): np.dtype,
+            # bytes inside a protocol-2 pickle written by Python 3 (encodes a str; runs nothing)
+            ("_codecs", "encode"): __import__("codecs").encode,
+        }
+
+    def find_class(self, module, name):
+        obj = self._allowed().get((module, name))
+        if obj is None:
+            raise DataError(f"{self.path} holds a pickled {module}.{name}, which a CIFAR-10 batch never does; "
+                            f"refusing to load it (only dicts, lists, bytes, str, numbers and NumPy arrays are "
+                            f"allowed)")
+        return obj
+
+    def __init__(self, f, path: str):
+        super().__init__(f, encoding="bytes")
+        self.path = path
+
+
 def _unpickle(path: str) -> dict:
+    """A CIFAR-10 pickle file, loaded with :class:`_CifarUnpickler` (never plain ``pickle.load``)."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _CifarUnpickler(f, path).load()
     except FileNotFoundError:
         raise DataError(f"CIFAR-10 file {path} is missing; the folder needs {', '.join(CIFAR_FILES)}") from None
+    except DataError:
+        raise
+    except IsADirectoryError:
+        raise DataError(f"CIFAR-10 file {path} is a folder, not a file") from None
     except Exception as e:
         raise DataError(f"cannot read CIFAR-10 file {path} ({type(e).__name__}); is it the python-pickle "
                         f"version of CIFAR-10?") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{path} is not a CIFAR-10 pickle batch (expected a dict)")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+        raise DataError(f"{path} is not a CIFAR-10 pickle batch (expected a dict, got {type(obj).__name__})")
+    return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 3, 32, 32) uint8, labels (N,) int64) of one batch file, every invariant checked."""
     d = _unpickle(path)
     if "data" not in d or "labels" not in d:
         raise DataError(f"{path} is not a CIFAR-10 batch (it needs 'data' and 'labels')")
-    data = np.asarray(d["data"], dtype=np.uint8)
-    labels = np.asarray(d["labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DataError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape} and "
-                        f"{len(labels)} labels")
+    data, labels = d["data"], d["labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        what = (f"an array of dtype {data.dtype} and shape {data.shape}" if isinstance(data, np.ndarray)
+                else f"a {type(data).__name__}")
+        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {what}")
+    if len(data) == 0:
+        raise DataError(f"{path}: the batch holds no images")
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{path}: 'labels' must be a list of integers, got an array of dtype {labels.dtype} "
+                            f"and shape {labels.shape}")
+        labels = labels.astype(np.int64)
+    elif isinstance(labels, list):
+        if not all(type(v) is int for v in labels):
+            bad = next(v for v in labels if type(v) is not int)
+            raise DataError(f"{path}: 'labels' must be a list of integers, found {bad!r}")
+        labels = np.asarray(labels, dtype=np.int64) if labels else np.zeros(0, np.int64)
+    else:
+        raise DataError(f"{path}: 'labels' must be a list of integers, got a {type(labels).__name__}")
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels; the file is damaged")
+    if labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"{path}: labels must lie in 0..9, found {int(labels.min())}..{int(labels.max())}")
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _label_names(path: str) -> tuple:
+    meta = _unpickle(path)
+    names = meta.get("label_names")
+    if names is None:
+        return ()
+    if (not isinstance(names, list) or len(names) != 10
+            or not all(isinstance(n, (bytes, str)) for n in names)):
+        raise DataError(f"{path}: 'label_names' must be a list of 10 names")
+    return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
 
 
 def load_cifar10(data_dir: str) -> tuple[TensorSet, TensorSet, tuple]:
@@ -168,17 +244,13 @@ def load_cifar10(data_dir: str) -> tuple[TensorSet, TensorSet, tuple]:
     parts = [_cifar_batch(os.path.join(data_dir, f)) for f in CIFAR_TRAIN_FILES]
     xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     xte, yte = _cifar_batch(os.path.join(data_dir, "test_batch"))
-    meta = _unpickle(os.path.join(data_dir, "batches.meta"))
-    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", ()))
+    names = _label_names(os.path.join(data_dir, "batches.meta"))
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
 
     def norm(a):
         return (torch.from_numpy(a).float() / 255.0 - mean) / std
 
-    for lab in (ytr, yte):
-        if len(lab) and (lab.min() < 0 or lab.max() > 9):
-            raise DataError(f"CIFAR-10 labels in {data_dir} must lie in 0..9")
     return (TensorSet(norm(xtr), torch.from_numpy(ytr)), TensorSet(norm(xte), torch.from_numpy(yte)),
             names or tuple(str(i) for i in range(10)))
 
@@ -274,8 +346,10 @@ def loader(ds: TensorSet, batch_size: int, sampler: Sampler, num_workers: int = 
                       generator=generator, persistent_workers=False)
 
 
-def write_cifar_folder(path: str, n_train_per_batch: int = 20, n_test: int = 20, seed: int = 0) -> str:
-    """Write a tiny CIFAR-10-format folder (random images) at ``path``: for tests and demos."""
+def write_cifar_folder(path: str, n_train_per_batch: int = 20, n_test: int = 20, seed: int = 0,
+                       protocol: int = pickle.DEFAULT_PROTOCOL) -> str:
+    """Write a tiny CIFAR-10-format folder (random images) at ``path``: for tests and demos
+    (``protocol``: the pickle protocol; the real files are Python 2 protocol-2 pickles)."""
     os.makedirs(path, exist_ok=True)
     rng = np.random.default_rng(seed)
 
@@ -284,7 +358,7 @@ def write_cifar_folder(path: str, n_train_per_batch: int = 20, n_test: int = 20,
              b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
              b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
         with open(os.path.join(path, name), "wb") as f:
-            pickle.dump(d, f)
+            pickle.dump(d, f, protocol=protocol)
 
     for name in CIFAR_TRAIN_FILES:
         dump(name, n_train_per_batch)
@@ -292,5 +366,5 @@ def write_cifar_folder(path: str, n_train_per_batch: int = 20, n_test: int = 20,
     with open(os.path.join(path, "batches.meta"), "wb") as f:
         pickle.dump({b"label_names": [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog",
                                                            "frog", "horse", "ship", "truck")],
-                     b"num_cases_per_batch": n_train_per_batch, b"num_vis": 3072}, f)
+                     b"num_cases_per_batch": n_train_per_batch, b"num_vis": 3072}, f, protocol=protocol)
     return path

@@ -15,12 +15,18 @@ Brevitas module into integer tensors and manifest records:
 The emitter also records *taps*: which module call produces each artifact tensor,
 so :func:`qat_intermediates` can read the QAT model's integers for comparison.
 
-CLI: ``python -m model.export RUN_DIR [--out DIR] [--qonnx FILE]``.
+CLI: ``python -m model.export RUN_DIR [--out DIR] [--qonnx FILE]``. Before any work it
+checks (:func:`check_paths`) that ``--out`` is not the run folder, does not contain it or
+any of its files, is not a file, and is either new or an existing artifact (a folder that
+holds only an artifact's files, ``artifact.is_artifact_dir``), which alone it replaces;
+and that ``--qonnx`` ends in ``.onnx``, is not a folder, lies outside ``--out`` and has a
+writable parent. Errors are one line, exit status 2, nothing touched. Both outputs are
+written atomically (a temp folder / file, then a rename).
 """
 from __future__ import annotations
 
-import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -28,8 +34,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from artifact import FORMAT, FORMAT_VERSION, ArtifactError, int_range, save_artifact
+from artifact import FORMAT, FORMAT_VERSION, ArtifactError, int_range, is_artifact_dir, save_artifact
 from artifact.bounds import acc_range, signed_bits
+from artifact.cli import Parser, UsageError, check_out_dir, check_out_file, fail
 
 from .blocks import ConvBN, GlobalSumPool
 from .layers import LowRankConv2d, LowRankLinear, Tucker2Conv2d
@@ -257,32 +264,92 @@ def qat_intermediates(model: nn.Module, x: torch.Tensor, taps: dict) -> dict:
     return result
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_paths(run_dir, out=None, qonnx=None, must_exist: bool = True) -> tuple[Path, Path | None]:
+    """Validate the export's paths before any work; returns (artifact folder, QONNX file or None).
+
+    UsageError (one line, nothing touched) when: the run folder is missing (``must_exist``);
+    ``out`` is the run folder, contains it or any of its files (symbolic links followed), is
+    a file, sits under a file, is not writable, or is an existing folder that is not an
+    artifact; ``qonnx`` lacks the ``.onnx`` suffix, is a folder, lies inside ``out`` or has
+    no writable parent."""
+    run_dir = Path(run_dir)
+    if must_exist and not run_dir.is_dir():
+        raise UsageError(f"run folder {run_dir} does not exist (or is not a folder); give a folder written by "
+                         f"model/train_qat.py")
+    given = out is not None
+    if given and str(out).strip() == "":
+        raise UsageError("--out is empty; give a folder")
+    out = Path(out) if given else run_dir / "artifact"
+    flag = "--out" if given else "artifact folder"
+    out_r, run_r = out.resolve(), run_dir.resolve()
+    if _inside(run_r, out_r):
+        what = "the run folder" if out_r == run_r else "a folder that contains the run folder"
+        raise UsageError(f"{flag} {out} is {what} {run_dir}; exporting would replace it: give a new folder for "
+                         f"the artifact")
+    if run_dir.is_dir():
+        for entry in run_dir.iterdir():
+            target = entry.resolve()
+            if target == out_r:
+                continue                                    # e.g. RUN/artifact itself: checked below
+            if _inside(target, out_r):
+                raise UsageError(f"{flag} {out} contains {entry} of the run folder (or is it); give a new folder for "
+                                 f"the artifact")
+    check_out_dir(out, flag)                                # not a file, nor under one; writable
+    if out.exists():
+        parent = out_r.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {out}: {parent} is not writable, so the artifact cannot be replaced; choose "
+                             f"another folder")
+        if not is_artifact_dir(out):
+            raise UsageError(f"{flag} {out} exists and is not an artifact folder (only manifest.yaml + tensors.npz); "
+                             f"it is never replaced: give a new folder, or remove it yourself")
+    qonnx_path = None
+    if qonnx is not None:
+        qonnx_path = check_out_file(qonnx, ".onnx", "--qonnx")
+        if _inside(qonnx_path.resolve(), out_r):
+            raise UsageError(f"--qonnx {qonnx} lies inside the artifact folder {out}, which holds only the artifact; "
+                             f"write it elsewhere (e.g. {run_dir / 'model.onnx'})")
+    return out, qonnx_path
+
+
 def export_run(run_dir, out: str | Path | None = None, qonnx: str | Path | None = None) -> Path:
     """Export the final model of a training run; writes ``out`` (default RUN_DIR/artifact)
-    and, if ``qonnx`` is a path, the same model as a QONNX graph there."""
+    and, if ``qonnx`` is a path, the same model as a QONNX graph there.
+
+    Every path is checked first (:func:`check_paths`), then the checkpoint is loaded and the
+    artifact validated, and only then is anything written."""
+    from artifact import validate
     from .checkpoint import load_trained_model  # training-side loader (torch)
 
     run_dir = Path(run_dir)
+    out_path, qonnx_path = check_paths(run_dir, out, qonnx)
     model, cfg, in_shape, info = load_trained_model(run_dir)
     manifest, tensors, _ = export_model(model, in_shape, info)
-    path = save_artifact(Path(out) if out else run_dir / "artifact", manifest, tensors)
-    if qonnx:
+    validate(manifest, tensors)
+    path = save_artifact(out_path, manifest, tensors)
+    if qonnx_path is not None:
         from . import qonnx_export
-        qonnx_export.export(model, in_shape, qonnx)
+        qonnx_export.export(model, in_shape, qonnx_path)
     return path
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.export", description=__doc__.splitlines()[0])
+    from .checkpoint import CheckpointError
+    parser = Parser(prog="python -m model.export", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a training run folder (holds checkpoint.pt and config.yaml)")
-    parser.add_argument("--out", help="artifact directory to write (default RUN_DIR/artifact)")
-    parser.add_argument("--qonnx", metavar="FILE", help="also write the QAT model as QONNX (FINN/hls4ml interchange)")
+    parser.add_argument("--out", help="artifact directory to write (default RUN_DIR/artifact); an existing one "
+                                      "must be an artifact, which is replaced")
+    parser.add_argument("--qonnx", metavar="FILE.onnx", help="also write the QAT model as QONNX (FINN/hls4ml "
+                                                             "interchange)")
     args = parser.parse_args(argv)
     try:
         path = export_run(args.run_dir, args.out, args.qonnx)
-    except (ExportError, ArtifactError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (UsageError, CheckpointError, ExportError, ArtifactError, OSError) as e:
+        return fail(parser.prog, e)
     print(f"artifact written to {path}" + (f"; QONNX graph written to {args.qonnx}" if args.qonnx else ""))
     return 0
 

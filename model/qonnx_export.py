@@ -6,8 +6,6 @@ by qonnx's reference executor, must equal the golden model's logits times
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -17,25 +15,25 @@ import torch.nn as nn
 
 
 def export(model: nn.Module, in_shape, path) -> Path:
-    """Write ``model`` (eval, BN folded) as a cleaned-up QONNX file, atomically."""
+    """Write ``model`` (eval, BN folded) as a cleaned-up QONNX file, atomically (a temp file in
+    the same folder, then a rename; the file gets the mode ``open()`` would give it)."""
     from brevitas.export import export_qonnx
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.cleanup import cleanup_model
 
+    from artifact.files import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             export_qonnx(model, torch.zeros(1, *in_shape), tmp, dynamo=False)
         cleanup_model(ModelWrapper(tmp)).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)
     return path
 
 

@@ -8,9 +8,17 @@
     torchrun --nproc_per_node 2 model/train_qat.py ... # data-parallel (gloo on CPU, nccl on GPU)
 
 Loss: cross entropy + ``regularizers.orthogonality_loss`` (DSO by default) on the factors.
-The network trains with BatchNorm; after ``round(fold_bn_at * epochs)`` epochs BatchNorm is
+The network trains with BatchNorm; after ``fold_epoch(cfg)`` epochs (``fold_bn_at * epochs``
+rounded half up) BatchNorm's statistics are recomputed for the current weights and it is
 folded into the preceding convs (``blocks.fold_batchnorm``), the optimizer is rebuilt over
-the new parameters and training continues, so the final model is integer-deployable.
+the new parameters and training continues, each folded weight's gradient scaled by the
+folded BN scale squared (``blocks.precondition_folded_grads``: the steps a frozen BN would
+have given; without it the run diverged after the fold), so the final model is
+integer-deployable. See docs/method.md section 2a.
+
+A NaN/inf loss stops the run before its step is applied, a non-finite model is never saved
+(``TrainingDiverged``: one line, exit 2; the last finite checkpoint stays, no artifact). An
+interrupt (Ctrl-C, exit 130) says which epoch's checkpoint is saved, or that none is yet.
 
 The run folder (``out_dir/run_name``) holds config.yaml, checkpoint.pt (every epoch),
 metrics.json, metrics.csv, curves.png, flops.json and, with ``export: true``, the integer
@@ -32,24 +40,43 @@ import dataclasses
 import math
 import random
 import time
+from fractions import Fraction
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from artifact.cli import UsageError as CliUsageError
+from artifact.cli import check_out_dir, one_line
 from artifact.files import atomic_write_text
 from model import checkpoint as ckpt
 from model import config as config_mod
 from model import data as data_mod
 from model import flops, metrics, regularizers
-from model.blocks import fold_batchnorm, is_folded
+from model.blocks import (fold_batchnorm, fold_scales, is_folded, precondition_folded_grads,
+                          recalibrate_batchnorm, set_fold_scales)
 from model.build import build
 from model.config import ConfigError, UsageError
 from model.data import DataError
 from model.ranks import RankError
 
-USER_ERRORS = (UsageError, DataError, RankError)
+USER_ERRORS = (CliUsageError, DataError, RankError)   # CliUsageError: also model.config.UsageError
+
+
+class TrainingDiverged(UsageError):
+    """The loss (or the model) became NaN or infinite; the run stopped without saving it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt, with a message that says what was saved and how to continue."""
+
+    def __init__(self, message: str, run_dir: str | None = None, saved_epoch: int | None = None):
+        super().__init__(message)
+        self.message, self.run_dir, self.saved_epoch = message, run_dir, saved_epoch
+
+    def __str__(self) -> str:
+        return self.message
 PLOT_EVERY_S = 30.0          # curves.png is redrawn at most this often during a run (and at its end)
 
 
@@ -154,13 +181,33 @@ class Schedule:
 
 
 def fold_epoch(cfg: dict) -> int:
-    """Epochs completed before BatchNorm is folded (== epochs: folded after training)."""
-    return int(round(cfg["fold_bn_at"] * cfg["epochs"]))
+    """Epochs completed before BatchNorm is folded (== epochs: folded after training).
+
+    ``fold_bn_at * epochs`` rounded half up, on the decimal value given (0.75 x 6 = 4.5 -> 5,
+    0.35 x 10 = 3.5 -> 4), never Python's round-half-to-even nor a float product's last bit."""
+    exact = Fraction(str(float(cfg["fold_bn_at"]))) * int(cfg["epochs"])
+    return min(int(cfg["epochs"]), math.floor(exact + Fraction(1, 2)))
 
 
-def fold(model: nn.Module) -> int:
-    """Fold BN with the model in eval mode (running statistics), then restore the mode."""
+RECALIBRATION_IMAGES = 4096   # BN statistics are recomputed on (at most) this many training images before the fold
+
+
+def calibration_batches(ds: data_mod.TensorSet, batch_size: int, device, limit: int = RECALIBRATION_IMAGES):
+    """The first ``limit`` training images, un-augmented, in order (no RNG is drawn)."""
+    n = min(len(ds), limit)
+    for i in range(0, n, batch_size):
+        yield ds.x[i:min(i + batch_size, n)].to(device)
+
+
+def fold(model: nn.Module, batches=None) -> int:
+    """Fold BN into the convs with the model in eval mode, then restore the mode.
+
+    With ``batches`` (training inputs), BatchNorm's statistics are first recomputed for the
+    current weights (``blocks.recalibrate_batchnorm``); without (rebuilding a checkpoint's
+    folded model, whose weights are loaded after) the running statistics are used as they are."""
     was = model.training
+    if batches is not None:
+        recalibrate_batchnorm(model, batches)
     model.eval()
     n = fold_batchnorm(model)
     model.train(was)
@@ -230,10 +277,11 @@ def _resume_config(cfg: dict, overrides: dict, ck: dict, run_dir: str) -> dict:
 
 def _export(run_dir: str) -> str:
     """Write the integer deployment artifact of the finished run (``run_dir/artifact``)."""
+    from artifact import ArtifactError
     from model.export import ExportError, export_run
     try:
         return str(export_run(run_dir))
-    except ExportError as e:
+    except (ExportError, ArtifactError, CliUsageError) as e:
         raise UsageError(f"export failed: {e} (the trained run is saved in {run_dir}; retry with "
                          f"python -m model.export {run_dir})") from None
 
@@ -249,17 +297,41 @@ def train(cfg: dict | None = None) -> dict:
     overrides = dict(cfg or {})
     full = config_mod.resolve(overrides)
     d = _init_distributed(full)
+    progress: dict = {}
     try:
-        return _train(full, overrides, d)
+        return _train(full, overrides, d, progress)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupt_message(progress), progress.get("run_dir"), progress.get("saved")) from None
     finally:
         if d.owned:
             import torch.distributed as dist
             dist.destroy_process_group()
 
 
-def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
+def _interrupt_message(p: dict) -> str:
+    run_dir, saved, epochs = p["run_dir"], p["saved"], p["epochs"]
+    if p["phase"] == "setup" or run_dir is None:
+        if saved is not None and run_dir is not None:
+            return (f"interrupted before training started; nothing was written: the checkpoint of epoch {saved} "
+                    f"in {run_dir} is unchanged, continue with --resume {run_dir}")
+        return "interrupted before training started; nothing was written"
+    if saved is None:
+        return (f"interrupted in epoch {p['epoch']} of {epochs}, before the first checkpoint: nothing was saved "
+                f"to resume; start the run again (without --resume)")
+    if p["phase"] == "final":
+        return (f"interrupted after training, while finishing the run (BN fold / final metrics / artifact); the "
+                f"checkpoint of epoch {saved} is saved in {run_dir}: finish with --resume {run_dir}")
+    return (f"interrupted in epoch {p['epoch']} of {epochs}; the checkpoint of epoch {saved} is saved in {run_dir}: "
+            f"continue with --resume {run_dir}")
+
+
+def _train(cfg: dict, overrides: dict, d: Dist, progress: dict | None = None) -> dict:
     t_start = time.time()
     say = print if d.main else (lambda *a, **k: None)
+    progress = {} if progress is None else progress
+    progress.update(phase="setup", run_dir=None, saved=None, epoch=None, epochs=cfg["epochs"])
 
     # --- resume: configuration and checkpoint first, so a mismatch fails before any work
     ck = None
@@ -274,6 +346,12 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
             box = [run_dir]
             dist.broadcast_object_list(box, src=0)
             run_dir = box[0]
+
+    progress.update(epochs=cfg["epochs"], saved=int(ck["epoch"]) if ck is not None else None, run_dir=run_dir)
+    check_out_dir(run_dir, "--resume" if ck is not None else "run folder")
+    if cfg["export"] and cfg["quant"] and d.main:
+        from model.export import check_paths
+        check_paths(run_dir, None, None, must_exist=ck is not None)
 
     device = torch.device(f"cuda:{d.local_rank}" if cfg["device"] == "cuda" else "cpu")
     if cfg["threads"]:
@@ -302,6 +380,11 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
         if ck["bn_folded"]:
             fold(model)
             folded = True
+            try:
+                set_fold_scales(model, ck.get("fold_scales", {}))
+            except ValueError as e:
+                raise ckpt.CheckpointError(f"checkpoint in {run_dir} does not fit the configured model ({e})") \
+                    from None
         ckpt.load_model_state(model, ck["model"], os.path.join(run_dir, ckpt.FILENAME))
         ckpt.load_quant_state(model, ck.get("quant_state", {}))
         start_epoch = int(ck["epoch"])
@@ -348,9 +431,13 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
         loader_gen.set_state(ck["loader_rng"])
 
     # --- run folder (only now: every input has been checked)
+    progress.update(phase="train", run_dir=run_dir)
     if d.main:
         if ck is None and os.path.exists(os.path.join(run_dir, ckpt.FILENAME)):
-            say(f"warning: {run_dir} already holds a run; its files are replaced")
+            # the folder must never mix two runs: an interrupt before this run's first
+            # checkpoint would otherwise leave the old run's checkpoint to --resume
+            os.remove(os.path.join(run_dir, ckpt.FILENAME))
+            say(f"warning: {run_dir} already held a run; its checkpoint is removed and its other files are replaced")
         os.makedirs(run_dir, exist_ok=True)
         atomic_write_text(os.path.join(run_dir, "config.yaml"), config_mod.dump(_stored_config(cfg)))
         metrics.write_json(os.path.join(run_dir, "flops.json"),
@@ -362,26 +449,39 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
               "ranks": ranks_out, "flops_rows": rows, "totals": totals, "fold_epoch": fold_at,
               "world_size": d.world, "epochs": history}
 
+    def diverged(what: str) -> TrainingDiverged:
+        kept = (f"the last finite checkpoint (epoch {progress['saved']}) is kept in {run_dir} (continue it with "
+                f"--resume {run_dir} --lr SMALLER)" if progress["saved"] is not None else
+                "no checkpoint was written")
+        return TrainingDiverged(f"training diverged: {what}; {kept}; lower --lr (now {cfg['lr']:g}) or set "
+                                f"--grad-clip")
+
     def save_checkpoint(epoch: int) -> None:
-        if not d.main:
-            return
-        ckpt.save(os.path.join(run_dir, ckpt.FILENAME), {
-            "epoch": epoch, "config": _stored_config(cfg), "ranks": ranks_out, "bn_folded": folded,
-            "in_shape": list(bundle.in_shape), "num_classes": bundle.num_classes,
-            "model": model_state(model), "quant_state": ckpt.quant_state(model), "optimizer": opt.state_dict(),
-            "scheduler": schedule.state_dict(), "rng": ckpt.rng_state(), "loader_rng": loader_gen.get_state(),
-            "metrics": {"epochs": history, "train_time_s": train_time}})
+        state = model_state(model)
+        bad = ckpt.non_finite(state)
+        if bad:
+            raise diverged(f"{bad[0]} holds NaN or infinite values after epoch {epoch}")
+        if d.main:
+            ckpt.save(os.path.join(run_dir, ckpt.FILENAME), {
+                "epoch": epoch, "config": _stored_config(cfg), "ranks": ranks_out, "bn_folded": folded,
+                "in_shape": list(bundle.in_shape), "num_classes": bundle.num_classes,
+                "model": state, "quant_state": ckpt.quant_state(model), "fold_scales": fold_scales(model),
+                "optimizer": opt.state_dict(), "scheduler": schedule.state_dict(), "rng": ckpt.rng_state(),
+                "loader_rng": loader_gen.get_state(), "metrics": {"epochs": history, "train_time_s": train_time}})
+        progress["saved"] = epoch
 
     from tqdm import tqdm
     stopped = False
     last_plot = time.time()
     for epoch in range(start_epoch, cfg["epochs"]):
+        progress["epoch"] = epoch + 1
         if not folded and epoch >= fold_at:
-            n = fold(model)
+            n = fold(model, calibration_batches(bundle.train, per_rank_batch, device))
             folded = True
             net = wrap(model)
             opt = make_optimizer(model, cfg)
-            say(f"after epoch {epoch}: folded {n} BatchNorm layers into their convs; optimizer rebuilt")
+            say(f"after epoch {epoch}: folded {n} BatchNorm layers into their convs (statistics recomputed); "
+                f"optimizer rebuilt")
         t0 = time.time()
         sampler.set_epoch(epoch)
         aug_gen = data_mod.augment_generator(cfg["seed"], epoch, d.rank)
@@ -390,7 +490,7 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
         lr = schedule.lr()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, disable=None if d.main else True,
                    dynamic_ncols=True)
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar):
             if bundle.augment.active and cfg["augment"]:
                 x = bundle.augment(x, aug_gen)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -399,22 +499,31 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
             ce = F.cross_entropy(logits, y, label_smoothing=cfg["label_smoothing"])
             reg = regularizers.orthogonality_loss(model, cfg["regularizer"], cfg["reg_weight"])
             loss = ce + reg
+            ce_value, reg_value = ce.item(), reg.item()
+            bad = not (math.isfinite(ce_value) and math.isfinite(reg_value))
+            if d.on:                              # every process stops at the same step
+                bad = _all_sum([float(bad)], d, device)[0] > 0
+            if bad:                               # before the step: the weights stay as they were
+                raise diverged(f"the loss became {ce_value if not math.isfinite(ce_value) else reg_value} at "
+                               f"epoch {epoch + 1}, step {step + 1} of {steps_per_epoch}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if folded:
+                precondition_folded_grads(model)
             if cfg["grad_clip"] > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             opt.step()
             schedule.step_count += 1
             b = len(y)
-            loss_sum += ce.item() * b
+            loss_sum += ce_value * b
             correct += (logits.detach().argmax(1) == y).sum().item()
             count += b
-            reg_sum += reg.item() * b
-            if not math.isfinite(ce.item()):
-                raise FloatingPointError(f"loss became {ce.item()} at epoch {epoch + 1}; lower --lr")
-            bar.set_postfix(loss=f"{ce.item():.3f}", lr=f"{lr:.3g}")
+            reg_sum += reg_value * b
+            bar.set_postfix(loss=f"{ce_value:.3f}", lr=f"{lr:.3g}")
         loss_sum, correct, count, reg_sum = _all_sum([loss_sum, correct, count, reg_sum], d, device)
         test_loss, test_acc = evaluate(model, bundle.test, device)
+        if not math.isfinite(test_loss):
+            raise diverged(f"the test loss became {test_loss} after epoch {epoch + 1}")
         dt = time.time() - t0
         train_time += dt
         row = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_acc": correct / count,
@@ -437,8 +546,9 @@ def _train(cfg: dict, overrides: dict, d: Dist) -> dict:
             say(f"stopping after epoch {epoch + 1} as asked (--stop-after); continue with --resume {run_dir}")
             break
 
+    progress["phase"] = "final"
     if not stopped and not folded:
-        n = fold(model)
+        n = fold(model, calibration_batches(bundle.train, per_rank_batch, device))
         folded = True
         say(f"folded {n} BatchNorm layers into their convs after training")
         save_checkpoint(len(history))
@@ -480,10 +590,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides.update(cli)
         train(overrides)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume RUN_DIR (the last finished epoch is saved)", file=sys.stderr)
+    except OSError as e:                          # e.g. the disk filled up while writing the run folder
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(str(e) if isinstance(e, Interrupted) else "interrupted before training started; nothing was written",
+              file=sys.stderr)
         return 130
     return 0
 

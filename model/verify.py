@@ -13,7 +13,6 @@ is exact whatever the accumulator size (float32 is exact up to 2^24).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -23,23 +22,34 @@ import numpy as np
 import torch
 
 from artifact import ArtifactError, golden, load_artifact
-from artifact.files import atomic_write_text
+from artifact.cli import Parser, UsageError, check_out_dir, fail, positive_int
+from artifact.files import atomic_save_npy, atomic_write_text
 
 from . import data as data_mod
 from .checkpoint import load_trained_model
-from .config import UsageError
 from .export import ExportError, export_model, qat_intermediates
+from .ranks import RankError
+
+OUTPUTS = ("verify.json", "test_inputs.npy", "test_labels.npy")
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    tmp.replace(path)
+def verify_run(run_dir, artifact_dir=None, limit: int | None = None, batch_size: int = 256) -> dict:
+    """Compare the run's QAT model and its artifact on the test set; returns the report dict.
 
-
-def verify_run(run_dir, artifact_dir=None, limit: int = 0, batch_size: int = 256) -> dict:
-    """Compare the run's QAT model and its artifact on the test set; returns the report dict."""
+    ``limit``: only the first ``limit`` test images (None or 0: all). The run folder must
+    be writable (it receives verify.json, test_inputs.npy, test_labels.npy); that is checked
+    before any work."""
     run_dir = Path(run_dir)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise UsageError(f"--limit must be a positive number of images, got {limit!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not run_dir.is_dir():
+        raise UsageError(f"run folder {run_dir} does not exist (or is not a folder)")
+    check_out_dir(run_dir, "run folder")
+    for name in OUTPUTS:
+        if (run_dir / name).is_dir():
+            raise UsageError(f"{run_dir / name} is a folder; verify writes a file there: move it away")
     model, cfg, in_shape, _ = load_trained_model(run_dir)
     art = load_artifact(artifact_dir or run_dir / "artifact")
     model32, model64 = model.float().eval(), copy.deepcopy(model).double().eval()
@@ -71,8 +81,8 @@ def verify_run(run_dir, artifact_dir=None, limit: int = 0, batch_size: int = 256
         mismatches["logits"] += int((logits != qat["logits"]).sum())
         pred_qat.append(qat["logits"].argmax(1))
         pred_int.append(gold[art.manifest["output"]].argmax(1))
-    _save_npy(run_dir / "test_inputs.npy", golden.quantize_input(x_all.numpy(), art.manifest["input"]))
-    _save_npy(run_dir / "test_labels.npy", y_all.numpy())
+    atomic_save_npy(run_dir / "test_inputs.npy", golden.quantize_input(x_all.numpy(), art.manifest["input"]))
+    atomic_save_npy(run_dir / "test_labels.npy", y_all.numpy())
     y = y_all.numpy()
     pred_qat32, pred_qat, pred_int = map(np.concatenate, (pred_qat32, pred_qat, pred_int))
     report = {
@@ -92,16 +102,15 @@ def verify_run(run_dir, artifact_dir=None, limit: int = 0, batch_size: int = 256
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.verify", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m model.verify", description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--artifact", help="artifact directory (default RUN_DIR/artifact)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N test images")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N test images (default: all)")
     args = p.parse_args(argv)
     try:
         r = verify_run(args.run_dir, args.artifact, args.limit)
-    except (UsageError, ExportError, ArtifactError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (UsageError, ExportError, ArtifactError, data_mod.DataError, RankError, OSError) as e:
+        return fail(p.prog, e)
     print(f"test images {r['images']}: QAT model accuracy {r['qat_accuracy']:.4f}, integer model accuracy "
           f"{r['integer_accuracy']:.4f}; {r['tensors_compared']} tensors, {r['elements_compared']:,} elements "
           f"compared, {r['mismatching_elements']} mismatching; classes identical: {r['classes_identical']}")

@@ -105,3 +105,99 @@ def test_epoch_sampler_and_loader():
     full = data.EpochSampler(len(d.train), seed=0)
     batches = list(data.loader(d.train, 32, full))
     assert [len(y) for _, y in batches] == [32, 32, 6] and batches[0][0].shape == (32, 1, 8, 8)
+
+
+# ----------------------------------------------------------------------------- restricted unpickler
+
+class _System:
+    """Unpickling this object runs ``os.system(command)`` under a plain ``pickle.load``."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+class _Eval:
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        import builtins
+        return (builtins.eval, (self.code,))
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda marker: {b"data": _System(f"touch {marker}"), b"labels": [0]}, "system"),
+    (lambda marker: _System(f"touch {marker}"), "system"),
+    (lambda marker: {b"data": np.zeros((1, 3072), np.uint8),
+                     b"labels": [_Eval(f"open({str(marker)!r}, 'w').close() or 0")]}, "eval"),
+])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickle_that_runs_code_is_refused(cifar_dir, tmp_path, make, name, protocol):
+    marker = tmp_path / "pwned"
+    with open(os.path.join(cifar_dir, "data_batch_2"), "wb") as f:
+        pickle.dump(make(marker), f, protocol=protocol)
+    with pytest.raises(data.DataError, match=f"data_batch_2 holds a pickled .*{name}.*refusing") as e:
+        data.load({"data": "cifar10", "data_dir": cifar_dir})
+    assert "\n" not in str(e.value)
+    assert not marker.exists()                           # the command never ran
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_of_every_pickle_protocol_load(tmp_path, protocol):
+    folder = data.write_cifar_folder(str(tmp_path / "c"), n_train_per_batch=3, n_test=4, protocol=protocol)
+    d = data.load({"data": "cifar10", "data_dir": folder})
+    assert len(d.train) == 15 and len(d.test) == 4 and d.classes[9] == "truck"
+    with open(os.path.join(folder, "test_batch"), "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    assert d.test.y.tolist() == raw[b"labels"]
+
+
+def test_cifar_python2_style_batch_loads(cifar_dir):
+    """The real files are Python 2 pickles: str keys/values arrive as bytes, labels as a
+    list and the image array through numpy.core.multiarray._reconstruct (NumPy 1 name)."""
+    arr = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    blob = pickle.dumps({b"batch_label": b"x", b"labels": [3, 9], b"data": arr}, protocol=2)
+    blob = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\n_reconstruct" in blob
+    with open(os.path.join(cifar_dir, "data_batch_4"), "wb") as f:
+        f.write(blob)
+    x, y = data._cifar_batch(os.path.join(cifar_dir, "data_batch_4"))
+    assert x.shape == (2, 3, 32, 32) and x.dtype == np.uint8 and y.tolist() == [3, 9]
+    assert np.array_equal(x.reshape(2, 3072), arr)
+
+
+@pytest.mark.parametrize("payload, match", [
+    ({b"data": np.zeros((2, 3072), np.int64), b"labels": [0, 1]}, "uint8 array of shape"),
+    ({b"data": np.zeros((2, 3071), np.uint8), b"labels": [0, 1]}, "uint8 array of shape"),
+    ({b"data": np.zeros((2, 3, 1024), np.uint8), b"labels": [0, 1]}, "uint8 array of shape"),
+    ({b"data": [[0] * 3072] * 2, b"labels": [0, 1]}, "uint8 array of shape.*got a list"),
+    ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, "holds no images"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "2 images but 1 labels"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "labels must lie in 0..9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}, "labels must lie in 0..9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1.0]}, "list of integers, found 1.0"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, True]}, "list of integers, found True"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": np.zeros((2, 1), np.int64)}, "list of integers"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": "01"}, "list of integers, got a str"),
+    ({b"labels": [0]}, "needs 'data' and 'labels'"),
+    ([1, 2, 3], "expected a dict, got list"),
+])
+def test_cifar_batch_invariants(cifar_dir, payload, match):
+    with open(os.path.join(cifar_dir, "test_batch"), "wb") as f:
+        pickle.dump(payload, f)
+    with pytest.raises(data.DataError, match=match) as e:
+        data.load({"data": "cifar10", "data_dir": cifar_dir})
+    assert "\n" not in str(e.value) and "test_batch" in str(e.value)
+
+
+def test_cifar_labels_as_an_integer_array_and_bad_meta(cifar_dir):
+    with open(os.path.join(cifar_dir, "test_batch"), "wb") as f:
+        pickle.dump({b"data": np.zeros((3, 3072), np.uint8), b"labels": np.array([1, 2, 3], np.int32)}, f)
+    assert data.load({"data": "cifar10", "data_dir": cifar_dir}).test.y.tolist() == [1, 2, 3]
+    with open(os.path.join(cifar_dir, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [b"a", b"b"]}, f)
+    with pytest.raises(data.DataError, match="list of 10 names"):
+        data.load({"data": "cifar10", "data_dir": cifar_dir})
