@@ -32,8 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from artifact.cli import (Parser, UsageError, check_out_dir, check_out_file, fail, float_range,  # noqa: E402
-                          int_range)
+from artifact.cli import Parser, UsageError, fail, float_range, int_range  # noqa: E402
 from artifact.files import atomic_write_text  # noqa: E402
 
 SHAPES = {"layer3": dict(channels=64, out_channels=64, ranks=(38, 38), height=2, width=2),
@@ -77,17 +76,12 @@ def main(argv=None) -> int:
 
     from artifact import ArtifactError, load_artifact, save_artifact
     from deploy.fpga.asic import asic_estimate, check_layer, dense_twin
-    from deploy.fpga.boards import BoardError, get_board
-    from deploy.fpga.build import FlowError, build, check_build_options, default_layer, machine
+    from deploy.fpga.boards import BoardError
+    from deploy.fpga.build import FlowError, build, check_bench_request, default_layer, machine
 
     made = None
     try:                                            # bad input fails before any build starts
-        if args.out is not None:
-            check_out_dir(args.out)
-        if args.json is not None:
-            check_out_file(args.json, None, "--json")
-        get_board(args.board).platform(args.speed)
-        check_build_options(clock_mhz=args.clock_mhz, seed=args.seed)
+        check_bench_request(args)
         if args.layer is not None and not args.artifact:
             raise UsageError("--layer needs --artifact DIR")
         if args.out is None:

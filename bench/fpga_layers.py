@@ -25,8 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from artifact.cli import (Parser, UsageError, check_out_dir, check_out_file, fail, float_range,  # noqa: E402
-                          int_range, unit_float)
+from artifact.cli import Parser, UsageError, fail, float_range, int_range, unit_float  # noqa: E402
 from artifact.files import atomic_write_text  # noqa: E402
 
 DEFAULT_ARTIFACT = ROOT / "tests" / "fixtures" / "resnet20_digits"
@@ -72,16 +71,11 @@ def main(argv=None, build_one=_build_one) -> int:
 
     from artifact import ArtifactError
     from bench.hw_cycles import trained_layers
-    from deploy.fpga.boards import BoardError, get_board
-    from deploy.fpga.build import check_build_options, machine
+    from deploy.fpga.boards import BoardError
+    from deploy.fpga.build import check_bench_request, machine
 
     try:                                            # bad input fails before any build starts
-        if args.out is not None:
-            check_out_dir(args.out)
-        if args.json is not None:
-            check_out_file(args.json, None, "--json")
-        get_board(args.board).platform(args.speed)
-        check_build_options(clock_mhz=args.clock_mhz, seed=args.seed)
+        check_bench_request(args)
         layers = trained_layers(args.artifact)
         if not layers:
             raise UsageError(f"{args.artifact} has no Tucker-2 layer to build")

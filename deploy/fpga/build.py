@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from artifact.cli import Parser, UsageError, check_number, check_out_dir, fail, float_range, int_range, unit_float
+from artifact.cli import Parser, UsageError, check_number, check_out_dir, check_out_file, fail, float_range, int_range, unit_float
 from artifact.files import atomic_write_text
 
 from .boards import BoardError, board_names, get_board
@@ -247,6 +247,17 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     rec["bitstream"] = str(out_dir / bit)
     _write(out_dir, rec, format_summary(rec))
     return rec
+
+
+def check_bench_request(args) -> None:
+    """What a build benchmark (bench/fpga*.py) checks before its first build: ``--out``,
+    ``--json``, the board and speed grade, clock and seed (one-line errors)."""
+    if args.out is not None:
+        check_out_dir(args.out)
+    if args.json is not None:
+        check_out_file(args.json, None, "--json")
+    get_board(args.board).platform(args.speed)
+    check_build_options(clock_mhz=args.clock_mhz, seed=args.seed)
 
 
 def check_build_options(*, baud=115200, clock_mhz=None, seed=None, timeout_s=None) -> None:
