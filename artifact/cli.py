@@ -79,7 +79,7 @@ def int_range(lo: int | None = None, hi: int | None = None):
             value = int(str(text).strip(), 10)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if _outside(value, lo, hi):
             raise argparse.ArgumentTypeError(f"{value} is outside {_describe(lo, hi)}")
         return value
     parse.__name__ = "integer"
@@ -95,11 +95,16 @@ def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool 
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
+        if _outside(value, lo, hi, lo_open):
             raise argparse.ArgumentTypeError(f"{value:g} is outside {_describe(lo, hi, lo_open)}")
         return value
     parse.__name__ = "number"
     return parse
+
+
+def _outside(value, lo, hi, lo_open: bool = False) -> bool:
+    """Whether ``value`` lies outside ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``; None: unbounded)."""
+    return (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi)
 
 
 def _describe(lo, hi, lo_open: bool = False) -> str:
@@ -129,7 +134,7 @@ def check_number(value, what: str, lo=None, hi=None, *, lo_open: bool = False, i
     value = int(value) if integer else float(value)
     if not math.isfinite(value):
         raise error(f"{what} {value!r} is not a finite number")
-    if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
+    if _outside(value, lo, hi, lo_open):
         raise error(f"{what} {value:g} is outside {_describe(lo, hi, lo_open)}")
     return value
 

@@ -160,9 +160,7 @@ def _read_tensors(path: Path) -> dict:
     """The archive's arrays; any damage (truncated, empty, not a zip, pickled objects)
     is a rule-1 ArtifactError."""
     try:
-        with np.load(path / TENSORS, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise ValueError("a single .npy array, not an .npz archive")
+        with np.load(path / TENSORS, allow_pickle=False) as npz:     # a lone .npy array is no context manager
             return {k: npz[k] for k in npz.files}
     except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError (pickles), OSError, zlib.error ...
         detail = str(e).splitlines()[0] if str(e) else ""

@@ -322,15 +322,13 @@ def export_run(run_dir, out: str | Path | None = None, qonnx: str | Path | None 
 
     Every path is checked first (:func:`check_paths`), then the checkpoint is loaded and the
     artifact validated, and only then is anything written."""
-    from artifact import validate
     from .checkpoint import load_trained_model  # training-side loader (torch)
 
     run_dir = Path(run_dir)
     out_path, qonnx_path = check_paths(run_dir, out, qonnx)
     model, cfg, in_shape, info = load_trained_model(run_dir)
     manifest, tensors, _ = export_model(model, in_shape, info)
-    validate(manifest, tensors)
-    path = save_artifact(out_path, manifest, tensors)
+    path = save_artifact(out_path, manifest, tensors)            # validates before writing
     if qonnx_path is not None:
         from . import qonnx_export
         qonnx_export.export(model, in_shape, qonnx_path)

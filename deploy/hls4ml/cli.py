@@ -137,7 +137,7 @@ def _write_config(build, work: Path, out: Path) -> None:
 
 
 def _project(args, artifact, backend, part, xs, work: Path, out: Path):
-    """Convert, compile, C-simulate in ``work``; return (build, result, wrote_tb, report, what)."""
+    """Convert, compile, C-simulate in ``work``; return (build, result, wrote_tb, what)."""
     log = io.StringIO()
     what = f"layer {args.layer}" if args.layer else f"network {artifact.manifest['model'].get('name', '')}".strip()
     from .convert import convert
