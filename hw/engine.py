@@ -2,8 +2,9 @@
 
 * :class:`LayerEngine` - any chain of :class:`~hw.spec.StageSpec` stages: an input
   FIFO, then per stage an optional :class:`~hw.swg.SlidingWindowGenerator` (k x k,
-  strided or padded stages) and a :class:`~hw.mvu.MatrixVectorUnit`, each with its
-  own folding; every unit ends in a small FIFO, which decouples the stages.
+  strided or padded stages; the stage's MVU reads its windows in place, ``SIMD``
+  elements per fold) and a :class:`~hw.mvu.MatrixVectorUnit`, each with its own
+  folding; every MVU ends in a small FIFO, which decouples the stages.
 * :func:`tucker2_engine` - U1 (1x1) -> SWG -> G (k x k) -> U2 (1x1).
 * :func:`dense_engine` - SWG -> one k x k MVU: the baseline at the same budget.
 * :func:`build_engine` - the engine for an artifact layer and a multiplier budget.
@@ -51,9 +52,10 @@ def check_engine(stages: list[StageSpec], plan: Plan, line_rows: int | None = No
     (call it first to fail without creating any Amaranth object)."""
     if len(plan.stages) != len(stages):
         raise HwError(f"plan has {len(plan.stages)} stage foldings for {len(stages)} stages")
-    for spec in stages:
+    for spec, f in zip(stages, plan.stages):
         if spec.needs_window:
-            SlidingWindowGenerator.check(spec.height, spec.width, spec.kernel, spec.stride, spec.padding, line_rows)
+            SlidingWindowGenerator.check(spec.height, spec.width, spec.kernel, spec.stride, spec.padding, line_rows,
+                                         channels=spec.in_ch, simd=f.simd)
 
 
 class LayerEngine(wiring.Component):
@@ -84,8 +86,9 @@ class LayerEngine(wiring.Component):
             swg = None
             if spec.needs_window:
                 swg = SlidingWindowGenerator(spec.in_ch, spec.height, spec.width, spec.in_bits, spec.kernel,
-                                             spec.stride, spec.padding, rows=line_rows)
-            self.units.append((swg, MatrixVectorUnit(spec, f.pe, f.simd)))
+                                             spec.stride, spec.padding, rows=line_rows, simd=f.simd,
+                                             signed=spec.in_signed)
+            self.units.append((swg, MatrixVectorUnit(spec, f.pe, f.simd, window=swg is not None)))
         super().__init__({
             "pix_in": In(stream.Signature(unsigned(stages[0].in_pixel_bits))),
             "pix_out": Out(stream.Signature(unsigned(stages[-1].out_pixel_bits))),
@@ -111,7 +114,8 @@ class LayerEngine(wiring.Component):
                 "output_fifo_depth": mvu.fifo_depth,
                 "line_buffer": (None if swg is None else
                                 {"rows": swg.rows, "width": swg.width, "pixel_bits": spec.in_pixel_bits,
-                                 "bits": swg.buffer_bits}),
+                                 "bits": swg.buffer_bits, "read_ports": swg.ports, "words_per_window": swg.words,
+                                 "shift_ways": swg.shift_ways}),
             })
         return out
 
@@ -125,6 +129,7 @@ class LayerEngine(wiring.Component):
             if swg is not None:
                 m.submodules[f"{name}_swg"] = swg
                 wiring.connect(m, src, swg.pix_in)
+                wiring.connect(m, swg.rd, mvu.win)
                 src = swg.win_out
             m.submodules[f"{name}_mvu"] = mvu
             wiring.connect(m, src, mvu.vec_in)

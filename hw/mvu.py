@@ -12,22 +12,35 @@ between vectors). ``PE`` and ``SIMD`` need not divide: the weight matrix is padd
 with zero rows and columns to ``NF * PE`` x ``SF * SIMD`` and the input vector with
 zero elements, and the padded output channels are dropped (a partial last fold).
 
-Pipeline (every path registered): issue (weight ROM read, first level of the
-input-slice multiplexer) -> two ROM output registers and input slice registers (the
-block RAM's clock-to-out leaves room for a short route only) -> operand registers (so
-the block-RAM read, the routes to the multipliers and the multiplier each get a whole
-cycle) -> multiply (registered products; on ECP5 the operand and product registers
-are a MULT18X18D's own, see :mod:`hw.dsp`) -> adder tree (a register after the first
-level, then every ``TREE_LEVELS`` levels) -> accumulate (with bias on the first fold)
--> requantize (2 stages: rounding shift, clamp) -> collect the ``NF`` groups of ``PE``
-results into one output pixel -> output FIFO.
+Input, two forms (fold ``sf`` uses vector elements ``[sf*SIMD, (sf+1)*SIMD)``):
+
+* ``window=False`` (a plain 1x1 stage): ``vec_in`` carries the whole vector (a pixel),
+  held by its source; the unit slices fold ``sf`` out of it with a two-level
+  multiplexer (cycle 1: a register per group of ``X_GROUP`` folds; cycle 2: the group).
+* ``window=True`` (behind a :class:`hw.swg.SlidingWindowGenerator` built with the same
+  ``simd``): ``vec_in`` carries window tokens and ``win`` is the
+  generator's read port: ``win.step`` is high in every cycle that issues a fold, and the
+  generator delivers the fold's word on ``win.data`` ``WINDOW_READ_LATENCY`` (3) cycles
+  later, in the cycle where the other form has its slice register. The window is never
+  copied into the unit.
+
+Pipeline (every path registered): issue (weight ROM read) -> two ROM output registers
+(the block RAM's clock-to-out leaves room for a short route only), the input word in
+step with the second -> operand registers (so the block-RAM read, the routes to the
+multipliers and the multiplier each get a whole cycle) -> multiply (registered
+products; on ECP5 the operand and product registers are a MULT18X18D's own, see
+:mod:`hw.dsp`) -> adder tree (a register after the first level, then every
+``TREE_LEVELS`` levels) -> accumulate (with bias on the first fold) -> requantize
+(2 stages: rounding shift, clamp) -> collect the ``NF`` groups of ``PE`` results into
+one output pixel -> output FIFO.
 
 Flow control: the unit *reads its input in place*: it keeps ``vec_in.ready`` low
 while it works through the vector's folds and raises it in the cycle of the last
 fold (so the source must hold ``payload`` stable while ``valid`` is high, as
-stream sources must). ``vec_in.ready`` is a register: it does not follow ``valid``.
-It only starts a vector when the output FIFO is sure to have room for it (credit
-counter), so the pipeline itself never stalls.
+stream sources must; a window generator keeps the window until that transfer).
+``vec_in.ready`` is a register: it does not follow ``valid``. It only starts a vector
+when the output FIFO is sure to have room for it (credit counter), so the pipeline
+itself never stalls; within a vector it issues a fold every cycle.
 
 Reset: only the control (fold counters, credits, the valid pipeline) is reset; the data
 registers (ROM outputs, input slices, adder tree, accumulators, requantizer, collect;
@@ -49,6 +62,7 @@ from amaranth.lib.wiring import In, Out
 from .dsp import Multipliers
 from .requant import Requantizer
 from .spec import HwError, StageSpec
+from .swg import window_read_signature
 
 __all__ = ["MatrixVectorUnit", "mvu_latency", "default_fifo_depth", "to_twos"]
 
@@ -70,7 +84,7 @@ def _tree_regs(simd: int, levels: int = TREE_LEVELS) -> int:
 
 def mvu_latency(simd: int, requant: bool = True) -> int:
     """Cycles from issuing a vector's last fold to its output pixel entering the FIFO."""
-    # issue->ROM data / input slice groups (1), ROM output / input slice registers (2),
+    # issue->ROM data / input slice groups or window read (1), ROM output / input word registers (2),
     # operand registers (1), multiply register (1), tree registers, accumulator (1), requant (2)
     return 1 + 2 + 1 + 1 + _tree_regs(simd) + 1 + (2 if requant else 0)
 
@@ -93,28 +107,36 @@ class MatrixVectorUnit(wiring.Component):
         Input elements in parallel, ``1 <= simd <= spec.in_elems`` (need not divide it).
     fifo_depth : int or None
         Output FIFO depth (pixels); default :func:`default_fifo_depth`.
+    window : bool
+        Read the vectors from a window generator's read port instead of ``vec_in``'s payload.
 
     Members
     -------
-    vec_in : In(stream.Signature(unsigned(spec.in_elems * spec.in_bits)))
+    vec_in : In(stream.Signature(unsigned(spec.in_elems * spec.in_bits))), or (``window``) unsigned(1)
         One input vector per beat; element ``j`` at bits ``[j*in_bits, (j+1)*in_bits)``,
-        two's complement if ``spec.in_signed``.
+        two's complement if ``spec.in_signed``. With ``window``: one window token per vector
+        (its payload, the generator's last-window flag, is not used).
+    win : Out(hw.swg.window_read_signature(simd * spec.in_bits)), only with ``window``
+        ``step`` out (a fold is issued), ``data`` in (that fold's ``SIMD`` elements, 3 cycles later).
     pix_out : Out(stream.Signature(unsigned(spec.out_ch * spec.out_bits)))
         One output pixel per beat; channel ``m`` at bits ``[m*out_bits, (m+1)*out_bits)``.
     """
 
-    def __init__(self, spec: StageSpec, pe: int, simd: int, fifo_depth: int | None = None):
+    def __init__(self, spec: StageSpec, pe: int, simd: int, fifo_depth: int | None = None, *, window: bool = False):
         if not 1 <= pe <= spec.out_ch:
             raise HwError(f"stage {spec.name!r}: PE={pe} must be between 1 and the {spec.out_ch} out channels")
         if not 1 <= simd <= spec.in_elems:
             raise HwError(f"stage {spec.name!r}: SIMD={simd} must be between 1 and the {spec.in_elems} in elements")
-        self.spec, self.pe, self.simd = spec, pe, simd
+        self.spec, self.pe, self.simd, self.window = spec, pe, simd, window
         self.nf, self.sf = -(-spec.out_ch // pe), -(-spec.in_elems // simd)
         self.fifo_depth = fifo_depth or default_fifo_depth(self.nf * self.sf, simd, spec.requant is not None)
-        super().__init__({
-            "vec_in": In(stream.Signature(unsigned(spec.in_elems * spec.in_bits))),
+        members = {
+            "vec_in": In(stream.Signature(unsigned(1 if window else spec.in_elems * spec.in_bits))),
             "pix_out": Out(stream.Signature(unsigned(spec.out_ch * spec.out_bits))),
-        })
+        }
+        if window:
+            members["win"] = Out(window_read_signature(simd * spec.in_bits))
+        super().__init__(members)
 
     @property
     def cycles_per_vector(self) -> int:
@@ -144,6 +166,40 @@ class MatrixVectorUnit(wiring.Component):
         bias[:s.out_ch] = s.bias
         groups = bias.reshape(self.nf, self.pe).tolist()
         return [sum(to_twos(b, s.acc_bits) << (pe * s.acc_bits) for pe, b in enumerate(g)) for g in groups]
+
+    def _input_slice(self, m: Module, go, sf, sf_last) -> Signal:
+        """Fold ``sf``'s slice of the vector held on ``vec_in``, in cycle 3 after the issue: a
+        two-level multiplexer (cycle 1 registers, for every group of ``X_GROUP`` folds, its
+        slice selected by ``sf``'s low bits; cycle 2 picks the group with ``sf``'s high bits;
+        cycle 3 is a register in step with the ROM's second register)."""
+        s, SIMD, SF, ib = self.spec, self.simd, self.sf, self.spec.in_bits
+        vec = self.vec_in.payload
+        if SF * SIMD > s.in_elems:                      # zero elements for the partial last fold
+            vec = Cat(vec, Const(0, (SF * SIMD - s.in_elems) * ib))
+        lo_bits = (X_GROUP - 1).bit_length()
+        groups = []
+        for g in range(0, SF, X_GROUP):
+            words = vec[g * SIMD * ib:(g + X_GROUP) * SIMD * ib]
+            xg = Signal(SIMD * ib, name=f"x_g{g // X_GROUP}", reset_less=True)
+            if SF == 1:
+                m.d.sync += xg.eq(words)
+            else:
+                # every group has its own copy of sf's low bits (a counter equal to them at all
+                # times), so that no select net drives the whole input vector's multiplexers
+                sel = Signal(min(lo_bits, len(sf)), name=f"sf_g{g // X_GROUP}")
+                with m.If(go):
+                    m.d.sync += sel.eq(Mux(sf_last, 0, sel + 1))
+                m.d.sync += xg.eq(words.word_select(sel, SIMD * ib))
+            groups.append(xg)
+        x_r = Signal(SIMD * ib, reset_less=True)
+        if len(groups) == 1:
+            m.d.sync += x_r.eq(groups[0])
+        else:
+            hi = Signal(len(sf) - lo_bits, reset_less=True)
+            m.d.sync += [hi.eq(sf[lo_bits:]), x_r.eq(Cat(*groups).word_select(hi, SIMD * ib))]
+        x_w = Signal(SIMD * ib, reset_less=True)        # in step with the ROM's second register
+        m.d.sync += x_w.eq(x_r)
+        return x_w
 
     def elaborate(self, platform):
         m = Module()
@@ -227,35 +283,13 @@ class MatrixVectorUnit(wiring.Component):
         else:
             wword = Const(self.weight_words()[0], unsigned(rom_w))
 
-        # input slice of fold sf, a two-level multiplexer: cycle 1 registers, for every group
-        # of X_GROUP folds, its slice selected by sf's low bits; cycle 2 picks the group
-        # with sf's high bits (registered)
-        vec = self.vec_in.payload
-        if SF * SIMD > s.in_elems:                      # zero elements for the partial last fold
-            vec = Cat(vec, Const(0, (SF * SIMD - s.in_elems) * ib))
-        lo_bits = (X_GROUP - 1).bit_length()
-        groups = []
-        for g in range(0, SF, X_GROUP):
-            words = vec[g * SIMD * ib:(g + X_GROUP) * SIMD * ib]
-            xg = Signal(SIMD * ib, name=f"x_g{g // X_GROUP}", reset_less=True)
-            if SF == 1:
-                m.d.sync += xg.eq(words)
-            else:
-                # every group has its own copy of sf's low bits (a counter equal to them at all
-                # times), so that no select net drives the whole input vector's multiplexers
-                sel = Signal(min(lo_bits, len(sf)), name=f"sf_g{g // X_GROUP}")
-                with m.If(go):
-                    m.d.sync += sel.eq(Mux(sf_last, 0, sel + 1))
-                m.d.sync += xg.eq(words.word_select(sel, SIMD * ib))
-            groups.append(xg)
-        x_r = Signal(SIMD * ib, reset_less=True)
-        if len(groups) == 1:
-            m.d.sync += x_r.eq(groups[0])
+        if self.window:
+            # the window generator reads fold sf's word in place and delivers it in cycle 3
+            # (WINDOW_READ_LATENCY after the issue), in step with the ROM's second register
+            m.d.comb += self.win.step.eq(go)
+            x_w = self.win.data
         else:
-            hi = Signal(len(sf) - lo_bits, reset_less=True)
-            m.d.sync += [hi.eq(sf[lo_bits:]), x_r.eq(Cat(*groups).word_select(hi, SIMD * ib))]
-        x_w = Signal(SIMD * ib, reset_less=True)        # in step with the ROM's second register
-        m.d.sync += x_w.eq(x_r)
+            x_w = self._input_slice(m, go, sf, sf_last)
 
         # operand registers (cycle 4): the ROM output and the matching input slice are
         # registered before the multipliers, so block-RAM clock-to-out and the multiply

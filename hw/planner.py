@@ -5,9 +5,11 @@ Cost model (what the engine achieves in steady state, frames back to back):
 * a stage with ``PE`` x ``SIMD`` multipliers takes
   ``T = ceil(out_ch/PE) * ceil(in_elems/SIMD)`` cycles per output pixel (PE and SIMD
   need not divide: the last fold is zero-padded, see :mod:`hw.mvu`);
-* a stage behind a sliding-window generator cannot take a window more often than
-  once per :func:`hw.swg.swg_period` cycles, so its period is ``max(T, kernel + 1)``;
-* the stages run concurrently, so a frame takes ``max_i(vectors_i * period_i)`` cycles.
+* a stage behind a sliding-window generator reads its window in place, one word of
+  ``SIMD`` elements per fold, with no further floor (:func:`hw.swg.swg_period` is 1);
+  its ``SIMD`` is limited to words that span at most :func:`hw.swg.max_ports` pixels
+  (the generator's line-buffer read ports, :func:`hw.swg.window_ports`);
+* the stages run concurrently, so a frame takes ``max_i(vectors_i * T_i)`` cycles.
 
 The ideal for the multipliers used is ``total MACs / multipliers``; the ratio of
 the two is the utilisation. The planner returns the fastest plan within the budget
@@ -25,9 +27,10 @@ import numbers
 from dataclasses import asdict, dataclass
 
 from .spec import HwError, StageSpec
-from .swg import swg_period
+from .swg import max_ports, swg_period, window_ports
 
-__all__ = ["DEFAULT_MULTIPLIERS", "DEFAULT_MIN_UTILISATION", "StageFold", "Plan", "stage_options", "plan_folding", "fixed_folding"]
+__all__ = ["DEFAULT_MULTIPLIERS", "DEFAULT_MIN_UTILISATION", "StageFold", "Plan", "simd_fits", "fold", "stage_options",
+           "plan_folding", "fixed_folding"]
 
 #: Budget used when none is given.
 DEFAULT_MULTIPLIERS = 64
@@ -52,7 +55,7 @@ class StageFold:
     nf: int                     # ceil(out_ch / pe)
     sf: int                     # ceil(in_elems / simd)
     cycles_per_vector: int      # nf * sf
-    period: int                 # cycles between output pixels (>= cycles_per_vector)
+    period: int                 # cycles between output pixels (= cycles_per_vector)
     vectors: int                # output pixels per frame
     cycles_per_frame: int       # vectors * period
     multipliers: int            # pe * simd
@@ -87,12 +90,22 @@ class Plan:
                 "utilisation": self.utilisation, "stages": [s.as_dict() for s in self.stages]}
 
 
+def simd_fits(spec: StageSpec, simd: int) -> bool:
+    """Whether a stage can read ``simd`` elements per fold: any width for a plain 1x1
+    stage, a word over at most :func:`hw.swg.max_ports` pixels behind a window generator."""
+    return not spec.needs_window or window_ports(spec.in_ch, spec.kernel, simd) <= max_ports(spec.kernel)
+
+
 def fold(spec: StageSpec, pe: int, simd: int) -> StageFold:
-    """Cost of one stage folded ``pe`` x ``simd`` (HwError unless ``1 <= pe <= out_ch``
-    and ``1 <= simd <= in_elems``)."""
+    """Cost of one stage folded ``pe`` x ``simd`` (HwError unless ``1 <= pe <= out_ch``,
+    ``1 <= simd <= in_elems`` and :func:`simd_fits`)."""
     if not (1 <= pe <= spec.out_ch and 1 <= simd <= spec.in_elems):
         raise HwError(f"stage {spec.name!r}: PE={pe} must be in 1..{spec.out_ch} (out channels) and "
                       f"SIMD={simd} in 1..{spec.in_elems} (in elements)")
+    if not simd_fits(spec, simd):
+        raise HwError(f"stage {spec.name!r}: a word of SIMD={simd} elements spans "
+                      f"{window_ports(spec.in_ch, spec.kernel, simd)} pixels of {spec.in_ch} channels; the "
+                      f"window generator reads at most {max_ports(spec.kernel)}")
     nf, sf = -(-spec.out_ch // pe), -(-spec.in_elems // simd)
     period = max(nf * sf, swg_period(spec.kernel) if spec.needs_window else 1)
     return StageFold(spec.name, pe, simd, nf, sf, nf * sf, period, spec.vectors, spec.vectors * period,
@@ -103,7 +116,7 @@ def stage_options(spec: StageSpec) -> list[StageFold]:
     """Pareto-optimal foldings of a stage (fewer cycles costs more multipliers), fastest first."""
     best: dict[int, StageFold] = {}
     for pe in _fold_widths(spec.out_ch):
-        for simd in _fold_widths(spec.in_elems):
+        for simd in filter(lambda w: simd_fits(spec, w), _fold_widths(spec.in_elems)):
             f = fold(spec, pe, simd)
             cur = best.get(f.cycles_per_frame)
             if cur is None or (f.multipliers, -f.simd) < (cur.multipliers, -cur.simd):

@@ -1,26 +1,57 @@
-"""Sliding-window generator (SWG): a pixel stream in, a k x k window stream out.
+"""Sliding-window generator (SWG): a pixel stream in, k x k windows read in place.
 
 Input: one pixel per beat (``channels`` elements), frames of ``height x width``
-pixels in raster order, back to back. Output: one window per beat for each output
-pixel ``(oy, ox)`` in raster order, ``oy < out_height``, ``ox < out_width``; the
-window is the ``kernel x kernel`` block of input pixels at rows
-``oy*stride - padding + ky`` and columns ``ox*stride - padding + kx``, packed as
-``kernel**2`` pixels in raster order (``(ky*kernel + kx) * channels + c`` is the
-element index); positions outside the image are zero (zero padding).
+pixels in raster order, back to back.
 
-Storage: ``rows`` line buffers (row slots of ``width`` pixels in one memory, read
-through one port per kernel row) used as a ring of image rows that continues across
-frames. A row slot is overwritten only when no
-window still to be assembled needs the row it holds, and a window is assembled only
-when its last needed input pixel has arrived (pixel-exact dependency tracking), so
-the writer can run up to a frame ahead of the reader. ``rows >= kernel + stride``
-keeps the stream flowing; the default adds one more row of slack.
+Windows: one for each output pixel ``(oy, ox)`` in raster order, ``oy < out_height``,
+``ox < out_width``: the ``kernel x kernel`` block of input pixels at rows
+``oy*stride - padding + ky`` and columns ``ox*stride - padding + kx``, in vector
+order (element ``(ky*kernel + kx) * channels + c`` is channel ``c`` of window pixel
+``(ky, kx)``, as :mod:`hw.spec` states); every channel of a position outside the
+image holds ``pad``.
 
-Throughput: a window takes ``kernel`` cycles to read (one column of ``kernel`` rows
-per cycle, the ``kernel`` rows read in parallel) plus one cycle to land, so at most one
-window per ``kernel + 1`` cycles (:func:`swg_period`); one input pixel per cycle.
+A window is not copied anywhere: its reader (a matrix-vector unit) reads it in place
+from the line buffers, a word of ``simd`` elements per cycle:
+
+* ``win_out`` is a stream of window tokens: ``valid`` says that the next window in
+  raster order can be read (its last needed input pixel is in the line buffers); the
+  transfer releases it, so the reader raises ``ready`` with its last read. The 1-bit
+  payload is 1 for the last window of a frame.
+* ``rd.step`` (from the reader): read the next word of the offered window in this cycle.
+  Word ``w`` of ``SF = ceil(kernel**2 * channels / simd)`` (:func:`window_words`) holds
+  window elements ``[w*simd, (w+1)*simd)``; elements past the window's end are
+  unspecified (the matrix-vector unit's weights there are zero). After word ``SF - 1``
+  the words start again at 0, so a reader may read a window several times (once per
+  neuron fold) before it takes it; a step and the transfer may come in the same cycle.
+* ``rd.data``: the word of the step :data:`WINDOW_READ_LATENCY` cycles earlier (a
+  register).
+
+Throughput: one word per cycle, back to back across windows (the next window's words
+can be read in the cycle after the transfer), so a window costs its reader ``SF`` cycles
+per read and the generator adds no floor (:func:`swg_period`); one input pixel per cycle.
+
+Storage: ``rows`` line buffers (row slots of ``width`` pixels in one memory) used as a
+ring of image rows that continues across frames, with one read port per pixel that a
+word can span (:func:`window_ports`, at most :func:`max_ports`; synthesis copies the
+memory per port). A row slot is overwritten only when no window still to be released
+needs the row it holds, and a window is offered only when its last needed input pixel
+has arrived (pixel-exact dependency tracking), so the writer can run up to two frames
+ahead of the reader (it may finish the next frame while the reader is still on this one:
+where every window needs the whole frame, the next frame's first window is then readable
+as soon as this frame's last is released). ``rows >= kernel + stride`` keeps the stream flowing; the default
+adds one more row of slack.
+
+Read pipeline (:data:`WINDOW_READ_LATENCY` = 3): cycle 0 the step, the read addresses
+one multiplexer after registers; cycle 1 the line-buffer data (each port one pixel) and
+whether it is inside the image; cycle 2 padded pixels, coarse shift; cycle 3 fine shift
+to the word. A word starts at element ``(w*simd) mod channels`` of its first pixel: a
+multiplexer of ``channels / gcd(channels, simd)`` ways (one way when ``simd`` divides
+``channels`` or is a multiple of it), split over the two shift cycles.
 """
 from __future__ import annotations
+
+from functools import lru_cache
+from math import gcd
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
@@ -28,20 +59,60 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.vendor import SiliconBluePlatform
 
-from artifact import conv_out_hw
+from artifact import conv_out_hw, int_range
 
 from .spec import HwError
 
-__all__ = ["SlidingWindowGenerator", "swg_period", "default_rows"]
+__all__ = ["SlidingWindowGenerator", "WINDOW_READ_LATENCY", "window_read_signature", "window_words",
+           "window_ports", "max_ports", "swg_period", "default_rows"]
 
 
 #: Largest line-buffer ring (row slots x padded width, in pixels) kept in LUT RAM.
 DISTRIBUTED_MAX_DEPTH = 128
 
+#: Cycles from a ``rd.step`` to its word on ``rd.data``.
+WINDOW_READ_LATENCY = 3
+
+#: Elements of a shift stage that share one copy of the shift select.
+SELECT_GROUP = 4
+
+
+def window_read_signature(word_bits: int) -> wiring.Signature:
+    """The reader's side of a window read port: ``step`` out, ``data`` (``word_bits``) in."""
+    return wiring.Signature({"step": Out(1), "data": In(unsigned(word_bits))})
+
+
+def window_words(channels: int, kernel: int, simd: int) -> int:
+    """Words of ``simd`` elements per window (``SF`` of the reading matrix-vector unit)."""
+    return -(-kernel * kernel * channels // simd)
+
+
+@lru_cache(maxsize=None)
+def _word_spans(channels: int, kernel: int, simd: int) -> tuple[tuple[int, int, int], ...]:
+    """``(first pixel, first channel, pixels spanned)`` of every word of a window."""
+    n = kernel * kernel * channels
+    out = []
+    for w in range(window_words(channels, kernel, simd)):
+        e0, e1 = w * simd, min((w + 1) * simd, n) - 1
+        out.append((e0 // channels, e0 % channels, e1 // channels - e0 // channels + 1))
+    return tuple(out)
+
+
+def window_ports(channels: int, kernel: int, simd: int) -> int:
+    """Line-buffer read ports a reader of ``simd``-element words needs: the most window
+    pixels that one word spans (1 when ``simd`` divides ``channels``)."""
+    return max(p for _, _, p in _word_spans(channels, kernel, simd))
+
+
+def max_ports(kernel: int) -> int:
+    """Most line-buffer read ports (memory copies) a generator builds: ``max(kernel, 2)``."""
+    return max(kernel, 2)
+
 
 def swg_period(kernel: int) -> int:
-    """Minimum cycles between two windows leaving the generator."""
-    return kernel + 1
+    """Minimum cycles between two windows leaving the generator, for any kernel: 1 (a window
+    is read in place; its reader's words per window set the pace)."""
+    return 1
 
 
 def default_rows(kernel: int, stride: int) -> int:
@@ -59,41 +130,67 @@ def _is_ice40(platform) -> bool:
     return isinstance(platform, SiliconBluePlatform)
 
 
+def _table(values, shape) -> Array:
+    return Array(Const(v, shape) for v in values)
+
+
 class SlidingWindowGenerator(wiring.Component):
-    """k x k window generator with line buffers, stride and zero padding.
+    """k x k window generator with line buffers, stride and padding, read in place.
 
     Parameters
     ----------
     channels, height, width : int
         Input pixel channels and frame size.
     bits : int
-        Element width (the payload is raw bits; signedness does not matter here).
+        Element width (two's complement when ``signed``).
     kernel, stride, padding : int
         Window geometry; ``padding < kernel``.
     rows : int or None
         Line buffers in the ring (default :func:`default_rows`).
+    simd : int or None
+        Elements per read word, ``1 <= simd <= kernel**2 * channels`` with at most
+        :func:`max_ports` pixels per word (default ``channels``: one pixel per word).
+    signed : bool
+        Whether elements are signed (only for the range of ``pad``).
+    pad : int
+        Element value of positions outside the image (0: zero padding; a max-pool wants
+        the minimum), in the element's range.
 
     Members
     -------
     pix_in : In(stream.Signature(unsigned(channels * bits)))
-    win_out : Out(stream.Signature(unsigned(kernel**2 * channels * bits)))
-        ``payload`` is held stable while ``valid`` is high (a register).
+    win_out : Out(stream.Signature(unsigned(1)))
+        Window tokens (see the module doc); payload: the window is its frame's last.
+    rd : In(window_read_signature(simd * bits))
+        ``rd.step`` in, ``rd.data`` out: element ``j`` of the word at bits ``[j*bits, (j+1)*bits)``.
     """
 
     def __init__(self, channels: int, height: int, width: int, bits: int, kernel: int, stride: int = 1,
-                 padding: int = 0, rows: int | None = None):
-        self.out_height, self.out_width, self.rows = self.check(height, width, kernel, stride, padding, rows)
+                 padding: int = 0, rows: int | None = None, *, simd: int | None = None, signed: bool = False,
+                 pad: int = 0):
+        simd = channels if simd is None else simd
+        self.out_height, self.out_width, self.rows = self.check(height, width, kernel, stride, padding, rows,
+                                                                channels=channels, simd=simd)
+        lo, hi = int_range(bits, signed)
+        if isinstance(pad, bool) or not isinstance(pad, int) or not lo <= pad <= hi:
+            raise HwError(f"sliding window: pad {pad!r} is not a {bits}-bit {'signed' if signed else 'unsigned'} "
+                          f"element ({lo}..{hi})")
         self.channels, self.height, self.width, self.bits = channels, height, width, bits
         self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.simd, self.signed, self.pad = simd, signed, pad
+        self.words = window_words(channels, kernel, simd)
+        self.ports = window_ports(channels, kernel, simd)
         super().__init__({
             "pix_in": In(stream.Signature(unsigned(channels * bits))),
-            "win_out": Out(stream.Signature(unsigned(kernel * kernel * channels * bits))),
+            "win_out": Out(stream.Signature(unsigned(1))),
+            "rd": In(window_read_signature(simd * bits)),
         })
 
     @staticmethod
-    def check(height: int, width: int, kernel: int, stride: int, padding: int,
-              rows: int | None = None) -> tuple[int, int, int]:
-        """Validate a geometry; return ``(out_height, out_width, rows)`` or raise HwError."""
+    def check(height: int, width: int, kernel: int, stride: int, padding: int, rows: int | None = None, *,
+              channels: int | None = None, simd: int | None = None) -> tuple[int, int, int]:
+        """Validate a geometry (and, given ``channels`` and ``simd``, the word width); return
+        ``(out_height, out_width, rows)`` or raise HwError."""
         if padding >= kernel:
             raise HwError(f"sliding window: padding {padding} must be smaller than kernel {kernel}")
         oh, ow = conv_out_hw(height, width, kernel, stride, padding)
@@ -102,75 +199,98 @@ class SlidingWindowGenerator(wiring.Component):
         rows = rows or default_rows(kernel, stride)
         if rows < kernel + stride:
             raise HwError(f"sliding window: needs at least kernel+stride={kernel + stride} line buffers, got {rows}")
+        if channels is not None and simd is not None:
+            n = kernel * kernel * channels
+            if not 1 <= simd <= n:
+                raise HwError(f"sliding window: SIMD={simd} must be between 1 and the {n} window elements")
+            if window_ports(channels, kernel, simd) > max_ports(kernel):
+                raise HwError(f"sliding window: a word of SIMD={simd} elements spans "
+                              f"{window_ports(channels, kernel, simd)} pixels of {channels} channels; at most "
+                              f"{max_ports(kernel)} (line-buffer read ports) for a {kernel}x{kernel} window")
         return oh, ow, rows
 
     @property
     def buffer_bits(self) -> int:
-        """Line-buffer storage in bits."""
+        """Line-buffer storage in bits (one copy; the memory has :attr:`ports` read ports)."""
         return self.rows * self.width * self.channels * self.bits
+
+    @property
+    def shift_ways(self) -> int:
+        """Start offsets a word can have in its first pixel (ways of the word multiplexer)."""
+        return self.channels // gcd(self.channels, self.simd)
 
     def elaborate(self, platform):
         m = Module()
         C, H, W, K, S, P, B = (self.channels, self.height, self.width, self.kernel, self.stride,
                                self.padding, self.rows)
         Ho, Wo = self.out_height, self.out_width
-        pw = C * self.bits
+        SIMD, SF, NP, eb = self.simd, self.words, self.ports, self.bits
+        pw = C * eb
 
         # ---- line buffers: one ring memory, slot b at addresses [b*Wp, b*Wp + W) -------------
         # (Wp = W rounded up to a power of two, so an address is Cat(column, slot), no adder),
-        # with one read port per kernel row, so that no slot multiplexer follows the reads
+        # with one read port per pixel a word spans
         col_bits = max(1, (W - 1).bit_length())
         depth = B << col_bits
         # up to DISTRIBUTED_MAX_DEPTH rows x columns, LUT RAM: a block RAM's clock-to-out
-        # (4.3 ns on ECP5) would leave too little of the landing cycle (iCE40 has no LUT RAM)
+        # (4.3 ns on ECP5) would leave too little of the padding/shift cycle (iCE40 has no LUT RAM)
         lut_ram = depth <= DISTRIBUTED_MAX_DEPTH and not _is_ice40(platform)
         attrs = {"ram_style": "distributed"} if lut_ram else None
         ring = m.submodules.ring = Memory(shape=unsigned(pw), depth=depth, init=[], attrs=attrs)
         wport = ring.write_port()
-        rports = [ring.read_port(domain="sync") for _ in range(K)]
+        rports = [ring.read_port(domain="sync") for _ in range(NP)]
 
         # ---- write side: position of the next input pixel ------------------------------
         wy = Signal(range(H), name="wy")
         wx = Signal(col_bits, name="wx")                # column (< W), as wide as the address field
+        widx = Signal(range(H * W), name="widx")        # wy * W + wx (pixels of the frame written)
         wslot = Signal(range(B), name="wslot")          # ring slot of row wy
-        ahead = Signal()                                # writer is one frame ahead of the reader
+        ahead = Signal(range(3))                        # frames the writer finished that the reader has not
 
-        # ---- read side: the window being (or next to be) assembled ----------------------
+        # ---- read side: the window offered on win_out ------------------------------------
         oy = Signal(range(Ho), name="oy")
         ox = Signal(range(Wo), name="ox")
-        kx = Signal(range(K), name="kx")
-        y0 = Signal(signed(max(H, Ho * S, P).bit_length() + 2), init=-P)   # top row of the window
-        x0 = Signal(signed(max(W, Wo * S, P).bit_length() + 2), init=-P)   # left column
-        # ring slot of row y0 + ky for every kernel row (rows < 0 included)
-        slot_row = [Signal(range(B), init=(ky - P) % B, name=f"slot_row_{ky}") for ky in range(K)]
         rbase = Signal(range(B))                        # ring slot of row 0 of the frame being read
+        # per kernel row: ring slot of row oy*S - P + ky (rows < 0 included), and whether the
+        # row is inside the image; per kernel column: the column's address bits (two's
+        # complement low bits, any slot column when outside) and whether it is inside
+        slot_row = [Signal(range(B), init=(ky - P) % B, name=f"slot_row_{ky}") for ky in range(K)]
+        row_ok = [Signal(name=f"row_ok_{ky}", init=0 <= ky - P < H) for ky in range(K)]
+        col_lo = [Signal(col_bits, name=f"col_{kx}", init=(kx - P) % (1 << col_bits)) for kx in range(K)]
+        col_ok = [Signal(name=f"col_ok_{kx}", init=0 <= kx - P < W) for kx in range(K)]
 
-        # Dependency: window (oy, ox) needs input pixel (need_row, need_col) of its frame; the
-        # last window of a frame needs the whole frame (so the reader never passes the writer).
-        need_rows = [min(o * S - P + K - 1, H - 1) for o in range(Ho)]
-        need_cols = [min(o * S - P + K - 1, W - 1) for o in range(Wo)]
-        last_win = (oy == Ho - 1) & (ox == Wo - 1)
-        need_r = Mux(last_win, H - 1, Array(Const(v, range(H)) for v in need_rows)[oy])
-        need_c = Mux(last_win, W - 1, Array(Const(v, range(W)) for v in need_cols)[ox])
-        available = ahead | (wy > need_r) | ((wy == need_r) & (wx > need_c))
+        # Dependency: window (oy, ox) needs input pixel `need` (raster index in its frame);
+        # the last window of a frame needs the whole frame (so the reader never passes the
+        # writer): it is offered only once the writer has finished the frame. `need` is a register
+        # loaded with the next window's value when a window is taken.
+        def need_of(o_y, o_x):
+            if (o_y, o_x) == (Ho - 1, Wo - 1):
+                return H * W - 1
+            return min(o_y * S - P + K - 1, H - 1) * W + min(o_x * S - P + K - 1, W - 1)
+        need = Signal(range(H * W), init=need_of(0, 0))
+        take = Signal()
+        m.d.comb += [self.win_out.valid.eq((ahead != 0) | (widx > need)),
+                     self.win_out.payload.eq((oy == Ho - 1) & (ox == Wo - 1)),
+                     take.eq(self.win_out.valid & self.win_out.ready)]
 
         # Write permission: the slot of row wy holds row wy - B (of this or the previous frame);
-        # it is free when every window still to be read starts below that row, i.e. when
-        # dist = (H if ahead else 0) + wy - max(y0, 0) < B. `pix_in.ready` is a register
+        # it is free when every window still to be released starts below that row, i.e. when
+        # dist = ahead * H + wy - max(oy*S - P, 0) < B. `pix_in.ready` is a register
         # (HW_REQUESTS item 5): `dist` is a counter, +1 when the writer finishes a row and
         # -`released` (rows the reader gave up, through two registers) two cycles after the
         # reader moves to its next row of windows. The permission for the next cycle is
         # `dist + row_end < B` with this cycle's release left out (it counts a cycle later):
         # one compare of a register, no adder before it. Reader events reach the writer
-        # late, which can only delay a permission.
-        dist = Signal(signed(y0.shape().width + 2))
+        # late, which can only delay a permission; a released row's slot is written 4 cycles
+        # after the transfer at the earliest, after the window's last read (cycle 1).
+        dist = Signal(signed(max(H, Ho * S, P).bit_length() + 4))
         released = Signal(range(H + 1))                 # rows the reader released (2 cycles ago)
         stepped = Signal()                              # the reader moved to its next row of windows last cycle
         stepped_rows = Signal(range(H + 1))             # rows that step released (loaded every cycle)
         m.d.sync += released.eq(Mux(stepped, stepped_rows, 0))
         frame_read_r = Signal()                         # the reader finished a frame (2 cycles ago)
         frame_read_d = Signal()
-        ahead_w = Signal()                              # `ahead` as the writer sees it
+        ahead_w = Signal(range(3))                      # `ahead` as the writer sees it (reads 2 cycles late)
         at_last = Signal(init=H * W == 1)               # (wy, wx) is the frame's last pixel
         row_end = Signal(init=W == 1)                   # wx == W - 1 (a register, as at_last)
         ready = Signal(init=1)
@@ -191,118 +311,144 @@ class SlidingWindowGenerator(wiring.Component):
         for w in (0, 1):
             d = dist + row_end - released if w else dist - released
             room = Mux(row_end, dist < B - 1, dist < B) if w else dist < B
-            a = Mux(at_last, 1, Mux(frame_read_r, 0, ahead_w)) if w else Mux(frame_read_r, 0, ahead_w)
+            a = ahead_w + at_last - frame_read_r if w else ahead_w - frame_read_r
             last = next_is_last if w else at_last
-            nxt[w] = (d, a, last, room & ~(a & last))
+            nxt[w] = (d, a, last, room & ~((a == 2) & last))     # at most two frames ahead
         m.d.sync += [reg.eq(Mux(write, with_write, without))
                      for reg, with_write, without in zip((dist, ahead_w, at_last, ready), nxt[1], nxt[0])]
         with m.If(write):
+            m.d.sync += widx.eq(Mux(at_last, 0, widx + 1))
             with m.If(row_end):
                 m.d.sync += [wx.eq(0), row_end.eq(W == 1), wy.eq(Mux(wy == H - 1, 0, wy + 1)),
                              wslot.eq(_wrap(wslot + 1, B))]
             with m.Else():
                 m.d.sync += [wx.eq(wx + 1), row_end.eq(wx == W - 2)]
 
-        # ---- assembly: issue K column reads, land them in `asm`, hand over to `win_out` ---
-        asm = Signal(K * K * pw, reset_less=True)       # data registers: no reset (out_valid qualifies them)
-        out_reg = Signal(K * K * pw, reset_less=True)
-        out_valid = Signal()
-        m.d.comb += [self.win_out.payload.eq(out_reg), self.win_out.valid.eq(out_valid)]
-        # phase: 0 = reading columns, 1 = last column landing, 2 = asm holds a complete window
-        phase = Signal(range(3))
-        handover = Signal()
-        m.d.comb += handover.eq((phase == 2) & (~out_valid | self.win_out.ready))
-        with m.If(handover):
-            m.d.sync += out_valid.eq(1)
-        with m.Elif(self.win_out.ready):
-            m.d.sync += out_valid.eq(0)
-        # The hand-over loads all of `out_reg` in the cycle the consumer takes the previous
-        # window, so its load enable follows win_out.ready. Rather than one net to K*K*pw
-        # clock enables, every window pixel has its own copies of the `phase == 2` and
-        # `out_valid` flags (equal to them at all times; each copy feeds back on itself, so
-        # synthesis keeps them apart) and its own enable (HW_REQUESTS item 6).
-        for i in range(K * K):
-            full_i = Signal(name=f"full_{i}")           # copy of phase == 2
-            valid_i = Signal(name=f"out_valid_{i}")     # copy of out_valid
-            load_i = Signal(name=f"load_{i}")
-            m.d.comb += load_i.eq(full_i & (~valid_i | self.win_out.ready))
-            m.d.sync += full_i.eq(Mux(load_i, 0, full_i | (phase == 1)))
-            with m.If(load_i):
-                m.d.sync += [out_reg.word_select(i, pw).eq(asm.word_select(i, pw)), valid_i.eq(1)]
-            with m.Elif(self.win_out.ready):
-                m.d.sync += valid_i.eq(0)
+        # ---- reader: the next window when one is taken ------------------------------------
+        # (next values from tables indexed by oy / ox, so no adder or compare precedes them)
+        def cols(o_x):
+            return [((o_x * S - P + kx) % (1 << col_bits), 0 <= o_x * S - P + kx < W) for kx in range(K)]
 
-        issue = Signal()
-        m.d.comb += issue.eq(((phase == 0) | handover) & ((kx != 0) | available))
-        # Read column `col = x0 + kx` and the in-image flags are kept in registers updated
-        # together with kx / x0 / y0 (next values from compares against constants and
-        # equality tests only), so the line-buffer read address is one mux after a register.
-        col = Signal.like(x0, init=-P)                  # always x0 + kx
-        col_ok = Signal(init=P == 0)                    # 0 <= col < W
-        row_ok = [Signal(name=f"row_ok_{ky}", init=0 <= ky - P < H) for ky in range(K)]  # 0 <= y0+ky < H
-        read_col = Mux(col_ok, col, 0)[:col_bits]
-        for ky in range(K):
-            m.d.comb += [rports[ky].addr.eq(Cat(read_col, slot_row[ky])), rports[ky].en.eq(1)]
-        # per kernel row: whether the pixel read is inside the image (registered for landing)
-        land_v = Signal()
-        land_kx = Signal.like(kx)
-        land_ok = [Signal(name=f"land_ok_{ky}") for ky in range(K)]
-        m.d.sync += [land_v.eq(issue), land_kx.eq(kx)]
-        m.d.sync += [land_ok[ky].eq(col_ok & row_ok[ky]) for ky in range(K)]
-        with m.If(land_v):
-            for ky in range(K):
-                pix = Mux(land_ok[ky], rports[ky].data, 0)
-                with m.Switch(land_kx):
-                    for c in range(K):
-                        with m.Case(c):
-                            m.d.sync += asm.word_select(ky * K + c, pw).eq(pix)
+        def rows_ok(o_y):
+            return [0 <= o_y * S - P + ky < H for ky in range(K)]
 
-        # phase transitions
-        with m.If(issue & (kx == K - 1)):
-            m.d.sync += phase.eq(1)
-        with m.Elif(handover):
-            m.d.sync += phase.eq(0)
-        with m.Elif(phase == 1):
-            m.d.sync += phase.eq(2)
-
-        # read-side counters advance when the last column of a window is issued
         frame_read = Signal()
         row_step = Signal()                             # the reader moves to its next row of windows
-        m.d.comb += row_step.eq(issue & (kx == K - 1) & (ox == Wo - 1))
+        m.d.comb += [row_step.eq(take & (ox == Wo - 1)), frame_read.eq(row_step & (oy == Ho - 1))]
         tops = [max(o * S - P, 0) for o in range(Ho)] + [H]     # top row of each row of windows
-        released_by = Array(Const(tops[o + 1] - tops[o], range(H + 1)) for o in range(Ho))
-        m.d.sync += [stepped.eq(row_step), stepped_rows.eq(released_by[oy]),
+        m.d.sync += [stepped.eq(row_step), stepped_rows.eq(_table([tops[o + 1] - tops[o] for o in range(Ho)],
+                                                                  range(H + 1))[oy]),
                      frame_read_d.eq(frame_read), frame_read_r.eq(frame_read_d)]
-        with m.If(issue):
-            with m.If(kx == K - 1):
-                m.d.sync += kx.eq(0)
-                with m.If(ox == Wo - 1):
-                    m.d.sync += [ox.eq(0), x0.eq(-P), col.eq(-P), col_ok.eq(P == 0)]
-                    with m.If(oy == Ho - 1):
-                        m.d.comb += frame_read.eq(1)
-                        # next frame: row 0 sits H rows further along the ring
-                        nb = rbase + (H % B)
-                        nb_mod = _wrap(nb, B)
-                        m.d.sync += [oy.eq(0), y0.eq(-P), rbase.eq(nb_mod)]
-                        for ky in range(K):
-                            m.d.sync += slot_row[ky].eq(_wrap(nb_mod + ((ky - P) % B), B))
-                        m.d.sync += [row_ok[ky].eq(0 <= ky - P < H) for ky in range(K)]
-                    with m.Else():
-                        m.d.sync += [oy.eq(oy + 1), y0.eq(y0 + S)]
-                        for ky in range(K):
-                            m.d.sync += slot_row[ky].eq(_wrap(slot_row[ky] + (S % B), B))
-                        # 0 <= y0 + S + ky < H, compared against constants
-                        m.d.sync += [row_ok[ky].eq((y0 >= -S - ky) & (y0 < H - S - ky)) for ky in range(K)]
+        next_need = Array(_table([need_of(*divmod((o_y * Wo + o_x + 1) % (Ho * Wo), Wo)) for o_x in range(Wo)],
+                                 range(H * W)) for o_y in range(Ho))
+        next_cols = [cols((o_x + 1) % Wo) for o_x in range(Wo)]
+        next_rows = [rows_ok((o_y + 1) % Ho) for o_y in range(Ho)]
+        with m.If(take):
+            m.d.sync += need.eq(next_need[oy][ox])
+            for kx in range(K):
+                m.d.sync += [col_lo[kx].eq(_table([c[kx][0] for c in next_cols], col_bits)[ox]),
+                             col_ok[kx].eq(_table([c[kx][1] for c in next_cols], 1)[ox])]
+            with m.If(ox == Wo - 1):
+                m.d.sync += [ox.eq(0), oy.eq(Mux(oy == Ho - 1, 0, oy + 1))]
+                m.d.sync += [row_ok[ky].eq(_table([r[ky] for r in next_rows], 1)[oy]) for ky in range(K)]
+                with m.If(oy == Ho - 1):
+                    # next frame: row 0 sits H rows further along the ring
+                    nb_mod = _wrap(rbase + (H % B), B)
+                    m.d.sync += rbase.eq(nb_mod)
+                    m.d.sync += [slot_row[ky].eq(_wrap(nb_mod + ((ky - P) % B), B)) for ky in range(K)]
                 with m.Else():
-                    m.d.sync += [ox.eq(ox + 1), x0.eq(x0 + S), col.eq(x0 + S),
-                                 col_ok.eq((x0 >= -S) & (x0 < W - S))]
+                    m.d.sync += [slot_row[ky].eq(_wrap(slot_row[ky] + (S % B), B)) for ky in range(K)]
             with m.Else():
-                # col steps by 1: it enters the image at -1 -> 0 and leaves it at W-1 -> W
-                m.d.sync += [kx.eq(kx + 1), col.eq(col + 1),
-                             col_ok.eq((col == -1) | (col_ok & (col != W - 1)))]
+                m.d.sync += ox.eq(ox + 1)
 
-        with m.If(frame_written):
-            m.d.sync += ahead.eq(1)
-        with m.Elif(frame_read):
-            m.d.sync += ahead.eq(0)
+        m.d.sync += ahead.eq(ahead + frame_written - frame_read)
+
+        # ---- word sequence: port r reads window pixel p0 + r -------------------------------
+        # Word w starts at element w*SIMD: pixel p0 = w*SIMD // C, channel u*g = w*SIMD % C
+        # (g = gcd(C, SIMD)). Per step p0 grows by SIMD // C, plus one when the channel offset
+        # wraps; the ports' kernel positions are registers loaded from tables indexed by p0,
+        # so a read address is one multiplexer (kernel column and row) after registers.
+        g = gcd(C, SIMD)
+        ways, u_step, p_step = C // g, (SIMD % C) // g, SIMD // C
+        n_pix = K * K
+        w = Signal(range(max(SF, 2)), name="word")
+        w_last = Signal(init=SF == 1)
+        u = Signal(range(max(ways, 2)), name="offset")  # channel offset of word w, in units of g
+        p0 = Signal(range(n_pix), name="pixel")
+        wrap_u = u >= ways - u_step                     # the next word starts one pixel further
+
+        def position(p):
+            """(ky, kx, inside the window) of window pixel p (past the end: the last pixel)."""
+            ky, kx = divmod(min(p, n_pix - 1), K)
+            return ky, kx, p < n_pix
+
+        step = self.rd.step
+        with m.If(step):
+            with m.If(w_last):
+                m.d.sync += [w.eq(0), w_last.eq(SF == 1), u.eq(0), p0.eq(0)]
+            with m.Else():
+                m.d.sync += [w.eq(w + 1), w_last.eq(w == SF - 2),
+                             u.eq(Mux(wrap_u, u + u_step - ways, u + u_step)), p0.eq(p0 + p_step + wrap_u)]
+        pad_word = Const(sum((self.pad & ((1 << eb) - 1)) << (c * eb) for c in range(C)), unsigned(pw))
+        pixels = []
+        for r in range(NP):
+            ky_r = Signal(range(K), name=f"ky_{r}", init=position(r)[0])
+            kx_r = Signal(range(K), name=f"kx_{r}", init=position(r)[1])
+            in_r = Signal(name=f"in_{r}", init=position(r)[2])
+            with m.If(step):
+                with m.If(w_last):
+                    m.d.sync += [ky_r.eq(position(r)[0]), kx_r.eq(position(r)[1]), in_r.eq(position(r)[2])]
+                with m.Else():
+                    for field, sig in enumerate((ky_r, kx_r, in_r)):
+                        lo = _table([position(p + p_step + r)[field] for p in range(n_pix)], sig.shape())[p0]
+                        hi = _table([position(p + p_step + 1 + r)[field] for p in range(n_pix)], sig.shape())[p0]
+                        m.d.sync += sig.eq(Mux(wrap_u, hi, lo))
+            m.d.comb += [rports[r].addr.eq(Cat(Array(col_lo)[kx_r], Array(slot_row)[ky_r])), rports[r].en.eq(1)]
+            ok = Signal(name=f"ok_{r}")                 # in step with the read data (cycle 1)
+            m.d.sync += ok.eq(in_r & Array(col_ok)[kx_r] & Array(row_ok)[ky_r])
+            pixels.append(Mux(ok, rports[r].data, pad_word))
+
+        # ---- word: the SIMD elements from channel u*g of the ports' pixels, in two shifts ---
+        # cycle 2 (coarse): the high bits of u pick a slice of SIMD + (fine - 1)*g elements;
+        # cycle 3 (fine): the low bits pick the word. A select would drive every bit of its
+        # stage, so each group of SELECT_GROUP elements has its own copy of u, 1 or 2 cycles
+        # late: a counter that repeats u's steps (feeding back on itself, so that synthesis
+        # keeps the copies apart).
+        fine_bits = (ways - 1).bit_length() // 2
+        fine = 1 << fine_bits
+        coarse = -(-ways // fine)
+        a_elems = SIMD + (fine - 1) * g
+        need_elems = (coarse - 1) * fine * g + a_elems
+        line = Cat(*pixels, Const(0, max(0, need_elems - NP * C) * eb))
+        steps = [(step, w_last)]                        # u's steps, 0, 1 and 2 cycles late
+        for d in (1, 2) if ways > 1 else ():
+            st, la = Signal(name=f"step_{d}"), Signal(name=f"word_last_{d}")
+            m.d.sync += [st.eq(steps[-1][0]), la.eq(steps[-1][1])]
+            steps.append((st, la))
+
+        def offset_copy(delay: int, name: str) -> Signal:
+            c = Signal.like(u, name=name)
+            st, la = steps[delay]
+            with m.If(st):
+                m.d.sync += c.eq(Mux(la, 0, Mux(c >= ways - u_step, c + u_step - ways, c + u_step)))
+            return c
+
+        def shifted(src, width: int, n_ways: int, stride: int, delay: int, sel_bits: slice, name: str) -> Signal:
+            """Register ``width`` elements of ``src`` starting at element ``way * stride``,
+            ``way`` from bits ``sel_bits`` of u ``delay`` cycles late."""
+            out = Signal(width * eb, name=name, reset_less=True)
+            for lo in range(0, width, SELECT_GROUP):
+                hi = min(lo + SELECT_GROUP, width)
+                ways_ = [src[(i * stride + lo) * eb:(i * stride + hi) * eb] for i in range(n_ways)]
+                if n_ways == 1:
+                    m.d.sync += out[lo * eb:hi * eb].eq(ways_[0])
+                else:
+                    sel = offset_copy(delay, f"{name}_sel_{lo // SELECT_GROUP}")[sel_bits]
+                    # a binary multiplexer tree on the select bits (not a decoded one-hot select)
+                    m.d.sync += out[lo * eb:hi * eb].eq(Cat(*ways_).word_select(sel, (hi - lo) * eb))
+            return out
+
+        stage_a = shifted(line, a_elems, coarse, fine * g, 1, slice(fine_bits, None), "coarse")
+        word = shifted(stage_a, SIMD, fine, g, 2, slice(0, fine_bits), "word_data")
+        m.d.comb += self.rd.data.eq(word)
         return m

@@ -2,8 +2,9 @@
 import pytest
 
 from artifact.synth import random_conv, random_tucker2
-from hw.planner import DEFAULT_MIN_UTILISATION, DEFAULT_MULTIPLIERS, fixed_folding, plan_folding, stage_options
+from hw.planner import DEFAULT_MIN_UTILISATION, DEFAULT_MULTIPLIERS, fixed_folding, fold, plan_folding, stage_options
 from hw.spec import HwError, layer_stages
+from hw.swg import max_ports, window_ports
 
 
 def _specs(**kw):
@@ -72,11 +73,19 @@ def test_min_utilisation_trades_budget_for_balance(budget):
     assert balanced.cycles_per_frame <= 1.05 * balanced.ideal_cycles
 
 
-def test_window_stage_period_floor():
-    """A stage behind a sliding window cannot beat kernel+1 cycles per window."""
-    spec = _specs(channels=4, out_channels=4, ranks=(2, 2), kernel=3)[1]
-    fastest = stage_options(spec)[0]
-    assert fastest.period == 4 and fastest.multipliers * fastest.cycles_per_vector >= spec.out_ch * spec.in_elems
+def test_window_stage_words_span_at_most_max_ports_pixels():
+    """A stage behind a sliding window reads its window in place, a word of SIMD elements
+    per fold (no floor on the period), over at most max(k, 2) pixels: the generator's
+    line-buffer read ports. A plain 1x1 stage takes any SIMD."""
+    u1, g, _ = _specs(channels=4, out_channels=4, ranks=(2, 2), kernel=3)
+    for f in stage_options(g):
+        assert f.period == f.cycles_per_vector and window_ports(g.in_ch, g.kernel, f.simd) <= max_ports(g.kernel)
+    fastest = stage_options(g)[0]
+    assert (fastest.simd, fastest.cycles_per_vector) == (6, 3)           # 3 of the 9 two-channel pixels a fold
+    assert fold(g, 1, 5).sf == 4                                         # 5 elements: across 3 pixels
+    with pytest.raises(HwError, match="spans 4 pixels of 2 channels"):
+        fold(g, 1, 7)
+    assert fold(u1, 1, 3).sf == 2 and stage_options(u1)[0].cycles_per_vector == 1
 
 
 def test_default_budget():

@@ -1,5 +1,8 @@
 """Unit tests of the hardware blocks in the Amaranth simulator, each against the golden model:
 requantizer, matrix-vector unit, sliding-window generator (random bubbles and back-pressure)."""
+import gc
+import random
+
 import numpy as np
 import pytest
 
@@ -14,8 +17,8 @@ from artifact.synth import random_conv  # noqa: E402
 from hw.mvu import MatrixVectorUnit  # noqa: E402
 from hw.requant import Requantizer  # noqa: E402
 from hw.simulate import run_stream, unpack_pixels  # noqa: E402
-from hw.spec import stage_spec  # noqa: E402
-from hw.swg import SlidingWindowGenerator  # noqa: E402
+from hw.spec import HwError, stage_spec  # noqa: E402
+from hw.swg import WINDOW_READ_LATENCY, SlidingWindowGenerator  # noqa: E402
 
 
 def _pack(values, bits):
@@ -101,6 +104,69 @@ def test_mvu_full_rate_without_backpressure():
 
 # ---- sliding-window generator -----------------------------------------------------------
 
+def _padded_vectors(x, k, s, p, pad):
+    """(N, C, H, W) -> window vectors in vector order ((ky*k+kx)*C + c), raster order, ``pad`` outside."""
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p + s), (p, p + s)), constant_values=pad)
+    return [xp[f, :, oy * s:oy * s + k, ox * s:ox * s + k].transpose(1, 2, 0).ravel()
+            for f in range(n) for oy in range(ho) for ox in range(wo)]
+
+
+def _read_windows(dut, pixels, n_windows, *, passes=1, bubble=0.0, stall=0.0, gap=0.0, seed=0):
+    """Stream ``pixels`` into ``dut`` (random bubbles) and read ``n_windows`` windows as a
+    matrix-vector unit does: wait for a token (random stalls), step through its words
+    ``passes`` times (random idle cycles between steps), take it with the last step;
+    the token's payload must flag the last window of each frame. Returns (windows: per window the list of words of every pass, cycles of the takes)."""
+    rng = random.Random(seed)
+    total = passes * dut.words
+    windows, takes, steps, data = [], [], [], {}
+
+    async def bench(ctx):
+        i, holding, reading, k, cycle = 0, False, False, 0, 0
+        while len(takes) < n_windows or (steps and steps[-1][0] + WINDOW_READ_LATENCY >= cycle):
+            if not holding and i < len(pixels) and rng.random() >= bubble:
+                ctx.set(dut.pix_in.payload, pixels[i])
+                ctx.set(dut.pix_in.valid, 1)
+                holding = True
+            if not reading and len(takes) < n_windows and ctx.get(dut.win_out.valid) and rng.random() >= stall:
+                reading, k = True, 0
+                windows.append([])
+            step = reading and (k == 0 or rng.random() >= gap)
+            take = step and k == total - 1
+            ctx.set(dut.rd.step, step)
+            ctx.set(dut.win_out.ready, take)
+            _, _, in_ready, valid, last, word = await ctx.tick().sample(dut.pix_in.ready, dut.win_out.valid,
+                                                                       dut.win_out.payload, dut.rd.data)
+            data[cycle] = word
+            if holding and in_ready:
+                i, holding = i + 1, False
+                ctx.set(dut.pix_in.valid, 0)
+            if step:
+                steps.append((cycle, len(windows) - 1))
+                k += 1
+            if take:
+                assert valid and last == ((len(takes) + 1) % (dut.out_height * dut.out_width) == 0)
+                takes.append(cycle)
+                reading = False
+            cycle += 1
+            assert cycle < 200 * (len(pixels) + total * n_windows), "window generator stalled"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    for cycle, win in steps:
+        windows[win].append(data[cycle + WINDOW_READ_LATENCY])
+    return [[ws[j * dut.words:(j + 1) * dut.words] for j in range(passes)] for ws in windows], takes
+
+
+def _elements(words, simd, bits, n):
+    """Words of ``simd`` elements -> the first ``n`` elements (raw bit patterns)."""
+    flat = [(wd >> (j * bits)) & ((1 << bits) - 1) for wd in words for j in range(simd)]
+    return flat[:n]
+
+
 @pytest.mark.parametrize("k,s,p,h,w,rows", [
     (3, 1, 1, 4, 5, None), (3, 2, 1, 5, 4, None), (5, 1, 2, 3, 3, None), (5, 2, 0, 7, 6, None),
     (1, 2, 0, 4, 4, None), (2, 1, 1, 3, 4, None), (3, 1, 0, 4, 4, 4), (3, 3, 2, 6, 5, None),
@@ -111,17 +177,63 @@ def test_swg_windows(k, s, p, h, w, rows):
     x = np.random.default_rng(k * s).integers(0, 16, size=(frames, c, h, w))
     dut = SlidingWindowGenerator(c, h, w, bits, k, s, p, rows=rows)
     pix = [_pack(x[f, :, y, xx], bits) for f in range(frames) for y in range(h) for xx in range(w)]
-    vecs = _vectors(x, k, s, p)
-    res = run_stream(dut, pix, len(vecs), in_port="pix_in", out_port="win_out", bubble=0.3, stall=0.4, seed=k)
-    assert res.outputs == [_pack(v, bits) for v in vecs]
+    want = _padded_vectors(x, k, s, p, 0)
+    got, _ = _read_windows(dut, pix, len(want), bubble=0.3, stall=0.4, seed=k)
+    assert [_elements(ws[0], c, bits, k * k * c) for ws in got] == [list(v) for v in want]
 
 
-def test_swg_rate_one_window_per_k_plus_1_cycles():
-    dut = SlidingWindowGenerator(1, 4, 6, 8, 3, 1, 1)
-    pix = list(range(24)) * 2
-    res = run_stream(dut, pix, 48, in_port="pix_in", out_port="win_out")
-    gaps = np.diff(res.out_cycles[24:])
-    assert gaps.max() <= 5 and np.median(gaps) == 4, gaps
+@pytest.mark.parametrize("simd,ports", [(1, 1), (2, 2), (3, 1), (4, 2), (5, 3), (6, 2), (7, 3), (9, 3)])
+def test_swg_words_of_any_width(simd, ports):
+    """Words of SIMD elements over 3-channel pixels: within a pixel, across two or three
+    (every channel offset), whole pixels; each window read twice (two neuron folds), with
+    random gaps between words."""
+    c, h, w, bits, k = 3, 4, 3, 5, 3
+    x = np.random.default_rng(simd).integers(0, 32, size=(2, c, h, w))
+    dut = SlidingWindowGenerator(c, h, w, bits, k, 1, 1, simd=simd)
+    assert dut.ports == ports and dut.words == -(-k * k * c // simd)
+    pix = [_pack(x[f, :, y, xx], bits) for f in range(2) for y in range(h) for xx in range(w)]
+    want = _padded_vectors(x, k, 1, 1, 0)
+    got, _ = _read_windows(dut, pix, len(want), passes=2, bubble=0.3, stall=0.3, gap=0.3, seed=simd)
+    for ws, v in zip(got, want):
+        assert ws[0] == ws[1]
+        assert _elements(ws[0], simd, bits, k * k * c) == list(v)
+
+
+@pytest.mark.parametrize("bits,is_signed,pad", [(4, True, -8), (4, True, 5), (6, False, 63)])
+def test_swg_pad_value(bits, is_signed, pad):
+    """Positions outside the image hold ``pad`` in every channel (a max-pool pads with the minimum)."""
+    c, h, w, k, p = 2, 3, 4, 3, 1
+    lo, hi = int_range(bits, is_signed)
+    x = np.random.default_rng(bits).integers(lo, hi, size=(2, c, h, w), endpoint=True)
+    dut = SlidingWindowGenerator(c, h, w, bits, k, 1, p, simd=4, signed=is_signed, pad=pad)
+    pix = [_pack(x[f, :, y, xx], bits) for f in range(2) for y in range(h) for xx in range(w)]
+    want = _padded_vectors(x, k, 1, p, pad)
+    got, _ = _read_windows(dut, pix, len(want), bubble=0.2, stall=0.2, seed=1)
+    mask = (1 << bits) - 1
+    assert [_elements(ws[0], 4, bits, k * k * c) for ws in got] == [[int(e) & mask for e in v] for v in want]
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")     # refused, never elaborated
+@pytest.mark.parametrize("kw,match", [
+    (dict(simd=10), "spans 4 pixels"), (dict(simd=28), "between 1 and the 27"),
+    (dict(pad=-1), "pad -1 is not a 4-bit unsigned"), (dict(pad=8, signed=True), "pad 8 is not a 4-bit signed"),
+])
+def test_swg_refuses_bad_words_and_pads(kw, match):
+    with pytest.raises(HwError, match=match):
+        SlidingWindowGenerator(3, 4, 4, 4, 3, 1, 1, **kw)
+    gc.collect()                                    # the refused object's warning, filtered here
+
+
+@pytest.mark.parametrize("h,w,simd", [(4, 6, 1), (4, 6, 3), (2, 2, 1), (2, 2, 3)])
+def test_swg_rate_one_word_per_cycle(h, w, simd):
+    """A reader that never waits takes a window every SF cycles, back to back (no cycle
+    between the last word of a window and the first of the next), across frames too: in
+    a 2x2 frame every window needs the whole frame, so the writer must be able to finish
+    the next frame before the reader releases this one."""
+    dut = SlidingWindowGenerator(1, h, w, 8, 3, 1, 1, simd=simd)
+    _, takes = _read_windows(dut, list(range(h * w)) * 4, 4 * h * w)
+    gaps = np.diff(takes[h * w:])
+    assert (gaps == dut.words).all(), gaps
 
 
 def _driven_by_flip_flop(dut, port: str) -> bool:
@@ -152,7 +264,7 @@ def test_swg_ring_in_lut_ram_only_where_the_part_has_it(board, lut_ram):
 
 @pytest.mark.parametrize("pe,simd", [(2, 2), (4, 4)])               # 4 folds, 1 fold per vector
 def test_mvu_input_ready_is_a_register(pe, simd):
-    """vec_in.ready drives the source's hand-over (on the SWG a clock enable per window pixel),
+    """vec_in.ready drives the source's hand-over (a FIFO read, the SWG's window release),
     so it is a flip-flop and does not wait for vec_in.valid."""
     art = random_conv(1, channels=4, out_channels=4, kernel=1, height=4, width=4)
     spec = stage_spec(art.manifest["layers"][0], art.tensors)
