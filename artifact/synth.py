@@ -433,3 +433,65 @@ def random_input(artifact: Artifact, batch: int = 1, seed: int = 0) -> np.ndarra
     spec = artifact.manifest["input"]
     lo, hi = int_range(spec["bits"], spec["signed"])
     return np.random.default_rng(seed).integers(lo, hi + 1, size=(batch, *spec["shape"]), dtype=np.int64)
+
+
+def dense_twin(artifact: Artifact, seed: int = 0) -> Artifact:
+    """The same network with every ``tucker2`` and ``lowrank`` layer replaced by one dense
+    layer of the same name, input record and output record: a ``conv`` of the layer's
+    kernel, stride and padding (a Tucker-2 layer's core G, a low-rank layer's U1) and
+    groups 1, or a ``linear`` where the factors are linear stages. Every other layer and
+    tensor is kept as it is, so the rest of the graph stays valid; the result is validated.
+
+    The dense layer's weights are random at the factors' widest weight width; it has a
+    bias where the factorized layer's last stage has one and that stage's clamp; bias
+    and shift are fitted like :func:`make_conv_stage` with ``calib``: to what the layer
+    computes, in the twin built so far, on a batch of uniform random images drawn from
+    ``seed``, so outputs use their range rather than saturating. The weight exponent then
+    makes the output exponent the factorized layer's. A last stage without requant
+    (logits = accumulator) keeps none: that layer's output record follows the new
+    accumulator, which is valid only where nothing reads it but the manifest's output
+    (ArtifactError otherwise). ``model`` says ``dense_twin_of`` the original's name;
+    the original's accuracy and rank fields are dropped (they describe other weights).
+    """
+    rng = np.random.default_rng(seed)
+    manifest = artifact.manifest
+    in_spec = manifest["input"]
+    lo, hi = int_range(in_spec["bits"], in_spec["signed"])
+    values = {"input": rng.integers(lo, hi + 1, size=(_CALIB_BATCH, *in_spec["shape"]))}
+    tensors = dict(artifact.tensors)
+    layers = []
+    for layer in manifest["layers"]:
+        if layer["op"] in ("tucker2", "lowrank"):
+            stages, x = layer["stages"], values[layer["inputs"][0]]
+            for s in stages:
+                tensors.pop(s["weight"])
+                if s["bias"] is not None:
+                    tensors.pop(s["bias"])
+            last, name, out = stages[-1], layer["name"], layer["out"]
+            options = dict(weight_bits=max(s["weight_bits"] for s in stages), out_bits=out["bits"],
+                           out_signed=out["signed"], bias=last["bias"] is not None,
+                           requant=last["requant"] is not None, calib=x)
+            if last["kind"] == "conv":
+                core = stages[1] if layer["op"] == "tucker2" else stages[0]
+                stage, new = make_conv_stage(rng, name, f"{name}.weight", layer["in"], out["shape"][0],
+                                             kernel=core["kernel"], stride=core["stride"], padding=core["padding"],
+                                             **options)
+            else:
+                stage, new = make_linear_stage(rng, name, f"{name}.weight", layer["in"], out["shape"][0], **options)
+            if last["requant"] is not None:
+                shift = stage["requant"]["shift"]
+                stage["weight_exponent"] = out["exponent"] - shift - layer["in"]["exponent"]
+                stage["acc"]["exponent"] = out["exponent"] - shift
+                stage["requant"]["clamp"] = list(last["requant"]["clamp"])
+                stage["out"] = dict(out)
+            tensors.update(new)
+            layer = {**stage, "op": last["kind"], "inputs": list(layer["inputs"])}
+        values[layer["name"]], _ = golden.run_layer(layer, [values[t] for t in layer["inputs"]], tensors)
+        layers.append(layer)
+    model = {k: v for k, v in manifest["model"].items()
+             if k not in ("ranks", "test_acc", "inference_reduction", "dense")}
+    model.update({"name": f"{manifest['model']['name']}_dense_twin", "dense": True, "synthetic": True,
+                  "dense_twin_of": manifest["model"]["name"]})
+    new_manifest = {**manifest, "model": model, "layers": layers}
+    validate(new_manifest, tensors)
+    return Artifact(new_manifest, tensors)

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
-from amaranth import ClockDomain, Module
+from amaranth import ClockDomain, Module, Value
 from amaranth.sim import Simulator
 
 __all__ = ["pack_pixels", "unpack_pixels", "StreamResult", "run_stream"]
@@ -67,6 +67,8 @@ def run_stream(dut, inputs: list[int], n_out: int, *, in_port: str = "pix_in", o
     (mid-frame reset test). Raises RuntimeError after ``max_cycles``.
     """
     src, snk = getattr(dut, in_port), getattr(dut, out_port)
+    # typed pixel streams (hw.units.pixel_signature) are driven and sampled as raw bits
+    src_payload, snk_payload = Value.cast(src.payload), Value.cast(snk.payload)
     rng = random.Random(seed)
     if max_cycles is None:
         max_cycles = 1000 + 200 * (len(inputs) + n_out)
@@ -86,12 +88,12 @@ def run_stream(dut, inputs: list[int], n_out: int, *, in_port: str = "pix_in", o
                 res.outputs.clear()
                 res.out_cycles.clear()
             if not holding and i < len(inputs) and (bubble == 0.0 or rng.random() >= bubble):
-                ctx.set(src.payload, inputs[i])
+                ctx.set(src_payload, inputs[i])
                 ctx.set(src.valid, 1)
                 holding = True
             ready = stall == 0.0 or rng.random() >= stall
             ctx.set(snk.ready, ready)
-            _, _, in_ready, out_valid, out_payload = await ctx.tick().sample(src.ready, snk.valid, snk.payload)
+            _, _, in_ready, out_valid, out_payload = await ctx.tick().sample(src.ready, snk.valid, snk_payload)
             if holding and in_ready:
                 i += 1
                 holding = False

@@ -1,0 +1,372 @@
+"""Graph units of the network engine: typed pixel streams, fork, FIFO and the
+per-pixel ops (``requant``, ``add``, ``global_sum_pool``, ``maxpool``).
+
+Every port is a *typed pixel stream* (:func:`pixel_signature`): one beat is one
+pixel, a ``data.ArrayLayout`` of ``channels`` elements of ``bits`` bits (signed or
+unsigned), element ``c`` at payload bits ``[c*bits, (c+1)*bits)`` (the packing of
+docs/hw.md), pixels in raster order, frames back to back. ``wiring.connect`` refuses
+to join two ports whose element width, signedness or channel count differ, so a
+mismatch between layers is an elaboration error, not a wrong answer.
+
+Flow control of the op units: a unit accepts a pixel only when the output FIFO is
+sure to have room for the result (a credit counter over the pipeline and the FIFO),
+so ``ready`` is a register and the pipeline never stalls. The integer semantics are
+docs/artifact.md sections 2.1 and 3.3-3.6, bit for bit (the requantizer is
+:class:`hw.requant.Requantizer`, round half to even then clamp).
+
+Throughput: one pixel per cycle for ``requant``, ``add`` and ``global_sum_pool``;
+``maxpool`` takes ``kernel**2`` cycles per window.
+"""
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from artifact import int_range
+
+from .requant import Requantizer
+from .spec import HwError
+from .swg import WINDOW_READ_LATENCY, SlidingWindowGenerator
+
+__all__ = ["element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "Fork", "RawStreamAdapter",
+           "RequantUnit", "AddUnit", "GlobalSumPoolUnit", "MaxPoolUnit", "OP_FIFO_DEPTH", "OP_LATENCY"]
+
+#: Output FIFO depth of the op units: the credit loop (accept -> operand register ->
+#: requantizer -> FIFO write -> FIFO output register -> pop -> credit register) is 7 cycles,
+#: so 8 credits keep one pixel per cycle.
+OP_FIFO_DEPTH = 8
+#: Cycles from accepting a pixel to its result entering the output FIFO: an operand
+#: register, then the requantizer's two stages.
+OP_LATENCY = 3
+
+
+def element_shape(bits: int, is_signed: bool) -> Shape:
+    """``signed(bits)`` or ``unsigned(bits)``."""
+    return signed(bits) if is_signed else unsigned(bits)
+
+
+def pixel_layout(channels: int, bits: int, is_signed: bool) -> data.ArrayLayout:
+    """One pixel: ``channels`` elements of ``bits`` bits, element ``c`` at bits ``[c*bits, (c+1)*bits)``."""
+    return data.ArrayLayout(element_shape(bits, is_signed), channels)
+
+
+def pixel_signature(channels: int, bits: int, is_signed: bool) -> stream.Signature:
+    """The typed pixel stream of a tensor with ``channels`` channels of ``bits``-bit elements."""
+    return stream.Signature(pixel_layout(channels, bits, is_signed))
+
+
+def payload_width(signature: stream.Signature) -> int:
+    """Bits in one beat of ``signature``'s payload."""
+    return Shape.cast(signature.members["payload"].shape).width
+
+
+def signature_of(record: dict) -> stream.Signature:
+    """The pixel stream of an artifact tensor record (``shape`` [C, H, W] or [C])."""
+    return pixel_signature(int(record["shape"][0]), int(record["bits"]), bool(record["signed"]))
+
+
+def connect_pixels(m: Module, src, dst, what: str = "stream") -> None:
+    """``wiring.connect`` for pixel streams that also refuses a signedness mismatch (connect
+    itself compares payload widths only): the element shape and channel count of the two
+    layouts must be equal. HwError (one line) names both."""
+    a = wiring.flipped(src).signature if isinstance(src, wiring.FlippedInterface) else src.signature
+    b = wiring.flipped(dst).signature if isinstance(dst, wiring.FlippedInterface) else dst.signature
+    sa, sb = a.members["payload"].shape, b.members["payload"].shape
+    if sa != sb:
+        raise HwError(f"{what}: cannot join a {_describe(sa)} stream to a {_describe(sb)} input")
+    wiring.connect(m, src, dst)
+
+
+def _describe(shape) -> str:
+    if isinstance(shape, data.ArrayLayout):
+        e = Shape.cast(shape.elem_shape)
+        return f"{shape.length}-channel {e.width}-bit {'signed' if e.signed else 'unsigned'}"
+    return f"{Shape.cast(shape).width}-bit raw"
+
+
+def _credit(m: Module, accept, popped, depth: int) -> Signal:
+    """A register that is high while fewer than ``depth`` results are in flight or queued
+    (accepted and not yet popped from the output FIFO)."""
+    outstanding = Signal(range(depth + 1))
+    credit = Signal(init=1)
+    nxt = outstanding + accept - popped
+    m.d.sync += [outstanding.eq(nxt), credit.eq(nxt < depth)]
+    return credit
+
+
+class PixelFIFO(wiring.Component):
+    """A typed pixel stream through a ``SyncFIFOBuffered`` of ``depth`` pixels (``o.payload``
+    is a register). Used for the skip branches of residual blocks.
+
+    Members: ``i`` In(signature), ``o`` Out(signature).
+    """
+
+    def __init__(self, signature: stream.Signature, depth: int):
+        if depth < 1:
+            raise HwError(f"FIFO depth must be at least 1, got {depth}")
+        self.depth = depth
+        self.width = payload_width(signature)
+        super().__init__({"i": In(signature), "o": Out(signature)})
+
+    def elaborate(self, platform):
+        m = Module()
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.width, depth=self.depth)
+        m.d.comb += [fifo.w_stream.payload.eq(self.i.payload.as_value()), fifo.w_stream.valid.eq(self.i.valid),
+                     self.i.ready.eq(fifo.w_stream.ready),
+                     self.o.payload.eq(fifo.r_stream.payload), self.o.valid.eq(fifo.r_stream.valid),
+                     fifo.r_stream.ready.eq(self.o.ready)]
+        return m
+
+
+class Fork(wiring.Component):
+    """One stream to ``n`` consumers (an eager fork): each output takes the beat on its own;
+    the input moves on once every output has taken it. ``valid`` of an output depends on
+    registers and the input's ``valid`` only.
+
+    Members: ``i`` In(signature); ``o0`` ... ``o{n-1}`` Out(signature).
+    """
+
+    def __init__(self, signature: stream.Signature, n: int = 2):
+        if n < 2:
+            raise HwError(f"a fork needs at least 2 outputs, got {n}")
+        self.n = n
+        super().__init__({"i": In(signature), **{f"o{k}": Out(signature) for k in range(n)}})
+
+    def outputs(self) -> list:
+        return [getattr(self, f"o{k}") for k in range(self.n)]
+
+    def elaborate(self, platform):
+        m = Module()
+        outs = self.outputs()
+        taken = [Signal(name=f"taken_{k}") for k in range(self.n)]     # output k already has this beat
+        done = [t | o.ready for t, o in zip(taken, outs)]
+        every = Signal()
+        m.d.comb += every.eq(Cat(*done).all())
+        m.d.comb += self.i.ready.eq(every)
+        for o, t in zip(outs, taken):
+            m.d.comb += [o.payload.eq(self.i.payload), o.valid.eq(self.i.valid & ~t)]
+            with m.If(self.i.valid & every):
+                m.d.sync += t.eq(0)
+            with m.Elif(o.valid & o.ready):
+                m.d.sync += t.eq(1)
+        return m
+
+
+class RawStreamAdapter(wiring.Component):
+    """A typed pixel-stream wrapper around a component with raw ``unsigned(width)`` stream
+    ports (the layer engines): ``i`` feeds ``inner.<in_port>``, ``inner.<out_port>`` feeds
+    ``o``, bit for bit (the packing is the same)."""
+
+    def __init__(self, inner, in_sig: stream.Signature, out_sig: stream.Signature,
+                 in_port: str = "pix_in", out_port: str = "pix_out"):
+        self.inner, self.in_port, self.out_port = inner, in_port, out_port
+        for port, sig in ((in_port, in_sig), (out_port, out_sig)):
+            have = Shape.cast(getattr(inner, port).payload.shape()).width
+            want = payload_width(sig)
+            if have != want:
+                raise HwError(f"{port} of {type(inner).__name__} is {have} bits wide, the tensor needs {want}")
+        super().__init__({"i": In(in_sig), "o": Out(out_sig)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = self.inner
+        src, dst = getattr(self.inner, self.in_port), getattr(self.inner, self.out_port)
+        m.d.comb += [src.payload.eq(self.i.payload.as_value()), src.valid.eq(self.i.valid), self.i.ready.eq(src.ready),
+                     self.o.payload.eq(dst.payload), self.o.valid.eq(dst.valid), dst.ready.eq(self.o.ready)]
+        return m
+
+
+class _OpUnit(wiring.Component):
+    """Shared tail of the op units: per-channel requantizers and a credited output FIFO.
+
+    A subclass's ``elaborate`` calls :meth:`_tail` with, per channel, the signed
+    accumulator register and a flag that is high in the cycle after the accumulator was
+    loaded with a finished value; results enter the FIFO :data:`OP_LATENCY` - 1 cycles
+    after that.
+    """
+
+    def __init__(self, ports: dict, out_record: dict, requant: dict):
+        self.out_channels = int(out_record["shape"][0])
+        self.out_bits, self.out_signed = int(out_record["bits"]), bool(out_record["signed"])
+        self.shift, (self.lo, self.hi) = int(requant["shift"]), (int(v) for v in requant["clamp"])
+        super().__init__(ports)
+
+    def _tail(self, m: Module, accs: list, loaded) -> Signal:
+        """Requantize ``accs`` (loaded when ``loaded`` was high the cycle before) into the
+        output FIFO; return the credit signal (room for one more result)."""
+        ob = self.out_bits
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.out_channels * ob, depth=OP_FIFO_DEPTH)
+        outs = []
+        for c, acc in enumerate(accs):
+            rq = m.submodules[f"requant_{c}"] = Requantizer(len(acc), self.shift, self.lo, self.hi,
+                                                            element_shape(ob, self.out_signed))
+            m.d.comb += rq.acc.eq(acc)
+            outs.append(rq.out[:ob])
+        pipe = [loaded]
+        for i in range(2):      # the requantizer's two stages
+            v = Signal(name=f"rq_valid_{i}")
+            m.d.sync += v.eq(pipe[-1])
+            pipe.append(v)
+        m.d.comb += [fifo.w_stream.payload.eq(Cat(*outs)), fifo.w_stream.valid.eq(pipe[-1]),
+                     self.o.payload.eq(fifo.r_stream.payload), self.o.valid.eq(fifo.r_stream.valid),
+                     fifo.r_stream.ready.eq(self.o.ready)]
+        return fifo
+
+
+def _acc_register(m: Module, name: str, bits: int) -> Signal:
+    return Signal(signed(bits), name=name, reset_less=True)   # data: qualified by the valid pipeline
+
+
+class RequantUnit(_OpUnit):
+    """``op: requant`` (docs/artifact.md 3.4): ``out = requant(in)`` per element, one pixel per cycle.
+
+    Members: ``i`` In(signature of ``layer['in']``), ``o`` Out(signature of ``layer['out']``).
+    """
+
+    def __init__(self, layer: dict):
+        self.in_record = layer["in"]
+        super().__init__({"i": In(signature_of(layer["in"])), "o": Out(signature_of(layer["out"]))},
+                         layer["out"], layer["requant"])
+
+    def elaborate(self, platform):
+        m = Module()
+        ib, s = int(self.in_record["bits"]), bool(self.in_record["signed"])
+        accept = Signal()
+        accs = [_acc_register(m, f"x_{c}", ib + (0 if s else 1)) for c in range(self.out_channels)]
+        with m.If(accept):
+            m.d.sync += [a.eq(self.i.payload[c]) for c, a in enumerate(accs)]
+        loaded = Signal()
+        m.d.sync += loaded.eq(accept)
+        fifo = self._tail(m, accs, loaded)
+        credit = _credit(m, accept, fifo.r_stream.valid & fifo.r_stream.ready, OP_FIFO_DEPTH)
+        m.d.comb += [self.i.ready.eq(credit), accept.eq(self.i.valid & credit)]
+        return m
+
+
+class AddUnit(_OpUnit):
+    """``op: add`` (docs/artifact.md 3.3): ``out = requant((a << sa) + (b << sb))`` per element.
+
+    A pixel is taken from both inputs in the same cycle (``a.ready`` follows ``b.valid``
+    and the credit; ``b.ready`` likewise), one pixel per cycle.
+
+    Members: ``a``, ``b`` In(signatures of the producers' ``out`` records), ``o`` Out.
+    """
+
+    def __init__(self, layer: dict, a_record: dict, b_record: dict):
+        self.records = (a_record, b_record)
+        self.align = tuple(int(v) for v in layer["align"])
+        self.acc_bits = int(layer["acc"]["bits"])
+        super().__init__({"a": In(signature_of(a_record)), "b": In(signature_of(b_record)),
+                          "o": Out(signature_of(layer["out"]))}, layer["out"], layer["requant"])
+
+    def elaborate(self, platform):
+        m = Module()
+        accept = Signal()
+        accs = [_acc_register(m, f"sum_{c}", self.acc_bits) for c in range(self.out_channels)]
+        with m.If(accept):
+            m.d.sync += [acc.eq((self.a.payload[c] << self.align[0]) + (self.b.payload[c] << self.align[1]))
+                         for c, acc in enumerate(accs)]
+        loaded = Signal()
+        m.d.sync += loaded.eq(accept)
+        fifo = self._tail(m, accs, loaded)
+        credit = _credit(m, accept, fifo.r_stream.valid & fifo.r_stream.ready, OP_FIFO_DEPTH)
+        m.d.comb += [accept.eq(self.a.valid & self.b.valid & credit),
+                     self.a.ready.eq(self.b.valid & credit), self.b.ready.eq(self.a.valid & credit)]
+        return m
+
+
+class GlobalSumPoolUnit(_OpUnit):
+    """``op: global_sum_pool`` (docs/artifact.md 3.6): per channel, the sum over the frame's
+    ``H*W`` pixels, requantized; one output beat (the ``[C]`` vector) per frame.
+
+    Members: ``i`` In(signature of ``layer['in']``), ``o`` Out(signature of ``layer['out']``).
+    """
+
+    def __init__(self, layer: dict):
+        self.in_record = layer["in"]
+        self.pixels = int(layer["in"]["shape"][1]) * int(layer["in"]["shape"][2])
+        self.acc_bits = int(layer["acc"]["bits"])
+        super().__init__({"i": In(signature_of(layer["in"])), "o": Out(signature_of(layer["out"]))},
+                         layer["out"], layer["requant"])
+
+    def elaborate(self, platform):
+        m = Module()
+        accept = Signal()
+        count = Signal(range(self.pixels))
+        first, last = Signal(init=1), Signal(init=self.pixels == 1)
+        accs = [_acc_register(m, f"sum_{c}", self.acc_bits) for c in range(self.out_channels)]
+        with m.If(accept):
+            m.d.sync += [acc.eq(Mux(first, 0, acc) + self.i.payload[c]) for c, acc in enumerate(accs)]
+            m.d.sync += [count.eq(Mux(last, 0, count + 1)), first.eq(last),
+                         last.eq((self.pixels == 1) | (count == self.pixels - 2))]
+        loaded = Signal()
+        m.d.sync += loaded.eq(accept & last)
+        fifo = self._tail(m, accs, loaded)
+        credit = _credit(m, accept & last, fifo.r_stream.valid & fifo.r_stream.ready, OP_FIFO_DEPTH)
+        # Only a frame's last pixel needs room in the FIFO; the others are always taken.
+        m.d.comb += [self.i.ready.eq(~last | credit), accept.eq(self.i.valid & (~last | credit))]
+        return m
+
+
+class MaxPoolUnit(wiring.Component):
+    """``op: maxpool`` (docs/artifact.md 3.5): per channel, the maximum of each
+    ``kernel x kernel`` window. A :class:`~hw.swg.SlidingWindowGenerator` holds the rows;
+    the unit reads each window in place one pixel (``channels`` elements) per cycle and
+    keeps a running maximum, so a window takes ``kernel**2`` cycles. Padded positions
+    read as the element's minimum (the generator's ``pad``), so they never win.
+
+    Members: ``i`` In(signature of ``layer['in']``), ``o`` Out(signature of ``layer['out']``).
+    """
+
+    def __init__(self, layer: dict, line_rows: int | None = None):
+        rec = layer["in"]
+        self.channels, h, w = (int(v) for v in rec["shape"])
+        self.bits, self.is_signed = int(rec["bits"]), bool(rec["signed"])
+        self.kernel, stride, padding = int(layer["kernel"]), int(layer["stride"]), int(layer["padding"])
+        self.swg = SlidingWindowGenerator(self.channels, h, w, self.bits, self.kernel, stride, padding,
+                                          rows=line_rows, simd=self.channels, signed=self.is_signed,
+                                          pad=int_range(self.bits, self.is_signed)[0])
+        sig = signature_of(rec)
+        super().__init__({"i": In(sig), "o": Out(sig)})
+
+    def elaborate(self, platform):
+        m = Module()
+        C, B, words = self.channels, self.bits, self.kernel * self.kernel
+        shape = element_shape(B, self.is_signed)
+        m.submodules.swg = swg = self.swg
+        m.d.comb += [swg.pix_in.payload.eq(self.i.payload.as_value()), swg.pix_in.valid.eq(self.i.valid),
+                     self.i.ready.eq(swg.pix_in.ready)]
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=C * B, depth=OP_FIFO_DEPTH)
+
+        # read the offered window's pixels 0 .. k*k-1; release it with the last read
+        word = Signal(range(words))
+        at_first, at_last = Signal(init=1), Signal(init=words == 1)
+        credit = Signal()
+        go = Signal()
+        m.d.comb += [go.eq(swg.win_out.valid & (~at_first | credit)), swg.rd.step.eq(go),
+                     swg.win_out.ready.eq(go & at_last)]
+        with m.If(go):
+            m.d.sync += [word.eq(Mux(at_last, 0, word + 1)), at_first.eq(at_last),
+                         at_last.eq((words == 1) | (~at_last & (word == words - 2)))]
+        # the read data arrives WINDOW_READ_LATENCY cycles after its step
+        pipe = [(go, at_first, at_last)]
+        for i in range(WINDOW_READ_LATENCY):
+            d = (Signal(name=f"rd_valid_{i}"), Signal(name=f"rd_first_{i}"), Signal(name=f"rd_last_{i}"))
+            m.d.sync += [a.eq(b) for a, b in zip(d, pipe[-1])]
+            pipe.append(d)
+        dv, dfirst, dlast = pipe[-1]
+        cur = [Signal(shape, name=f"max_{c}", reset_less=True) for c in range(C)]
+        with m.If(dv):
+            for c in range(C):
+                v = swg.rd.data.word_select(c, B)
+                v = v.as_signed() if self.is_signed else v.as_unsigned()
+                m.d.sync += cur[c].eq(Mux(dfirst | (v > cur[c]), v, cur[c]))
+        done = Signal()
+        m.d.sync += done.eq(dv & dlast)
+        m.d.comb += [fifo.w_stream.payload.eq(Cat(*cur)), fifo.w_stream.valid.eq(done),
+                     self.o.payload.eq(fifo.r_stream.payload), self.o.valid.eq(fifo.r_stream.valid),
+                     fifo.r_stream.ready.eq(self.o.ready)]
+        m.d.comb += credit.eq(_credit(m, go & at_first, fifo.r_stream.valid & fifo.r_stream.ready, OP_FIFO_DEPTH))
+        return m

@@ -1,0 +1,324 @@
+"""The network engine's units in the Amaranth simulator, the network planner, segments and
+skip-FIFO sizing, and the whole-network generator's command line (fast set).
+
+The whole network under Verilator is tested in tests/test_sim_network.py.
+"""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("amaranth")
+
+from amaranth import ClockDomain, Module, Value  # noqa: E402
+from amaranth.sim import Simulator  # noqa: E402
+
+from artifact import golden, int_range, load_artifact  # noqa: E402
+from artifact.synth import random_resnet  # noqa: E402
+from hw.network import NetworkEngine, plan_network, select_layers, skip_depths  # noqa: E402
+from hw.simulate import pack_pixels, run_stream, unpack_pixels  # noqa: E402
+from hw.spec import HwError  # noqa: E402
+from hw.units import (AddUnit, Fork, GlobalSumPoolUnit, MaxPoolUnit, PixelFIFO, RequantUnit,  # noqa: E402
+                      connect_pixels, pixel_signature)
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = REPO / "tests" / "fixtures" / "resnet20_digits"
+
+
+def _rec(shape, bits, signed, exponent=0):
+    return {"shape": list(shape), "bits": bits, "signed": signed, "exponent": exponent}
+
+
+def _frames(rng, n, rec):
+    lo, hi = int_range(rec["bits"], rec["signed"])
+    return rng.integers(lo, hi + 1, size=(n, *rec["shape"]), dtype=np.int64)
+
+
+def _run_unit(unit, layer, x, *, bubble=0.0, stall=0.0, seed=0):
+    """Stream frames ``x`` (N, C, H, W) through a one-input unit; return its (N, C, H', W') output."""
+    n = x.shape[0]
+    rin, rout = layer["in"], layer["out"]
+    inputs = [w for f in x for w in pack_pixels(f, rin["bits"])]
+    oshape = rout["shape"] if len(rout["shape"]) == 3 else [rout["shape"][0], 1, 1]
+    per = oshape[1] * oshape[2]
+    res = run_stream(unit, inputs, n * per, in_port="i", out_port="o", bubble=bubble, stall=stall, seed=seed,
+                     max_cycles=20_000)
+    out = np.stack([unpack_pixels(res.outputs[i * per:(i + 1) * per], oshape[0], oshape[1], oshape[2],
+                                  rout["bits"], rout["signed"]) for i in range(n)])
+    return out, res
+
+
+@pytest.mark.parametrize("shift,in_signed,out_signed", [(0, False, True), (1, True, True), (3, True, False),
+                                                        (-2, False, False)])
+def test_requant_unit_is_exact_and_one_pixel_per_cycle(shift, in_signed, out_signed):
+    rng = np.random.default_rng(shift + 10)
+    rin = _rec([3, 2, 3], 7, in_signed)
+    lo, hi = int_range(6, out_signed)
+    layer = {"in": rin, "out": _rec([3, 2, 3], 6, out_signed), "requant": {"shift": shift, "clamp": [lo + 1, hi - 2]}}
+    x = _frames(rng, 3, rin)
+    got, res = _run_unit(RequantUnit(layer), layer, x)
+    want = golden.requantize(x, layer["requant"])
+    assert np.array_equal(got, want)
+    gaps = np.diff(res.out_cycles)
+    assert gaps.max() == 1, "frames back to back must leave one pixel per cycle"
+    got2, _ = _run_unit(RequantUnit(layer), layer, x, bubble=0.4, stall=0.4, seed=3)
+    assert np.array_equal(got2, want)
+
+
+def _two_input_run(dut, a_words, b_words, n_out, *, bubble=0.0, stall=0.0, seed=0, max_cycles=5000):
+    """Drive ``dut.a`` and ``dut.b`` independently (random bubbles each), drain ``dut.o``."""
+    rng = random.Random(seed)
+    outs = []
+
+    async def bench(ctx):
+        ia = ib = 0
+        ha = hb = False
+        for _ in range(max_cycles):
+            if not ha and ia < len(a_words) and rng.random() >= bubble:
+                ctx.set(Value.cast(dut.a.payload), a_words[ia])
+                ctx.set(dut.a.valid, 1)
+                ha = True
+            if not hb and ib < len(b_words) and rng.random() >= bubble:
+                ctx.set(Value.cast(dut.b.payload), b_words[ib])
+                ctx.set(dut.b.valid, 1)
+                hb = True
+            ready = rng.random() >= stall
+            ctx.set(dut.o.ready, ready)
+            _, _, ra, rb, ov, op = await ctx.tick().sample(dut.a.ready, dut.b.ready, dut.o.valid,
+                                                          Value.cast(dut.o.payload))
+            if ha and ra:
+                ia, ha = ia + 1, False
+                ctx.set(dut.a.valid, 0)
+            if hb and rb:
+                ib, hb = ib + 1, False
+                ctx.set(dut.b.valid, 0)
+            if ov and ready:
+                outs.append(op)
+            if len(outs) >= n_out:
+                return
+        raise AssertionError(f"only {len(outs)} of {n_out} outputs in {max_cycles} cycles")
+
+    top = Module()
+    top.domains.sync = ClockDomain("sync")
+    top.submodules.dut = dut
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return outs
+
+
+@pytest.mark.parametrize("align", [(0, 0), (2, 0), (0, 3)])
+def test_add_unit_aligns_adds_and_requantizes_exactly(align):
+    rng = np.random.default_rng(sum(align))
+    ra, rb = _rec([4, 2, 2], 6, True), _rec([4, 2, 2], 5, False)
+    acc_bits = max(6 + align[0], 6 + align[1]) + 2
+    layer = {"align": list(align), "acc": {"bits": acc_bits, "exponent": 0}, "out": _rec([4, 2, 2], 5, False),
+             "requant": {"shift": 1, "clamp": [0, 31]}}
+    a, b = _frames(rng, 3, ra), _frames(rng, 3, rb)
+    aw = [w for f in a for w in pack_pixels(f, 6)]
+    bw = [w for f in b for w in pack_pixels(f, 5)]
+    want = golden.requantize((a << align[0]) + (b << align[1]), layer["requant"])
+    for bubble, stall in ((0.0, 0.0), (0.5, 0.4)):
+        outs = _two_input_run(AddUnit(layer, ra, rb), aw, bw, len(aw), bubble=bubble, stall=stall, seed=7)
+        got = np.stack([unpack_pixels(outs[i * 4:(i + 1) * 4], 4, 2, 2, 5, False) for i in range(3)])
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (4, 4)])
+def test_global_sum_pool_unit_is_exact(h, w):
+    rng = np.random.default_rng(h * w)
+    rin = _rec([3, h, w], 5, True)
+    divisor = (h * w - 1).bit_length()
+    layer = {"in": rin, "out": _rec([3], 8, False), "acc": {"bits": 5 + divisor + 1, "exponent": 0},
+             "divisor_log2": divisor, "requant": {"shift": divisor, "clamp": [0, 255]}}
+    x = _frames(rng, 4, rin)
+    got, _ = _run_unit(GlobalSumPoolUnit(layer), layer, x, bubble=0.3, stall=0.3, seed=1)
+    want = golden.requantize(x.sum(axis=(2, 3)), layer["requant"])
+    assert np.array_equal(got.reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,signed", [(2, 2, 0, False), (3, 2, 1, True), (3, 1, 1, False)])
+def test_maxpool_unit_is_exact(kernel, stride, padding, signed):
+    """Signed input with padding: the padded positions must never win (they read as the minimum)."""
+    from artifact import conv_out_hw
+    rng = np.random.default_rng(kernel * 10 + stride)
+    rin = _rec([2, 5, 6], 4, signed)
+    oh, ow = conv_out_hw(5, 6, kernel, stride, padding)
+    layer = {"name": "mp", "op": "maxpool", "in": rin, "out": _rec([2, oh, ow], 4, signed), "kernel": kernel,
+             "stride": stride, "padding": padding}
+    x = _frames(rng, 2, rin)
+    if signed:
+        x = np.minimum(x, -1)           # all negative: a zero-padded window would answer 0
+    got, _ = _run_unit(MaxPoolUnit(layer), layer, x, bubble=0.2, stall=0.3, seed=2)
+    want, _ = golden.run_layer(layer, [x], {})
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_fork_delivers_every_beat_to_every_output(n):
+    sig = pixel_signature(2, 4, False)
+    fork = Fork(sig, n)
+    words = list(range(40))
+    rng = random.Random(n)
+    got = [[] for _ in range(n)]
+
+    async def bench(ctx):
+        i, holding = 0, False
+        for _ in range(2000):
+            if not holding and i < len(words) and rng.random() >= 0.3:
+                ctx.set(Value.cast(fork.i.payload), words[i])
+                ctx.set(fork.i.valid, 1)
+                holding = True
+            readies = [rng.random() >= 0.5 for _ in range(n)]
+            for o, r in zip(fork.outputs(), readies):
+                ctx.set(o.ready, r)
+            sampled = await ctx.tick().sample(fork.i.ready, *[s for o in fork.outputs()
+                                                               for s in (o.valid, Value.cast(o.payload))])
+            in_ready = sampled[2]
+            for k in range(n):
+                if sampled[3 + 2 * k] and readies[k]:
+                    got[k].append(sampled[4 + 2 * k])
+            if holding and in_ready:
+                i, holding = i + 1, False
+                ctx.set(fork.i.valid, 0)
+            if all(len(g) == len(words) for g in got):
+                return
+        raise AssertionError("fork did not deliver every beat")
+
+    top = Module()
+    top.domains.sync = ClockDomain("sync")
+    top.submodules.fork = fork
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert all(g == words for g in got)
+
+
+def test_typed_streams_refuse_a_width_or_signedness_mismatch():
+    a = PixelFIFO(pixel_signature(4, 8, True), 2)
+    b = PixelFIFO(pixel_signature(4, 8, False), 2)
+    c = PixelFIFO(pixel_signature(4, 8, True), 2)
+    d = PixelFIFO(pixel_signature(4, 7, True), 2)
+    m = Module()
+    with pytest.raises(HwError, match="4-channel 8-bit signed stream to a 4-channel 8-bit unsigned input"):
+        connect_pixels(m, a.o, b.i)
+    with pytest.raises(HwError, match="7-bit"):
+        connect_pixels(m, a.o, d.i)
+    connect_pixels(m, a.o, c.i)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@pytest.fixture(scope="module")
+def fixture_art():
+    return load_artifact(FIXTURE)
+
+
+def test_network_plan_balances_one_budget(fixture_art):
+    seg, _, _ = select_layers(fixture_art)
+    prev = None
+    for budget in (64, 128, 156):
+        plan = plan_network(fixture_art, seg, budget)
+        assert plan.multipliers <= budget
+        assert plan.cycles_per_frame == max(plan.unit_cycles.values())
+        assert plan.ideal_cycles <= plan.cycles_per_frame
+        macs = sum(s.macs for ss in plan.specs.values() for s in ss)
+        assert plan.macs == macs == 1_266_376
+        if prev is not None:
+            assert plan.cycles_per_frame <= prev
+        prev = plan.cycles_per_frame
+    n = sum(len(s) for s in plan.specs.values())
+    with pytest.raises(HwError, match=f"network has {n} MAC stages"):
+        plan_network(fixture_art, seg, n - 1)
+    assert plan_network(fixture_art, seg, n).multipliers == n
+
+
+def test_segments_must_be_contiguous(fixture_art):
+    seg, entry, _ = select_layers(fixture_art, "layer1.1.conv1", "layer1.1.add")
+    assert entry == "layer1.0.add" and [l["name"] for l in seg][-1] == "layer1.1.add"
+    with pytest.raises(HwError, match="skip edge crosses"):
+        select_layers(fixture_art, "layer1.1.conv2", "layer1.1.add")
+    with pytest.raises(HwError, match="skip edge crosses"):
+        select_layers(fixture_art, "layer1.0.add", "layer1.1.conv2")
+    assert select_layers(fixture_art, "layer1.1.conv1", "layer1.1.conv2")[1] == "layer1.0.add"
+    with pytest.raises(HwError, match="is empty"):
+        select_layers(fixture_art, "fc", "conv1")
+    with pytest.raises(HwError, match="not in the artifact"):
+        select_layers(fixture_art, "nope", None)
+
+
+def test_skip_fifo_depth_covers_the_branch_lead(fixture_art):
+    seg, entry, rec = select_layers(fixture_art)
+    plan = plan_network(fixture_art, seg, 128)
+    records = {entry: rec, **{l["name"]: l["out"] for l in seg}}
+    depths = skip_depths(seg, records, plan)
+    adds = [l["name"] for l in seg if l["op"] == "add"]
+    assert sorted(a for a, _ in depths) == sorted(adds)
+    # the shortcut (operand 1) runs ahead: two 3x3 windows on an 8x8 image lag 2 * (8 + 1) pixels
+    assert all(i == 1 for _, i in depths)
+    assert depths[("layer1.1.add", 1)] >= 18
+
+
+def test_network_engine_in_amaranth_simulation_is_exact():
+    art = random_resnet(3, channels=(1, 2), height=(3, 3), width=(3, 4), stages=1, blocks=1, maxpool=False)
+    seg, entry, rec = select_layers(art)
+    plan = plan_network(art, seg, 40)
+    net = NetworkEngine(art, plan)
+    x = _frames(np.random.default_rng(0), 2, rec)
+    inputs = [w for f in x for w in pack_pixels(f, rec["bits"])]
+    res = run_stream(net, inputs, 2, bubble=0.3, stall=0.3, seed=5, max_cycles=40 * plan.cycles_per_frame + 4000)
+    out = art.manifest["layers"][-1]["out"]
+    got = np.stack([unpack_pixels([w], out["shape"][0], 1, 1, out["bits"], out["signed"]).reshape(-1)
+                    for w in res.outputs])
+    assert np.array_equal(got, golden.run(art, x))
+
+
+# ----------------------------------------------------------------------------- generation
+
+def _generate(*args):
+    return subprocess.run([sys.executable, "-m", "hw.generate", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=600)
+
+
+def test_generate_writes_the_whole_network(tmp_path):
+    from artifact import save_artifact
+    art = random_resnet(1, channels=(1, 3), height=(4, 4), width=(4, 4), stages=2, blocks=1)
+    save_artifact(tmp_path / "art", art.manifest, art.tensors)
+    r = _generate("--artifact", str(tmp_path / "art"), "--out", str(tmp_path / "hw"), "--multipliers", "40")
+    assert r.returncode == 0, r.stderr
+    desc = json.loads(next((tmp_path / "hw").glob("*.json")).read_text())
+    assert desc["format"] == "elrt-hw-network"
+    assert [u["name"] for u in desc["units"]] == [l["name"] for l in art.manifest["layers"]]
+    assert desc["multipliers"]["used"] <= 40
+    assert desc["cycles_per_frame"] == max(u["cycles_per_frame"] for u in desc["units"])
+    assert {s["add"] for s in desc["skip_fifos"]} <= {l["name"] for l in art.manifest["layers"] if l["op"] == "add"}
+    text = (tmp_path / "hw" / desc["verilog"]).read_text()
+    assert f"module {desc['top']}" in text and "pix_out__payload" in text
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--layers", "fc:conv1"], "is empty"),
+    (["--layers", "layer1.1.conv2:layer1.1.add"], "skip edge crosses"),
+    (["--layers", "a:b:c"], "not FIRST:LAST"),
+    (["--layer", "fc", "--layers", "conv1:fc"], "exclude each other"),
+    (["--multipliers", "5"], "MAC stages"),
+    (["--min-utilisation", "0.5"], "applies to --layer"),
+    (["--part", "XC9"], "unknown FPGA part"),
+    (["--part", "LFE5U-25F"], "MAC stages"),
+    (["--part", "LFE5U-45F"], "but LFE5U-45F has"),
+    (["--layer", "fc", "--part", "LFE5U-85F"], "applies to the whole network"),
+])
+def test_generate_network_bad_input_is_one_line(tmp_path, args, needle):
+    r = _generate("--artifact", str(FIXTURE), "--out", str(tmp_path / "o"), *args)
+    assert r.returncode == 2
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

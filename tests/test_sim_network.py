@@ -1,0 +1,104 @@
+"""The whole-network engine under cocotb + Verilator, compared with the golden model.
+
+Fast set: one random residual network (identity and strided shortcuts, pooling,
+classifier), a fault that the comparison must find, the default trained network on a
+few images, and the command line's bad input. Slow: the default network on the 360
+held-out digits test images shipped with the fixture.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cocotb")
+pytest.importorskip("amaranth")
+
+from artifact import golden, load_artifact  # noqa: E402
+from artifact.synth import random_resnet  # noqa: E402
+from sim.network import network_passed, run_network  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = REPO / "tests" / "fixtures" / "resnet20_digits"
+TEST_INPUTS = REPO / "tests" / "fixtures" / "test_inputs.npy"
+TEST_LABELS = REPO / "tests" / "fixtures" / "test_labels.npy"
+
+
+def _quiet(_line):
+    pass
+
+
+@pytest.fixture(scope="module")
+def small_net():
+    return random_resnet(11, channels=(2, 3), height=(5, 5), width=(4, 4), stages=2, blocks=1,
+                         shortcut="strided", maxpool=False)
+
+
+def _check_report(report, n):
+    assert report["images"] == n
+    assert report["mismatches"] == 0, report
+    assert report["classes_identical"]
+    assert {"clean", "stress", "reset"} <= set(report["phases"])
+    assert all(p["mismatches"] == 0 for p in report["phases"].values())
+    assert report["taps"] and all(t["mismatches"] == 0 for t in report["taps"].values())
+    assert report["cycles_per_frame_measured"] is not None
+    assert report["ideal_cycles_per_frame"] <= report["cycles_per_frame_expected"]
+    got = np.load(report["outputs"], allow_pickle=False)
+    assert got.dtype == np.int64 and got.shape[0] == n
+
+
+def test_random_residual_network_is_bit_exact_in_verilator(small_net, tmp_path):
+    report = run_network(small_net, tmp_path / "net", images=5, stress_frames=4, seed=3, progress=_quiet)
+    _check_report(report, 5)
+    assert network_passed(report)
+    # steady state within 5% of the planner's expectation
+    assert abs(report["cycles_per_frame_measured"] / report["cycles_per_frame_expected"] - 1) <= 0.05
+    on_disk = json.loads((tmp_path / "net" / "network.json").read_text())
+    assert on_disk["mismatches"] == 0 and on_disk["outputs"] == report["outputs"]
+
+
+def test_a_wrong_weight_in_the_rtl_is_found(small_net, tmp_path):
+    report = run_network(small_net, tmp_path / "bad", images=4, stress_frames=0, seed=3, inject="weight",
+                         progress=_quiet)
+    assert report["mismatches"] > 0 and not network_passed(report)
+
+
+def test_default_network_on_a_few_test_images(tmp_path):
+    art = load_artifact(FIXTURE)
+    x = np.load(TEST_INPUTS, allow_pickle=False)[:3]
+    report = run_network(art, tmp_path / "net", inputs=x, stress_frames=3, seed=1, progress=_quiet)
+    _check_report(report, 3)
+    assert np.array_equal(np.load(report["outputs"]), golden.run(art, x).reshape(3, -1))
+
+
+@pytest.mark.slow
+def test_default_network_on_all_360_test_images(tmp_path):
+    art = load_artifact(FIXTURE)
+    x = np.load(TEST_INPUTS, allow_pickle=False)
+    labels = np.load(TEST_LABELS, allow_pickle=False)
+    report = run_network(art, tmp_path / "net", inputs=x, labels=labels, stress_frames=8, seed=1, progress=_quiet)
+    _check_report(report, 360)
+    assert report["accuracy"] == report["golden_accuracy"] == art.manifest["model"]["test_acc"]
+
+
+def _sim(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "sim", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize("make_args,needle", [
+    (lambda t: ["--network", "--no-network"], "exclude each other"),
+    (lambda t: ["--network", "--inputs", str(t / "missing.npy")], "missing.npy"),
+    (lambda t: ["--network", "--inputs", str(t / "wrong.npy")], "expected shape"),
+    (lambda t: ["--no-network", "--images", "3"], "for the whole network"),
+    (lambda t: ["--network", "--multipliers", "3"], "MAC stages"),
+])
+def test_network_command_line_bad_input_is_one_line(tmp_path, make_args, needle):
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 8, 8), dtype=np.int8))
+    r = _sim("--artifact", str(FIXTURE), "--out", str(tmp_path / "o"), *make_args(tmp_path))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
