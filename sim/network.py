@@ -59,10 +59,14 @@ def random_networks(seed: int, count: int, images: int) -> list[dict]:
 def check_network(artifact, multipliers: int | None = None):
     """Plan the whole network before anything is built (HwError, one line, for an op the
     hardware cannot build or a budget below one multiplier per MAC stage); return the plan."""
-    from hw.network import NetworkEngine, plan_network, select_layers
+    from hw.engine import check_engine
+    from hw.network import plan_network, select_layers
+    from hw.planner import fixed_folding
     seg, _, _ = select_layers(artifact)
     plan = plan_network(artifact, seg, multipliers)
-    NetworkEngine(artifact, plan)               # every unit's geometry is checked here
+    for name, specs in plan.specs.items():      # each layer engine's geometry, without building it
+        if specs:
+            check_engine(specs, fixed_folding(specs, [(f.pe, f.simd) for f in plan.folds[name]]))
     return plan
 
 
