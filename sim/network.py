@@ -152,8 +152,8 @@ def run_network(artifact, out, *, inputs: np.ndarray | None = None, images: int 
     x = check_input_array({"input": entry_rec}, inputs) if inputs is not None else \
         random_images(artifact, images, seed, entry_rec)
     n = x.shape[0]
-    plan = plan_network(artifact, seg, multipliers)
-    hw_art = _inject_weight(artifact, seg) if inject == "weight" else artifact
+    hw_art = _inject_weight(artifact, seg, x) if inject == "weight" else artifact
+    plan = plan_network(hw_art, seg, multipliers)   # the stage specs carry the weights the RTL is built from
     net = NetworkEngine(hw_art, plan, first, last)
     out_rec = seg[-1]["out"]
     beats_in = int(np.prod(entry_rec["shape"][1:])) if len(entry_rec["shape"]) == 3 else 1
@@ -264,18 +264,26 @@ def _score(results: dict, want: dict, seg, entry, out_rec, plan, n, beats_out, t
     return report
 
 
-def _inject_weight(artifact, seg):
-    """A copy of the artifact with one weight of the first MAC layer moved to the other end
-    of its range (a fault the comparison must find)."""
+def _inject_weight(artifact, seg, x):
+    """A copy of the artifact with one weight of the last MAC layer set to 0: of the first
+    output channel's weights (at the kernel centre), the one whose product with its input
+    channel is largest on these images, so the fault reaches the outputs (a fault the
+    comparison must find). Zeroing never widens the accumulator bound (rule 10)."""
     from artifact import Artifact
+    mac = [l for l in seg if l.get("weight") or l.get("stages")]
+    if not mac:
+        return artifact
+    layer = mac[-1]
+    stage = layer if layer.get("weight") else layer["stages"][0]
+    entry = seg[0]["inputs"][0]
+    values = golden_segment(artifact, seg, entry, x)
+    feed = values[layer["inputs"][0]]
     tensors = dict(artifact.tensors)
-    for layer in seg:
-        key = layer.get("weight") or next((s["weight"] for s in layer.get("stages", [])), None)
-        if key:
-            w = tensors[key].copy()
-            flat = w.reshape(-1)
-            lo, hi = int_range(layer.get("weight_bits") or layer["stages"][0]["weight_bits"], True)
-            flat[0] = lo + 1 if flat[0] > 0 else hi
-            tensors[key] = w
-            return Artifact(artifact.manifest, tensors, artifact.path)
-    return artifact
+    w = tensors[stage["weight"]].copy()
+    centre = (w.ndim - 2) * (int(stage.get("kernel", 1)) // 2,)
+    magnitude = np.abs(feed).reshape(feed.shape[0], feed.shape[1], -1).sum(axis=(0, 2))
+    row = np.abs(w[(0, slice(None)) + centre].astype(np.int64))
+    index = (0, int((magnitude * row).argmax())) + centre
+    w[index] = 0
+    tensors[stage["weight"]] = w
+    return Artifact(artifact.manifest, tensors, artifact.path)

@@ -108,7 +108,7 @@ CASES = [
     ("sim", ["--artifact", "{art}", "--layer", "nope", "--out", "{out}"], "no layer 'nope'"),
     ("sim", ["--artifact", "{art}", "--multipliers", "0", "--out", "{out}"], "outside"),
     ("sim", ["--artifact", "{art}", "--multipliers", "2", "--out", "{out}"], "too small"),
-    ("sim", ["--artifact", "{conv}", "--out", "{out}"], "no Tucker-2 layer"),
+    ("sim", ["--artifact", "{conv}", "--no-network", "--out", "{out}"], "no Tucker-2 layer"),
     ("sim", ["--artifact", "{bad_art}", "--out", "{out}"], "bad_art"),
     ("sim", ["--artifact", "", "--out", "{out}"], "empty"),
     ("sim", ["--seed", "nan", "--out", "{out}"], "--seed"),
