@@ -26,6 +26,7 @@ balanced by :func:`plan_network`.
 """
 from __future__ import annotations
 
+import abc
 import bisect
 import math
 from dataclasses import dataclass, field
@@ -110,7 +111,7 @@ def _records(seg: list[dict], entry: str, entry_record: dict) -> dict:
 
 # ----------------------------------------------------------------------------- lowerings
 
-class _Lowering:
+class _Lowering(abc.ABC):
     """How an op lowers to hardware. ``stages`` gives its MAC stages (planned together for
     the network's budget), ``build`` its unit (a Component with In ports named by
     ``in_ports`` and an Out port ``o``), ``cycles`` its cycles per frame, ``ready_table``
@@ -121,8 +122,9 @@ class _Lowering:
     def stages(self, artifact, layer: dict) -> list[StageSpec]:
         return []
 
+    @abc.abstractmethod
     def build(self, layer: dict, operands: list[dict], folds: list[StageFold], line_rows, specs):
-        raise NotImplementedError
+        """The unit's component for ``layer`` (operand records, its stages' folds and specs)."""
 
     def cycles(self, layer: dict, folds: list[StageFold]) -> int:
         """Cycles per frame at one pixel per cycle (the op units' rate)."""
