@@ -31,8 +31,10 @@ class Built:
 
 
 def quant_config(cfg: dict) -> QuantConfig:
+    """The quantization of ``cfg``; a configuration without ``quant_impl`` (one written before
+    the option existed) gets the default implementation, which trains and exports the same model."""
     return QuantConfig(bool(cfg.get("quant", True)), cfg.get("weight_bits", 8), cfg.get("act_bits", 8),
-                       cfg.get("input_bits", 8))
+                       cfg.get("input_bits", 8), cfg.get("quant_impl", QuantConfig.impl))
 
 
 def choose_ranks(cfg: dict, in_shape, num_classes: int) -> dict:

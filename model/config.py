@@ -295,7 +295,7 @@ def validate(cfg: dict) -> dict:
     from . import regularizers
     from .data import DATASETS
     from .nets import MODELS
-    from .quant import MAX_BITS, MIN_BITS
+    from .quant import IMPLS, MAX_BITS, MIN_BITS
 
     unknown = sorted(str(k) for k in set(cfg) - set(defaults()))
     if unknown:
@@ -311,6 +311,7 @@ def validate(cfg: dict) -> dict:
     choice("regularizer", regularizers.KINDS)
     choice("schedule", SCHEDULES)
     choice("device", DEVICES)
+    choice("quant_impl", IMPLS)
     for key in ("weight_bits", "act_bits", "input_bits"):
         if not MIN_BITS <= cfg[key] <= MAX_BITS:
             raise ConfigError(f"{_flag(key)} must be from {MIN_BITS} to {MAX_BITS}, got {cfg[key]}")

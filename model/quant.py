@@ -9,6 +9,12 @@ shift and the QAT model's arithmetic is exactly the integer contract (design sec
   (unsigned, after ReLU) at ``act_bits``, learned power-of-two scale;
 * rounding: ``torch.round`` (round half to even) then clamp.
 
+``impl`` chooses how they run: ``"brevitas"`` uses the quantizers above as Brevitas ships
+them; ``"fused"`` uses ``model/fastquant.py``'s subclasses of the same quantizers, whose
+integer quantization, training-mode scale and activation percentile are one autograd
+Function each: the same values, gradients, state_dict and export, with fewer passes over
+each tensor and far fewer operations per call (docs/method.md section 6.3).
+
 With ``QuantConfig(enabled=False)`` the same factories return ``nn.Conv2d``,
 ``nn.Linear``, ``nn.Identity`` and ``nn.ReLU``, so the network code is written once.
 """
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 MIN_BITS, MAX_BITS = 2, 8
+IMPLS = ("fused", "brevitas")
 
 
 @dataclass(frozen=True)
@@ -29,8 +36,11 @@ class QuantConfig:
     weight_bits: int = 8
     act_bits: int = 8
     input_bits: int = 8
+    impl: str = "fused"
 
     def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"quant-impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
         for field in ("weight_bits", "act_bits", "input_bits"):
             bits = getattr(self, field)
             if not (isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS):
@@ -41,15 +51,25 @@ class QuantConfig:
 FLOAT = QuantConfig(enabled=False)
 
 
+def _quantizers(qc: QuantConfig):
+    """(weight, signed activation, unsigned activation) quantizer classes of ``qc.impl``."""
+    if qc.impl == "fused":
+        from .fastquant import (FusedInt8ActPerTensorFixedPoint, FusedInt8WeightPerTensorFixedPoint,
+                                FusedUint8ActPerTensorFixedPoint)
+        return FusedInt8WeightPerTensorFixedPoint, FusedInt8ActPerTensorFixedPoint, FusedUint8ActPerTensorFixedPoint
+    from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Uint8ActPerTensorFixedPoint
+    return Int8WeightPerTensorFixedPoint, Int8ActPerTensorFixedPoint, Uint8ActPerTensorFixedPoint
+
+
 def conv2d(qc: QuantConfig, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0,
            dilation: int = 1, groups: int = 1, bias: bool = False) -> nn.Module:
     """A (quantized) 2-D convolution; its output is the accumulator (not requantized)."""
     if not qc.enabled:
         return nn.Conv2d(cin, cout, kernel, stride, padding, dilation, groups, bias)
     from brevitas.nn import QuantConv2d
-    from brevitas.quant import Int8WeightPerTensorFixedPoint, Int32Bias
+    from brevitas.quant import Int32Bias
     return QuantConv2d(cin, cout, kernel, stride, padding, dilation, groups, bias=bias,
-                       weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=qc.weight_bits,
+                       weight_quant=_quantizers(qc)[0], weight_bit_width=qc.weight_bits,
                        bias_quant=Int32Bias, return_quant_tensor=False)
 
 
@@ -58,8 +78,8 @@ def linear(qc: QuantConfig, cin: int, cout: int, bias: bool = True) -> nn.Module
     if not qc.enabled:
         return nn.Linear(cin, cout, bias)
     from brevitas.nn import QuantLinear
-    from brevitas.quant import Int8WeightPerTensorFixedPoint, Int32Bias
-    return QuantLinear(cin, cout, bias=bias, weight_quant=Int8WeightPerTensorFixedPoint,
+    from brevitas.quant import Int32Bias
+    return QuantLinear(cin, cout, bias=bias, weight_quant=_quantizers(qc)[0],
                        weight_bit_width=qc.weight_bits, bias_quant=Int32Bias, return_quant_tensor=False)
 
 
@@ -68,8 +88,8 @@ def act(qc: QuantConfig, signed: bool = True, bits: int | None = None) -> nn.Mod
     if not qc.enabled:
         return nn.Identity()
     from brevitas.nn import QuantIdentity
-    from brevitas.quant import Int8ActPerTensorFixedPoint, Uint8ActPerTensorFixedPoint
-    quant = Int8ActPerTensorFixedPoint if signed else Uint8ActPerTensorFixedPoint
+    _, signed_quant, unsigned_quant = _quantizers(qc)
+    quant = signed_quant if signed else unsigned_quant
     return QuantIdentity(act_quant=quant, bit_width=bits or qc.act_bits, return_quant_tensor=True)
 
 
@@ -78,8 +98,7 @@ def relu(qc: QuantConfig) -> nn.Module:
     if not qc.enabled:
         return nn.ReLU(inplace=False)
     from brevitas.nn import QuantReLU
-    from brevitas.quant import Uint8ActPerTensorFixedPoint
-    return QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=qc.act_bits, return_quant_tensor=True)
+    return QuantReLU(act_quant=_quantizers(qc)[2], bit_width=qc.act_bits, return_quant_tensor=True)
 
 
 def input_quant(qc: QuantConfig) -> nn.Module:

@@ -192,11 +192,18 @@ def fold_epoch(cfg: dict) -> int:
 RECALIBRATION_IMAGES = 4096   # BN statistics are recomputed on (at most) this many training images before the fold
 
 
-def calibration_batches(ds: data_mod.TensorSet, batch_size: int, device, limit: int = RECALIBRATION_IMAGES):
+def to_device(x: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
+    """A batch of inputs on ``device``, images (4-D) in channels_last order when asked for."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def calibration_batches(ds: data_mod.TensorSet, batch_size: int, device, limit: int = RECALIBRATION_IMAGES,
+                        channels_last: bool = False):
     """The first ``limit`` training images, un-augmented, in order (no RNG is drawn)."""
     n = min(len(ds), limit)
     for i in range(0, n, batch_size):
-        yield ds.x[i:min(i + batch_size, n)].to(device)
+        yield to_device(ds.x[i:min(i + batch_size, n)], device, channels_last)
 
 
 def fold(model: nn.Module, batches=None) -> int:
@@ -215,13 +222,14 @@ def fold(model: nn.Module, batches=None) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: data_mod.TensorSet, device, batch_size: int = 512) -> tuple[float, float]:
+def evaluate(model: nn.Module, ds: data_mod.TensorSet, device, batch_size: int = 512,
+             channels_last: bool = False) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on ``ds`` in eval mode."""
     was = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
     for i in range(0, len(ds), batch_size):
-        x, y = ds.x[i:i + batch_size].to(device), ds.y[i:i + batch_size].to(device)
+        x, y = to_device(ds.x[i:i + batch_size], device, channels_last), ds.y[i:i + batch_size].to(device)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -391,13 +399,17 @@ def _train(cfg: dict, overrides: dict, d: Dist, progress: dict | None = None) ->
         history = list(ck.get("metrics", {}).get("epochs", []))
         train_time = float(ck.get("metrics", {}).get("train_time_s", 0.0))
     model.to(device)
+    if cfg["channels_last"]:
+        model.to(memory_format=torch.channels_last)
     model.train()
 
     ranks_out = {k: list(v) for k, v in built.ranks.items()}
     totals = built.totals
     rows = [dataclasses.asdict(r) for r in built.rows]
+    mode = (f"QAT w{cfg['weight_bits']}/a{cfg['act_bits']}/in{cfg['input_bits']} ({cfg['quant_impl']} quantizers)"
+            if cfg["quant"] else "float")
     say(f"{cfg['model']} on {bundle.describe()}; {'dense' if not built.ranks else f'{len(built.ranks)} low-rank layers'}"
-        f", {'QAT w%d/a%d/in%d' % (cfg['weight_bits'], cfg['act_bits'], cfg['input_bits']) if cfg['quant'] else 'float'}"
+        f", {mode}"
         f", regulariser {cfg['regularizer']} x {cfg['reg_weight']:g}" + (f", {d.world} processes" if d.on else ""))
     say(flops.format_table(built.rows))
 
@@ -476,7 +488,8 @@ def _train(cfg: dict, overrides: dict, d: Dist, progress: dict | None = None) ->
     for epoch in range(start_epoch, cfg["epochs"]):
         progress["epoch"] = epoch + 1
         if not folded and epoch >= fold_at:
-            n = fold(model, calibration_batches(bundle.train, per_rank_batch, device))
+            n = fold(model, calibration_batches(bundle.train, per_rank_batch, device,
+                                                channels_last=cfg["channels_last"]))
             folded = True
             net = wrap(model)
             opt = make_optimizer(model, cfg)
@@ -493,7 +506,7 @@ def _train(cfg: dict, overrides: dict, d: Dist, progress: dict | None = None) ->
         for step, (x, y) in enumerate(bar):
             if bundle.augment.active and cfg["augment"]:
                 x = bundle.augment(x, aug_gen)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_device(x, device, cfg["channels_last"]), y.to(device, non_blocking=True)
             lr = schedule.apply(opt)
             logits = net(x)
             ce = F.cross_entropy(logits, y, label_smoothing=cfg["label_smoothing"])
@@ -521,7 +534,7 @@ def _train(cfg: dict, overrides: dict, d: Dist, progress: dict | None = None) ->
             reg_sum += reg_value * b
             bar.set_postfix(loss=f"{ce_value:.3f}", lr=f"{lr:.3g}")
         loss_sum, correct, count, reg_sum = _all_sum([loss_sum, correct, count, reg_sum], d, device)
-        test_loss, test_acc = evaluate(model, bundle.test, device)
+        test_loss, test_acc = evaluate(model, bundle.test, device, channels_last=cfg["channels_last"])
         if not math.isfinite(test_loss):
             raise diverged(f"the test loss became {test_loss} after epoch {epoch + 1}")
         dt = time.time() - t0
@@ -548,12 +561,13 @@ def _train(cfg: dict, overrides: dict, d: Dist, progress: dict | None = None) ->
 
     progress["phase"] = "final"
     if not stopped and not folded:
-        n = fold(model, calibration_batches(bundle.train, per_rank_batch, device))
+        n = fold(model, calibration_batches(bundle.train, per_rank_batch, device,
+                                            channels_last=cfg["channels_last"]))
         folded = True
         say(f"folded {n} BatchNorm layers into their convs after training")
         save_checkpoint(len(history))
 
-    test_loss, test_acc = evaluate(model, bundle.test, device)
+    test_loss, test_acc = evaluate(model, bundle.test, device, channels_last=cfg["channels_last"])
     final = {"test_acc": test_acc, "test_loss": test_loss,
              "train_acc": history[-1]["train_acc"] if history else None, "epochs_done": len(history),
              "bn_folded": folded, "bn_folded_check": is_folded(model), "train_time_s": train_time}
