@@ -3,21 +3,30 @@
 ::
 
     python -m deploy.host --port PORT [--baud 115200] info
-    python -m deploy.host --port PORT infer --npy FILE.npy [--artifact DIR [--layer NAME] --check] [--out Y.npy]
+    python -m deploy.host --port PORT infer --npy FILE.npy [--labels L.npy] [--artifact DIR [--layer NAME] --check]
+        [--out Y.npy]
     python -m deploy.host --port PORT infer --digits N --artifact DIR [--layer NAME] [--check]
     python -m deploy.host serve --artifact DIR [--layer NAME] [--tcp PORT]     # a board model on a pty/socket
 
 ``PORT`` is anything pyserial opens: ``/dev/ttyUSB0``, a pty path, ``loop://``,
-``socket://HOST:PORT``. The board describes its layer (``info``: input and output
-shapes, bit widths, clock, baud), so ``infer`` needs no artifact unless it has to
-quantise images (``--digits``: scikit-learn's 8x8 digits, scaled to [-1, 1] as in
-training and quantised with :func:`artifact.golden.quantize_input` and the artifact's
-input record) or check the answers against the golden model (``--check``).
+``socket://HOST:PORT``. The board describes what it runs (``info``: the whole network or
+one layer, input and output shapes, bit widths, multipliers, cycles per frame, clock,
+baud), so ``infer`` needs no artifact unless it has to quantise images (``--digits``:
+scikit-learn's first N 8x8 digits, scaled to [-1, 1] as in training and quantised with
+:func:`artifact.golden.quantize_input` and the artifact's input record; they are not the
+held-out test images, which a run folder's ``test_inputs.npy`` holds) or check the answers
+against the golden model (``--check``). Without ``--layer`` the board must run the whole
+network; ``--layer NAME`` talks to a board running that one layer.
+
+Every answer carries the board's class (argmax of the output values, for a vector output)
+and its cycle count from the first input beat to the last output beat (the latency, for
+a network). With labels (``--digits``, ``--labels``, or a ``test_labels.npy`` beside a
+``--npy .../test_inputs.npy``) the accuracy of the board's classes is printed.
 
 Input ``.npy``: integer tensors ``(N, C, H, W)`` or one ``(C, H, W)`` frame, already in
-the layer input's integer range (checked with :func:`artifact.io.check_input_array`
-against the artifact layer's input before the port is opened, and against the board's
-layer once it has answered ``info``). ``--out Y.npy`` is written at exactly that path
+the input's integer range (checked with :func:`artifact.io.check_input_array` against
+the artifact's network or layer input before the port is opened, and against the
+board's once it has answered ``info``). ``--out Y.npy`` is written at exactly that path
 (it must end in ``.npy``), atomically. With ``--json FILE`` a machine-readable record of
 the run is written. Exit status: 0 all frames answered (and matched, with ``--check``),
 1 a mismatch or a failed request, 2 bad input (one line on stderr, nothing sent or
@@ -65,22 +74,24 @@ def digits_images(artifact, n: int, offset: int = 0) -> tuple[np.ndarray, np.nda
 
 
 def _layer_for(art, name):
-    """The board's layer: ``name`` (an op the hardware generator builds) or the default."""
-    if name:
-        from hw.spec import SUPPORTED_OPS
-        op = art.layer(name)["op"]
-        if op not in SUPPORTED_OPS:
-            raise UsageError(f"layer {name!r} has op {op!r}, which no board runs (board layers: "
-                             f"{', '.join(SUPPORTED_OPS)})")
-        return name
-    from deploy.fpga.build import default_layer
-    return default_layer(art)
+    """The board's layer: ``name`` (an op the hardware generator builds), or None (the whole network)."""
+    if name is None:
+        return None
+    if not name.strip():
+        raise UsageError("--layer is empty; give a layer name of the manifest (or none: the whole network)")
+    from hw.spec import SUPPORTED_OPS
+    op = art.layer(name)["op"]
+    if op not in SUPPORTED_OPS:
+        raise UsageError(f"layer {name!r} has op {op!r}, which no board runs (board layers: "
+                         f"{', '.join(SUPPORTED_OPS)})")
+    return name
 
 
 def _cmd_info(link, args, out) -> int:
     info = link.board_info()
     rec = info.as_dict()
-    print(f"board: {info.op} layer, input {list(info.in_shape)} x {info.in_bits}-bit "
+    what = f"network of {info.layers} layers" if info.op == "network" else f"{info.op} layer"
+    print(f"board: {what}, input {list(info.in_shape)} x {info.in_bits}-bit "
           f"{'signed' if info.in_signed else 'unsigned'} -> output {list(info.out_shape)} x {info.out_bits}-bit "
           f"{'signed' if info.out_signed else 'unsigned'}")
     print(f"       {info.multipliers} multipliers, {info.cycles_per_frame} cycles/frame, clock "
@@ -104,16 +115,12 @@ def _batched(x: np.ndarray, shape) -> np.ndarray:
     return x[None] if x.ndim == len(shape) else x
 
 
-def _layer_input(art, layer: str) -> dict:
-    rec = art.layer(layer)
-    return rec.get("in", rec.get("stages", [rec])[0]["in"])
-
-
 def _prepare_infer(args) -> dict:
-    """Everything ``infer`` needs that does not need the board: artifact, layer, frames
-    (checked against the layer input), digit labels. UsageError / ArtifactError."""
+    """Everything ``infer`` needs that does not need the board: artifact, layer (None: the
+    whole network), frames (checked against its input), labels. UsageError / ArtifactError."""
     from artifact import load_artifact
     from artifact.io import check_input_array
+    from deploy.fpga.board_model import input_record
     if (args.check or args.digits) and not args.artifact:
         raise UsageError(f"{'--check' if args.check else '--digits'} needs --artifact DIR"
                          + (" (for the golden model)" if args.check else " (for the input quantiser)"))
@@ -125,26 +132,49 @@ def _prepare_infer(args) -> dict:
     if args.digits:
         if args.offset + args.digits > DIGITS:
             raise UsageError(f"--offset {args.offset} + --digits {args.digits} is past the {DIGITS} digits images")
-        if "input" not in art.layer(layer)["inputs"]:
+        if layer is not None and "input" not in art.layer(layer)["inputs"]:
             raise UsageError(f"--digits images are the network input, but layer {layer!r} takes "
                              f"{art.layer(layer)['inputs']}")
         if list(art.manifest["input"]["shape"]) != [1, 8, 8]:
             raise UsageError(f"--digits images are 1x8x8, the artifact's input is {art.manifest['input']['shape']}")
+        if args.labels is not None:
+            raise UsageError("--labels applies to --npy frames; --digits images bring their own labels")
         x, labels = digits_images(art, args.digits, args.offset)
     else:
         if args.offset:
             raise UsageError("--offset applies to --digits")
         x = load_frames(args.npy)
         if art is not None:
-            spec = _layer_input(art, layer)
-            x = check_input_array({"input": spec}, _batched(x, spec["shape"]), f"--npy {args.npy} (layer {layer})")
+            spec = input_record(art, layer)
+            x = check_input_array({"input": spec}, _batched(x, spec["shape"]),
+                                  f"--npy {args.npy} ({'the network' if layer is None else f'layer {layer}'})")
+        labels = _labels_for(args, len(x) if x.ndim == 4 else 1)
     return {"art": art, "layer": layer, "x": x.astype(np.int64), "labels": labels}
+
+
+def _labels_for(args, n: int):
+    """Labels of the ``--npy`` frames: ``--labels``, else a ``test_labels.npy`` beside a
+    ``test_inputs.npy``, else None. UsageError (one line) for a file that does not fit."""
+    from pathlib import Path
+    path = args.labels
+    if path is None:
+        sibling = Path(args.npy).with_name("test_labels.npy")
+        if Path(args.npy).name != "test_inputs.npy" or not sibling.is_file():
+            return None
+        path = str(sibling)
+    y = load_frames(path, "--labels")
+    if y.ndim != 1 or len(y) != n:
+        raise UsageError(f"--labels {path}: expected {n} integer labels (one per frame), got shape {list(y.shape)}")
+    return y
 
 
 def _cmd_infer(link, args, out, prep: dict) -> int:
     from artifact.io import check_input_array
     art, layer, x, labels = prep["art"], prep["layer"], prep["x"], prep["labels"]
     info = link.board_info()
+    if art is not None and (layer is None) != (info.op == "network"):
+        raise UsageError(f"the board runs {'the whole network' if info.op == 'network' else f'a {info.op} layer'}"
+                         + ("; leave out --layer" if layer is not None else "; give --layer NAME for it"))
     board_in = {"shape": list(info.in_shape), "bits": info.in_bits, "signed": info.in_signed}
     x = _batched(x, info.in_shape)
     if art is not None and x.ndim >= 2 and int(np.prod(x.shape[1:])) == int(np.prod(info.in_shape)):
@@ -154,50 +184,70 @@ def _cmd_infer(link, args, out, prep: dict) -> int:
                           f"{'signed' if info.in_signed else 'unsigned'})")
     golden = None
     if args.check:
-        from artifact.golden import run_layer
-        rec = art.layer(layer)
-        shape = rec.get("in", rec.get("stages", [rec])[0]["in"])["shape"]
-        golden, _ = run_layer(rec, [x.reshape(len(x), *shape)], art.tensors)
+        from deploy.fpga.board_model import golden_outputs
+        golden = golden_outputs(art, layer, x)
         if int(np.prod(golden.shape[1:])) != int(np.prod(info.out_shape)):
-            raise UsageError(f"layer {layer!r} of the artifact gives {list(golden.shape[1:])}, the board's layer "
-                             f"{list(info.out_shape)}: is the board running this layer?")
+            raise UsageError(f"{'the network' if layer is None else f'layer {layer!r}'} of the artifact gives "
+                             f"{list(golden.shape[1:])}, the board {list(info.out_shape)}: is the board running it?")
         golden = golden.reshape(len(x), *info.out_shape)
-    ys, results, bad = [], [], 0
+    ys, results, bad, hits, golden_hits = [], [], 0, 0, 0
+    batch = min(args.batch or info.batch, info.batch)
     t0 = time.monotonic()
-    for i, frame in enumerate(x):
+    answers, seconds = [], []
+    for start in range(0, len(x), batch):
         t = time.monotonic()
-        y = link.infer(frame)
-        dt = time.monotonic() - t
+        answers += link.infer_batch(x[start:start + batch])
+        n = len(x[start:start + batch])
+        seconds += [(time.monotonic() - t) / n] * n
+    for i, (answer, dt) in enumerate(zip(answers, seconds)):
+        y = answer.values
         ys.append(y)
-        r = {"index": i, "seconds": round(dt, 4), "out_shape": list(y.shape)}
+        r = {"index": i, "seconds": round(dt, 4), "out_shape": list(y.shape), "cycles": answer.cycles}
         line = f"frame {i}: output {list(y.shape)}"
         flat = y.reshape(-1)
-        if y.size <= 16 or info.op == "linear":
+        if y.size <= 16 or answer.label is not None:
             line += f" = {flat.tolist()}"
-            if info.op == "linear":
-                r["argmax"] = int(np.argmax(flat))
-                line += f" -> class {r['argmax']}"
         else:
             line += f" min {int(flat.min())} max {int(flat.max())} sum {int(flat.sum())} first {flat[:6].tolist()}"
+        if answer.label is not None:
+            r["class"] = answer.label
+            line += f" -> class {answer.label}"
         if labels is not None:
             r["label"] = int(labels[i])
             line += f" (label {int(labels[i])})"
+            hits += answer.label == int(labels[i])
         if golden is not None:
             diff = int(np.count_nonzero(y != golden[i]))
+            want = P.answer_class(golden[i], info)
             r["mismatches"] = diff
-            bad += diff > 0
+            r["class_matches"] = answer.label == (None if want == P.NO_CLASS else want)
+            bad += diff > 0 or not r["class_matches"]
             line += " | golden: " + ("match" if diff == 0 else f"{diff} of {y.size} differ")
-        line += f" [{dt * 1e3:.1f} ms]"
+            if not r["class_matches"]:
+                line += f", class {want} expected"
+            if labels is not None:
+                golden_hits += want == int(labels[i])
+        line += f" [{answer.cycles} cycles, {dt * 1e3:.1f} ms]"
         print(line)
         results.append(r)
     total = time.monotonic() - t0
-    print(f"{len(x)} frame(s) in {total:.2f} s ({len(x) / max(total, 1e-9):.1f} frames/s over the link)"
+    print(f"{len(x)} frame(s) in {total:.2f} s ({len(x) / max(total, 1e-9):.1f} frames/s over the link, "
+          f"{batch} per request)"
           + (f", {link.retried} retried request(s)" if link.retried else "")
           + ("" if golden is None else f"; {len(x) - bad}/{len(x)} bit-exact against the golden model"))
+    cycles = [r["cycles"] for r in results]
+    if cycles and max(cycles) > 0:
+        print(f"board cycles from first input beat to last output beat: min {min(cycles)}, max {max(cycles)} "
+              f"({max(cycles) / max(info.clk_hz, 1) * 1e6:.1f} us at {info.clk_hz / 1e6:g} MHz)")
+    accuracy = None
+    if labels is not None and info.scores and len(x):
+        accuracy = hits / len(x)
+        print(f"accuracy of the board's classes: {100 * accuracy:.2f}% ({hits}/{len(x)})"
+              + ("" if golden is None else f"; golden model: {100 * golden_hits / len(x):.2f}%"))
     if args.out:
         atomic_save_npy(args.out, np.stack(ys))
     out.update(frames=results, seconds=round(total, 3), retried=link.retried,
-               bit_exact=None if golden is None else bad == 0)
+               bit_exact=None if golden is None else bad == 0, accuracy=accuracy)
     return 1 if bad else 0
 
 
@@ -210,7 +260,8 @@ def _cmd_serve(args) -> int:
     stop = threading.Event()
 
     def ready(addr):
-        print(f"board model of layer {layer!r} on {addr} (Ctrl-C to stop)", flush=True)
+        what = "the whole network" if layer is None else f"layer {layer!r}"
+        print(f"board model of {what} on {addr} (Ctrl-C to stop)", flush=True)
     try:
         serve(model, "tcp" if args.tcp is not None else "pty", args.tcp or 0, ready, stop)
     except KeyboardInterrupt:
@@ -249,12 +300,17 @@ def _parser() -> Parser:
     inf.add_argument("--offset", type=int_range(0, DIGITS - 1), default=0,
                      help=f"first digit index (0..{DIGITS - 1}; default 0)")
     inf.add_argument("--artifact", default=None)
-    inf.add_argument("--layer", default=None, help="the board's layer in the artifact (default: largest Tucker-2)")
+    inf.add_argument("--labels", default=None,
+                     help="integer labels (N,) of the --npy frames, for the accuracy (default: a test_labels.npy "
+                          "beside a test_inputs.npy)")
+    inf.add_argument("--layer", default=None, help="the board's layer in the artifact (default: the whole network)")
     inf.add_argument("--check", action="store_true", help="compare every output with the golden model")
+    inf.add_argument("--batch", type=int_range(1, P.MAX_BATCH), default=None,
+                     help=f"frames per request (1..{P.MAX_BATCH}; default: as many as the board takes)")
     inf.add_argument("--out", default=None, help="save the outputs (N, C, H, W) at exactly this .npy path")
     srv = sub.add_parser("serve", help="run a Python model of the board on a pty (or --tcp PORT)")
     srv.add_argument("--artifact", required=True)
-    srv.add_argument("--layer", default=None)
+    srv.add_argument("--layer", default=None, help="the layer the model runs (default: the whole network)")
     srv.add_argument("--tcp", type=int_range(0, 65535), default=None,
                      help="listen on 127.0.0.1:PORT instead of a pty (0..65535; 0: any free port)")
     srv.add_argument("--board-timeout", type=float_range(0.0, 60.0, lo_open=True), default=0.02,

@@ -65,14 +65,34 @@ def test_tensor_layout_is_raster_channels_inner():
 
 
 def test_board_info_round_trip():
-    info = P.BoardInfo(1, "tucker2", (64, 2, 2), 8, False, (64, 2, 2), 8, False, 54, 1368, 150_000_000, 115200,
+    info = P.BoardInfo(2, "tucker2", (64, 2, 2), 8, False, (64, 2, 2), 8, False, 54, 1368, 150_000_000, 115200,
                        3_000_000)
     b = info.to_bytes()
-    assert len(b) == P.INFO_LEN == 36
-    assert P.BoardInfo.from_bytes(b) == info
+    assert len(b) == P.INFO_LEN == 40
+    assert P.BoardInfo.from_bytes(b) == info and info.layers == 1 and info.batch == 1
     assert info.in_bytes == 256 and info.timeout_s == pytest.approx(0.02)
+    assert info.answer_bytes == 256 + P.TRAILER_LEN and not info.scores
     with pytest.raises(P.ProtocolError):
         P.BoardInfo.from_bytes(b[:-1])
+    net = P.BoardInfo(2, "network", (1, 8, 8), 8, True, (10, 1, 1), 24, True, 126, 12096, 150_000_000, 3_000_000,
+                      1000, 58, 16)
+    assert P.BoardInfo.from_bytes(net.to_bytes()) == net and net.scores and net.out_bytes == 30
+
+
+@pytest.mark.parametrize("bits,signed", [(8, True), (24, True), (8, False)])
+def test_answer_round_trip_and_class(bits, signed):
+    info = P.BoardInfo(2, "network", (1, 8, 8), 8, True, (5, 1, 1), bits, signed, 1, 1, 1, 1, 1, 3)
+    lo = -(1 << (bits - 1)) if signed else 0
+    y = np.array([lo, 7, 9, 9, lo + 1]).reshape(5, 1, 1)
+    data = P.encode_answer(y, info, 123_456)
+    assert len(data) == info.answer_bytes
+    a = P.decode_answer(data, info)
+    assert np.array_equal(a.values, y) and a.label == 2 and a.cycles == 123_456    # the first of equal maxima
+    with pytest.raises(P.ProtocolError, match="INFER answer has"):
+        P.decode_answer(data[:-1], info)
+    fmap = P.BoardInfo(2, "conv", (1, 2, 2), 8, False, (3, 2, 2), 8, False, 1, 1, 1, 1, 1)
+    a = P.decode_answer(P.encode_answer(np.zeros((3, 2, 2), dtype=np.int64), fmap, 5), fmap)
+    assert a.label is None and a.cycles == 5
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +113,9 @@ def test_board_model_protocol(t2):
     x = _frame(info)
     (st, data, ok), = dec.feed(model.feed(P.encode_request(P.CMD_INFER, P.tensor_to_bytes(x, 8, False)), now=0.0))
     want, _ = run_layer(t2.layer("t2"), [x[None]], t2.tensors)
-    assert ok and st == P.OK and np.array_equal(P.bytes_to_tensor(data, info.out_shape, 8, False), want[0])
+    answer = P.decode_answer(data, info)
+    assert ok and st == P.OK and np.array_equal(answer.values, want[0])
+    assert answer.label is None and answer.cycles == 0          # a feature map; the model has no clock
     # bad CRC, then noise, then a good frame
     bad = bytearray(P.encode_request(P.CMD_INFER, P.tensor_to_bytes(x, 8, False)))
     bad[10] ^= 0x40
@@ -149,6 +171,53 @@ def test_link_retries_after_a_nak_and_is_bit_exact(t2):
     port.corrupt = 10
     with pytest.raises(P.ProtocolError, match="failed after 3 tries: status 1"):
         link.infer(x)
+
+
+def test_board_model_of_a_whole_network_answers_the_golden_logits_and_class():
+    from artifact import golden
+    from artifact.synth import random_resnet
+    art = random_resnet(3)
+    model = BoardModel(art, None, timeout_s=0.01)
+    info = model.info
+    assert info.op == "network" and info.layers == len(art.layers()) and info.scores
+    assert list(info.in_shape) == list(art.manifest["input"]["shape"])
+    from artifact import int_range
+    lo, hi = int_range(info.in_bits, info.in_signed)
+    x = np.random.default_rng(1).integers(lo, hi + 1, size=(4, *info.in_shape))
+    want = golden.run(art, x)
+    dec = P.FrameDecoder()
+    for i in range(len(x)):
+        (st, data, ok), = dec.feed(model.feed(P.encode_request(P.CMD_INFER, P.tensor_to_bytes(x[i], info.in_bits,
+                                                                                               info.in_signed)),
+                                              now=float(i)))
+        a = P.decode_answer(data, info)
+        assert ok and st == P.OK and np.array_equal(a.values.reshape(-1), want[i].reshape(-1))
+        assert a.label == int(np.argmax(want[i]))
+
+
+def test_batch_limit():
+    assert P.batch_limit(64, 36) == P.MAX_BATCH == 16
+    assert P.batch_limit(3072, 46) == 5                        # 16 KB of input buffer
+    assert P.batch_limit(40_000, 10) == 1 and P.batch_limit(10, 40_000) == 1
+
+
+def test_board_model_and_link_batches(t2):
+    """CMD_INFER_BATCH: n frames in, n answers out, each as CMD_INFER answers it; a length that
+    is not a whole number of frames (or more than the board's batch) is BAD_LENGTH."""
+    model = BoardModel(t2, "t2", timeout_s=0.01)
+    info = model.info
+    assert info.batch == P.batch_limit(info.in_bytes, info.answer_bytes) > 1
+    link = P.Link(_FlakyPort(model, corrupt=0), timeout=0.2, retries=0, gap=0.0)
+    x = np.stack([_frame(info, s) for s in range(3)])
+    answers = link.infer_batch(x)
+    want, _ = run_layer(t2.layer("t2"), [x], t2.tensors)
+    assert len(answers) == 3 and all(np.array_equal(a.values, w) for a, w in zip(answers, want))
+    with pytest.raises(ValueError, match="1 to"):
+        link.infer_batch(np.stack([_frame(info)] * (info.batch + 1)))
+    dec = P.FrameDecoder()
+    for n_bytes in (info.in_bytes + 1, info.in_bytes * (info.batch + 1)):
+        req = P.encode_request(P.CMD_INFER_BATCH, b"\x00" * n_bytes)
+        assert dec.feed(model.feed(req, now=100.0 + n_bytes)) == [(P.BAD_LENGTH, b"", True)]
 
 
 def test_model_info_of_linear_and_signed_layers():

@@ -54,7 +54,8 @@ def test_host_infer_over_pty_is_bit_exact(t2_dir, tmp_path, capsys):
         rc = host.main(["--port", srv.addr, "--json", str(tmp_path / "info.json"), "info"])
         assert rc == 0 and "tucker2 layer, input [4, 4, 4]" in capsys.readouterr().out
         rc = host.main(["--port", srv.addr, "--json", str(tmp_path / "r.json"), "infer", "--npy",
-                        str(tmp_path / "x.npy"), "--artifact", str(t2_dir), "--check", "--out", str(tmp_path / "y.npy")])
+                        str(tmp_path / "x.npy"), "--artifact", str(t2_dir), "--layer", "t2", "--check", "--out",
+                        str(tmp_path / "y.npy")])
         out = capsys.readouterr().out
     finally:
         srv.close()
@@ -76,7 +77,7 @@ def test_host_digits_are_quantised_with_the_artifact_input(tmp_path, capsys):
     srv = _Served(art, "conv1", "tcp")
     try:
         rc = host.main(["--port", srv.addr, "--json", str(tmp_path / "d.json"), "infer", "--digits", "4",
-                        "--artifact", str(path), "--check"])
+                        "--artifact", str(path), "--layer", "conv1", "--check"])
         out = capsys.readouterr().out
     finally:
         srv.close()
@@ -134,7 +135,7 @@ def test_host_out_is_written_atomically_at_the_path(t2_dir, tmp_path, capsys):
     srv = _Served(art, "t2", "tcp")
     try:
         rc = host.main(["--port", srv.addr, "infer", "--npy", str(tmp_path / "x.npy"), "--artifact", str(t2_dir),
-                        "--check", "--out", str(tmp_path / "y.out.npy")])
+                        "--layer", "t2", "--check", "--out", str(tmp_path / "y.out.npy")])
     finally:
         srv.close()
     assert rc == 0, capsys.readouterr()

@@ -2,7 +2,9 @@
 
 :class:`BoardModel` behaves like :class:`deploy.fpga.link.HostLink` at the byte level
 (same state machine: hunt, header checks, drain, idle timeout, CRC) and answers
-``CMD_INFER`` with :func:`artifact.golden.run_layer`. :func:`serve` puts it behind a
+``CMD_INFER`` with the golden model (:func:`golden_outputs`: one layer, or with
+``layer=None`` the whole network), the class computed from those values and a cycle
+count of 0 (a model has no clock: 0 says "not measured"). :func:`serve` puts it behind a
 pseudo-terminal (the host tool opens the printed ``/dev/pts/N`` like a serial port)
 or a TCP socket (``socket://127.0.0.1:PORT``), so the host tool can be tried and
 tested without a board. ``python -m deploy.host serve`` runs it.
@@ -19,19 +21,48 @@ import time
 
 import numpy as np
 
-from artifact.golden import run_layer
+from artifact import golden
 
 from . import protocol as P
 
-__all__ = ["BoardModel", "serve", "model_info", "MAX_TIMEOUT_CYCLES"]
+__all__ = ["BoardModel", "serve", "model_info", "golden_outputs", "input_record", "MAX_TIMEOUT_CYCLES"]
 
 #: The board info record carries the idle timeout as an unsigned 32-bit cycle count.
 MAX_TIMEOUT_CYCLES = 2**32 - 1
 
 
-def model_info(artifact, layer: str, *, baud: int = 115200, clk_hz: int = 0, timeout_s: float = 0.02,
+def _shape3(s) -> tuple:
+    s = list(s["shape"])
+    return tuple((s + [1, 1])[:3]) if len(s) < 3 else tuple(s)
+
+
+def input_record(artifact, layer: str | None) -> dict:
+    """The input tensor record (``shape``, ``bits``, ``signed``) of a board running ``layer``
+    (None: the whole network)."""
+    if layer is None:
+        return artifact.manifest["input"]
+    rec = artifact.layer(layer)
+    return rec.get("in", rec.get("stages", [rec])[0]["in"])
+
+
+def golden_outputs(artifact, layer: str | None, x: np.ndarray) -> np.ndarray:
+    """What a board running ``layer`` (None: the whole network) answers for the frames
+    ``x`` (N, C, H, W): the golden model's outputs, (N, C, H, W) (a vector output is
+    (N, C, 1, 1))."""
+    x = np.asarray(x, dtype=np.int64)
+    shape = input_record(artifact, layer)["shape"]
+    if layer is None:
+        y = golden.run(artifact, x.reshape(len(x), *shape))
+    else:
+        y, _ = golden.run_layer(artifact.layer(layer), [x.reshape(len(x), *shape)], artifact.tensors)
+    y = np.asarray(y)
+    return y.reshape(len(x), *(list(y.shape[1:]) + [1, 1])[:3]) if y.ndim < 4 else y
+
+
+def model_info(artifact, layer: str | None, *, baud: int = 115200, clk_hz: int = 0, timeout_s: float = 0.02,
                multipliers: int = 0, cycles_per_frame: int = 0) -> P.BoardInfo:
-    """The BoardInfo the model reports for a layer (shapes from the manifest).
+    """The BoardInfo the model reports for a layer, or (``layer=None``) the whole network
+    (shapes from the manifest).
 
     ``timeout_s`` must be a finite positive number of seconds that fits the info record's
     32-bit cycle count (ValueError, one line, otherwise)."""
@@ -43,23 +74,28 @@ def model_info(artifact, layer: str, *, baud: int = 115200, clk_hz: int = 0, tim
     if cycles > MAX_TIMEOUT_CYCLES:
         raise ValueError(f"board model timeout {timeout_s!r} s is {cycles} cycles at {clk:g} Hz; the board info "
                          f"holds at most {MAX_TIMEOUT_CYCLES} ({MAX_TIMEOUT_CYCLES / clk:g} s)")
-    rec = artifact.layer(layer)
-    stages = list(rec.get("stages", [rec]))
-    i, o = stages[0]["in"], stages[-1]["out"]
-
-    def shape3(s):
-        s = list(s["shape"])
-        return tuple((s + [1, 1])[:3]) if len(s) < 3 else tuple(s)
-
-    return P.BoardInfo(P.PROTOCOL_VERSION, rec["op"], shape3(i), int(i["bits"]), bool(i["signed"]), shape3(o),
-                       int(o["bits"]), bool(o["signed"]), multipliers, cycles_per_frame, clk, baud, cycles)
+    if layer is None:
+        layers = artifact.layers()
+        i, o = artifact.manifest["input"], artifact.layer(artifact.manifest["output"])["out"]
+        op, count = "network", len(layers)
+    else:
+        rec = artifact.layer(layer)
+        stages = list(rec.get("stages", [rec]))
+        i, o = stages[0]["in"], stages[-1]["out"]
+        op, count = rec["op"], 1
+    info = P.BoardInfo(P.PROTOCOL_VERSION, op, _shape3(i), int(i["bits"]), bool(i["signed"]), _shape3(o),
+                       int(o["bits"]), bool(o["signed"]), multipliers, cycles_per_frame, clk, baud, cycles, count)
+    info.batch = P.batch_limit(info.in_bytes, info.answer_bytes)
+    return info
 
 
 class BoardModel:
     """Byte-level model of the board. ``feed(data, now)`` returns the bytes it answers."""
 
-    def __init__(self, artifact, layer: str, info: P.BoardInfo | None = None, timeout_s: float = 0.02):
-        self.art, self.layer = artifact, artifact.layer(layer)
+    def __init__(self, artifact, layer: str | None, info: P.BoardInfo | None = None, timeout_s: float = 0.02):
+        if layer is not None:
+            artifact.layer(layer)                   # an unknown layer fails here, not on the first frame
+        self.art, self.layer = artifact, layer
         self.info = info or model_info(artifact, layer, timeout_s=timeout_s)
         self.timeout_s = self.info.timeout_s
         self.state, self.last = "HUNT", 0.0
@@ -70,12 +106,22 @@ class BoardModel:
         self.cmd, self.length, self.crc, self.payload = 0, 0, 0, bytearray()
 
     def _compute(self, data: bytes) -> bytes:
+        """The answers to the frames in ``data`` (one or a batch), back to back."""
         i = self.info
-        x = P.bytes_to_tensor(data, i.in_shape, i.in_bits, i.in_signed)
-        spec_shape = list(self.layer.get("in", self.layer.get("stages", [self.layer])[0]["in"])["shape"])
-        xin = x.reshape(spec_shape)[None]
-        y, _ = run_layer(self.layer, [xin], self.art.tensors)
-        return P.tensor_to_bytes(np.asarray(y[0]).reshape(i.out_shape), i.out_bits, i.out_signed)
+        n = len(data) // i.in_bytes
+        x = np.stack([P.bytes_to_tensor(data[k * i.in_bytes:(k + 1) * i.in_bytes], i.in_shape, i.in_bits,
+                                        i.in_signed) for k in range(n)])
+        y = golden_outputs(self.art, self.layer, x)
+        return b"".join(P.encode_answer(y[k].reshape(i.out_shape), i, 0) for k in range(n))
+
+    def _takes(self, cmd: int, length: int) -> bool:
+        """Whether a request's header is one the board accepts."""
+        if cmd == P.CMD_INFO:
+            return length == 0
+        if cmd == P.CMD_INFER:
+            return length == self.info.in_bytes
+        return (cmd == P.CMD_INFER_BATCH and length % self.info.in_bytes == 0
+                and 1 <= length // self.info.in_bytes <= self.info.batch)
 
     def poll(self, now: float) -> bytes:
         """Time passes: a frame idle for longer than the timeout is dropped (TIMEOUT)."""
@@ -104,12 +150,10 @@ class BoardModel:
             elif s == "LEN1":
                 self.length |= b << 8
                 self.crc = P.crc8([b], self.crc)
-                if self.cmd == P.CMD_INFO and self.length == 0:
-                    self.state = "RCRC"
-                elif self.cmd == P.CMD_INFER and self.length == self.info.in_bytes:
-                    self.state = "PAYLOAD"
+                if self._takes(self.cmd, self.length):
+                    self.state = "RCRC" if self.cmd == P.CMD_INFO else "PAYLOAD"
                 else:
-                    known = self.cmd in (P.CMD_INFO, P.CMD_INFER)
+                    known = self.cmd in (P.CMD_INFO, P.CMD_INFER, P.CMD_INFER_BATCH)
                     out += P.encode_response(P.BAD_LENGTH if known else P.BAD_COMMAND)
                     self.state = "DRAIN"
             elif s == "PAYLOAD":
@@ -125,7 +169,7 @@ class BoardModel:
                     out += P.encode_response(P.OK, self.info.to_bytes())
                 else:
                     out += P.encode_response(P.OK, self._compute(bytes(self.payload)))
-                    self.frames += 1
+                    self.frames += len(self.payload) // self.info.in_bytes
             elif s == "DRAIN":
                 pass
         return bytes(out)

@@ -1,17 +1,21 @@
-"""The host link: UART + framing protocol (:mod:`deploy.fpga.protocol`) around a layer engine.
+"""The host link: UART + framing protocol (:mod:`deploy.fpga.protocol`) around an engine.
 
 :class:`HostLink` is a ``wiring.Component`` with a serial line in and out::
 
     rx -> UARTRx -> receive FSM -> input frame buffer (byte RAM, CRC checked)
                                      -> pixel assembler -> engine.pix_in
     tx <- UARTTx <- response FSM <- byte serializer <- engine.pix_out
+                                 <- answer trailer (class, cycle count)
                                  <- board-info ROM / status codes
 
 A frame is buffered whole and only fed to the engine when its CRC matches, so a
 corrupted frame never reaches the engine. The output streams straight from the
 engine to the serial line (the engine waits on back-pressure), so there is no
-output buffer. :func:`host_link_for` builds one for an artifact layer with an engine
-from :mod:`hw.engine`.
+output buffer. The class (argmax of the output values) is found from the bytes as
+they are serialized, and a counter measures the cycles from the frame's first input
+beat to its last output beat; both follow the output frame in the answer.
+:func:`host_link_for` builds one around a layer engine (:mod:`hw.engine`) or around
+the whole network (:class:`hw.network.NetworkEngine`).
 
 Members: ``rx`` In(1), ``tx`` Out(1); ``busy`` Out(1) (a frame is in progress),
 ``error`` Out(1) (the last frame was refused; cleared by the next good one),
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth import Array, Cat, Const, Module, Signal
+from amaranth import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -29,7 +33,7 @@ from amaranth.lib.wiring import In, Out
 from . import protocol as P
 from .uart import UARTRx, UARTTx, uart_divisor
 
-__all__ = ["HostLink", "host_link_for", "crc8_next", "DEFAULT_TIMEOUT_S"]
+__all__ = ["HostLink", "host_link_for", "engine_for", "crc8_next", "DEFAULT_TIMEOUT_S"]
 
 #: The board's idle timeout inside a frame (seconds) unless given.
 DEFAULT_TIMEOUT_S = 0.02
@@ -68,6 +72,11 @@ class HostLink(wiring.Component):
     timeout_cycles : int
         Idle cycles inside a frame before it is dropped (``TIMEOUT``), and the quiet
         time that ends a drain after a refused header.
+
+    ``info.batch`` frames fit the input buffer (a CMD_INFER_BATCH request); they are fed to
+    the engine back to back, so frames overlap in its pipeline. Each frame's cycle count
+    comes from a free-running counter stamped at its first input beat (a FIFO of stamps,
+    one per frame in flight) and read at its last output beat.
     """
 
     def __init__(self, engine, in_layout: dict, out_layout: dict, info: P.BoardInfo, divisor: int,
@@ -85,7 +94,11 @@ class HostLink(wiring.Component):
         self.out_pix_bytes = self.out_c * self.out_eb
         self.in_bytes = self.in_pix_bytes * self.in_h * self.in_w
         self.out_bytes = self.out_pix_bytes * self.out_h * self.out_w
-        for what, n in (("input", self.in_bytes), ("output", self.out_bytes)):
+        self.answer_bytes = self.out_bytes + P.TRAILER_LEN
+        self.batch = int(info.batch)
+        if self.batch < 1:
+            raise ValueError(f"a batch of {self.batch} frames: a board takes at least 1 per request")
+        for what, n in (("input", self.batch * self.in_bytes), ("answer", self.batch * self.answer_bytes)):
             if n > P.MAX_LEN:
                 raise ValueError(f"{what} frame of {n} bytes exceeds the protocol's {P.MAX_LEN}-byte frames")
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1), "error": Out(1),
@@ -99,7 +112,7 @@ class HostLink(wiring.Component):
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
 
         # ---- input frame buffer ------------------------------------------------------
-        buf = m.submodules.inbuf = Memory(shape=8, depth=self.in_bytes, init=[])
+        buf = m.submodules.inbuf = Memory(shape=8, depth=self.batch * self.in_bytes, init=[])
         wp, rp = buf.write_port(), buf.read_port()
 
         # ---- response FSM (drives the UART transmitter) ------------------------------
@@ -115,6 +128,18 @@ class HostLink(wiring.Component):
         info = list(self.info.to_bytes())
         info_rom = Array(Const(b, 8) for b in info)
         ser_valid, ser_ready, ser_byte = Signal(), Signal(), Signal(8)
+
+        # each answer: the output frame's bytes, then its trailer (class u16, cycles u32)
+        in_trailer = Signal()
+        answer_byte = Signal(range(self.answer_bytes))      # position within the current answer
+        trailer_byte = Signal(8)
+        label = Signal(16)
+        cycles = Signal(32)
+        trailer = Cat(label, cycles)
+        trailer_index = (answer_byte - self.out_bytes)[:3]
+        m.d.comb += trailer_byte.eq(Array(trailer[8 * i:8 * i + 8] for i in range(P.TRAILER_LEN))[trailer_index])
+        with m.If(resp_start):
+            m.d.sync += [in_trailer.eq(0), answer_byte.eq(0)]
 
         tx_byte, tx_valid = Signal(8), Signal()
         m.d.comb += [utx.i.payload.eq(tx_byte), utx.i.valid.eq(tx_valid)]
@@ -149,10 +174,18 @@ class HostLink(wiring.Component):
                 with m.If(r_src == 1):
                     m.d.comb += [tx_byte.eq(info_rom[r_count[:max(1, math.ceil(math.log2(len(info))))]]),
                                  tx_valid.eq(1)]
+                with m.Elif(in_trailer):
+                    m.d.comb += [tx_byte.eq(trailer_byte), tx_valid.eq(1)]
                 with m.Else():
                     m.d.comb += [tx_byte.eq(ser_byte), tx_valid.eq(ser_valid), ser_ready.eq(utx.i.ready)]
                 with m.If(sent):
                     m.d.sync += [r_crc.eq(crc8_next(r_crc, tx_byte)), r_count.eq(r_count + 1)]
+                    with m.If(r_src == 2):
+                        m.d.sync += answer_byte.eq(answer_byte + 1)
+                        with m.If(answer_byte == self.out_bytes - 1):
+                            m.d.sync += in_trailer.eq(1)
+                        with m.If(answer_byte == self.answer_bytes - 1):
+                            m.d.sync += [in_trailer.eq(0), answer_byte.eq(0)]
                     with m.If(r_count == r_final):
                         m.next = "CRC"
             with m.State("CRC"):
@@ -164,24 +197,41 @@ class HostLink(wiring.Component):
         ob, eb = self.out_bits, self.out_eb
         word = Signal(self.out_pix_bytes * 8, reset_less=True)     # qualified by `left`
         left = Signal(range(self.out_pix_bytes + 1))
+        frame_cycles, last_beat = self._frame_timer(m, eng)
+        # a network's answer is one beat per frame: a FIFO of a batch of them (each with its
+        # frame's cycle count) lets the engine run at its own pace while the serial line
+        # drains, so the count is the engine's
+        out_valid, out_ready, out_payload, queued_cycles = self._output_queue(m, eng, frame_cycles)
         fields = []
         for c in range(self.out_c):
-            v = eng.pix_out.payload[c * ob:(c + 1) * ob]
+            v = out_payload[c * ob:(c + 1) * ob]
             if eb * 8 > ob:
                 ext = v[-1].replicate(eb * 8 - ob) if self.out_signed else Const(0, eb * 8 - ob)
                 fields.append(Cat(v, ext))
             else:
                 fields.append(v)
-        m.d.comb += [ser_valid.eq(left != 0), ser_byte.eq(word[:8]), eng.pix_out.ready.eq(left == 0)]
+        # no new pixel while a trailer is going out: the trailer reads the cycle count and class
+        # of the frame just serialized, which the next frame's last beat would overwrite
+        take = (left == 0) & ~in_trailer
+        m.d.comb += [ser_valid.eq(left != 0), ser_byte.eq(word[:8]), out_ready.eq(take)]
         with m.If(left == 0):
-            with m.If(eng.pix_out.valid):
+            with m.If(take & out_valid):
                 m.d.sync += [word.eq(Cat(*fields)), left.eq(self.out_pix_bytes)]
+                if queued_cycles is not None:
+                    m.d.sync += cycles.eq(queued_cycles)
         with m.Elif(ser_ready):
             m.d.sync += [word.eq(word >> 8), left.eq(left - 1)]
+        if queued_cycles is None:           # no queue: the count of the frame whose beats are leaving
+            with m.If(last_beat):
+                m.d.sync += cycles.eq(frame_cycles)
+        self._class_of_serialized(m, word, left, ser_ready, label)
 
         # ---- pixel assembler: frame buffer -> engine ---------------------------------
         feed_start = Signal()
-        raddr = Signal(range(self.in_bytes + 1))
+        count = Signal(range(self.batch + 1))          # frames in the request (1 for CMD_INFER)
+        feed_end = Signal(range(self.batch * self.in_bytes + 1))
+        m.d.comb += feed_end.eq(Array(Const(k * self.in_bytes, len(feed_end)) for k in range(self.batch + 1))[count])
+        raddr = Signal(range(self.batch * self.in_bytes + 1))
         pix = Signal(self.in_pix_bytes * 8, reset_less=True)
         nbyte = Signal(range(self.in_pix_bytes + 1))
         m.d.comb += [rp.addr.eq(raddr), rp.en.eq(1)]
@@ -205,7 +255,7 @@ class HostLink(wiring.Component):
                 m.d.comb += eng.pix_in.valid.eq(1)
                 with m.If(eng.pix_in.ready):
                     m.d.sync += nbyte.eq(0)
-                    with m.If(raddr == self.in_bytes):
+                    with m.If(raddr == feed_end):
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "READ"
@@ -217,15 +267,20 @@ class HostLink(wiring.Component):
         m.d.sync += [byte.eq(urx.data), got.eq(urx.valid)]
         # the header is kept as flags, each compared as its byte arrives, so that the CHECK
         # state decides from registers (command and 16-bit length compares were its critical path)
-        is_info, is_infer = Signal(), Signal()          # command byte
-        len_lo_zero, len_lo_frame = Signal(), Signal()  # length low byte: 0 / the frame's
-        len_zero, len_frame = Signal(), Signal()        # length: 0 / the input frame's bytes
+        is_info, is_infer, is_batch = Signal(), Signal(), Signal()     # command byte
+        len_lo_zero = Signal()                          # length low byte: 0
+        len_zero = Signal()                             # length: 0
+        # length low byte / whole length == k frames, for k = 1..batch
+        len_lo_frames = Signal(self.batch)
+        len_frames = Signal(self.batch)
+        sizes = [k * self.in_bytes for k in range(1, self.batch + 1)]
         crc = Signal(8)
         # byte == crc, compared a cycle early from the receiver's byte: crc only changes in a
         # `got` cycle and the receiver's strobes are a byte time apart, so crc is the same then
         crc_match = Signal()
         m.d.sync += crc_match.eq(urx.data == crc)
-        waddr = Signal(range(max(2, self.in_bytes)))
+        waddr = Signal(range(max(2, self.batch * self.in_bytes)))
+        last_waddr = Signal.like(waddr)                # the request's last payload byte
         # idle counter with `timed_out` (idle == timeout_cycles) kept as a register: it feeds
         # the receive FSM and, through a refusal, the response FSM's load enables
         idle = Signal(range(self.timeout_cycles + 1))
@@ -256,6 +311,7 @@ class HostLink(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(got):
                     m.d.sync += [is_info.eq(byte == P.CMD_INFO), is_infer.eq(byte == P.CMD_INFER),
+                                 is_batch.eq(byte == P.CMD_INFER_BATCH),
                                  crc.eq(crc8_next(crc, byte))]
                     m.next = "LEN0"
                 with m.Elif(timed_out):
@@ -264,7 +320,8 @@ class HostLink(wiring.Component):
             with m.State("LEN0"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(got):
-                    m.d.sync += [len_lo_zero.eq(byte == 0), len_lo_frame.eq(byte == self.in_bytes & 0xFF),
+                    m.d.sync += [len_lo_zero.eq(byte == 0),
+                                 len_lo_frames.eq(Cat(*(byte == n & 0xFF for n in sizes))),
                                  crc.eq(crc8_next(crc, byte))]
                     m.next = "LEN1"
                 with m.Elif(timed_out):
@@ -274,7 +331,7 @@ class HostLink(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(got):
                     m.d.sync += [len_zero.eq(len_lo_zero & (byte == 0)),
-                                 len_frame.eq(len_lo_frame & (byte == self.in_bytes >> 8)),
+                                 len_frames.eq(len_lo_frames & Cat(*(byte == n >> 8 for n in sizes))),
                                  crc.eq(crc8_next(crc, byte)), waddr.eq(0)]
                     m.next = "CHECK"
                 with m.Elif(timed_out):
@@ -284,9 +341,15 @@ class HostLink(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 with m.If(is_info & len_zero):
                     m.next = "RCRC"
-                with m.Elif(is_infer & len_frame):
+                with m.Elif(is_infer & len_frames[0]):
+                    m.d.sync += [count.eq(1), last_waddr.eq(self.in_bytes - 1)]
                     m.next = "PAYLOAD"
-                with m.Elif(is_info | is_infer):
+                with m.Elif(is_batch & len_frames.any()):
+                    for k in range(1, self.batch + 1):     # the one matching length
+                        with m.If(len_frames[k - 1]):
+                            m.d.sync += [count.eq(k), last_waddr.eq(k * self.in_bytes - 1)]
+                    m.next = "PAYLOAD"
+                with m.Elif(is_info | is_infer | is_batch):
                     refuse(P.BAD_LENGTH)
                     m.next = "DRAIN"
                 with m.Else():
@@ -297,7 +360,7 @@ class HostLink(wiring.Component):
                 with m.If(got):
                     m.d.comb += wp.en.eq(1)
                     m.d.sync += [crc.eq(crc8_next(crc, byte)), waddr.eq(waddr + 1)]
-                    with m.If(waddr == self.in_bytes - 1):
+                    with m.If(waddr == last_waddr):
                         m.next = "RCRC"
                 with m.Elif(timed_out):
                     refuse(P.TIMEOUT)
@@ -311,9 +374,10 @@ class HostLink(wiring.Component):
                         m.d.sync += respond(P.OK, len(info), 1)
                         m.d.sync += self.error.eq(0)
                     with m.Else():
-                        m.d.sync += respond(P.OK, self.out_bytes, 2)
+                        answer_len = Array(Const(k * self.answer_bytes, 16) for k in range(self.batch + 1))[count]
+                        m.d.sync += respond(P.OK, answer_len, 2)
                         m.d.sync += feed_start.eq(1)
-                        m.d.sync += [self.error.eq(0), self.frames.eq(self.frames + 1)]
+                        m.d.sync += [self.error.eq(0), self.frames.eq(self.frames + count)]
                     m.next = "WAIT_TX"
                 with m.Elif(timed_out):
                     refuse(P.TIMEOUT)
@@ -328,27 +392,125 @@ class HostLink(wiring.Component):
                     m.next = "HUNT"
         return m
 
+    def _output_queue(self, m: Module, eng, frame_cycles) -> tuple:
+        """``(valid, ready, payload, cycles)`` of the engine's output as the serializer takes
+        it: through a FIFO of ``batch`` pixels, each with its frame's cycle count, when a
+        frame's output is one pixel (a network's logits); else straight from the engine,
+        with ``cycles`` None."""
+        width = len(Value.cast(eng.pix_out.payload))
+        if self.out_h * self.out_w != 1 or self.batch == 1:
+            return eng.pix_out.valid, eng.pix_out.ready, Value.cast(eng.pix_out.payload), None
+        from amaranth.lib.fifo import SyncFIFOBuffered
+        q = m.submodules.answers = SyncFIFOBuffered(width=width + 32, depth=self.batch)
+        m.d.comb += [q.w_data.eq(Cat(eng.pix_out.payload, frame_cycles)), q.w_en.eq(eng.pix_out.valid),
+                     eng.pix_out.ready.eq(q.w_rdy)]
+        return q.r_rdy, q.r_en, q.r_data[:width], q.r_data[width:]
 
-def host_link_for(artifact, layer: str, *, clk_hz: float, baud: int, multipliers: int | None = None,
+    def _frame_timer(self, m: Module, eng) -> tuple:
+        """``(frame_cycles, last_beat)``: ``last_beat`` is high in the cycle a frame's last
+        output beat leaves the engine, and ``frame_cycles`` then holds the cycles since that
+        frame's first input beat. A free-running counter is stamped into a FIFO at each
+        frame's first input beat (``batch`` frames may be in flight) and the stamp is popped
+        at the frame's last output beat."""
+        from amaranth.lib.fifo import SyncFIFO
+        now = Signal(32)
+        m.d.sync += now.eq(now + 1)
+        stamps = m.submodules.stamps = SyncFIFO(width=32, depth=self.batch)
+        in_pixels, out_pixels = self.in_h * self.in_w, self.out_h * self.out_w
+        in_seen = Signal(range(max(2, in_pixels)))
+        out_seen = Signal(range(max(2, out_pixels)))
+        took_in = eng.pix_in.valid & eng.pix_in.ready
+        took_out = eng.pix_out.valid & eng.pix_out.ready
+        last_beat = took_out & (out_seen == out_pixels - 1)
+        frame_cycles = Signal(32)
+        m.d.comb += [stamps.w_data.eq(now), stamps.w_en.eq(took_in & (in_seen == 0)),
+                     stamps.r_en.eq(last_beat), frame_cycles.eq(now - stamps.r_data)]
+        with m.If(took_in):
+            m.d.sync += in_seen.eq(Mux(in_seen == in_pixels - 1, 0, in_seen + 1))
+        with m.If(took_out):
+            m.d.sync += out_seen.eq(Mux(out_seen == out_pixels - 1, 0, out_seen + 1))
+        return frame_cycles, last_beat
+
+    def _class_of_serialized(self, m: Module, word, left, taken, label) -> None:
+        """``label``: the index of the largest output value of the pixel being serialized
+        (the first of equal ones), or :data:`~deploy.fpga.protocol.NO_CLASS` for an output
+        of more than one pixel. Each value is compared as its first byte leaves: the
+        serializer's ``word`` then holds it, sign-extended, in its low bytes. The last
+        comparison is a byte time before the trailer is sent (every value takes at least
+        one byte of 10 bit times), so ``label`` is settled by then."""
+        if self.out_h * self.out_w != 1:
+            m.d.comb += label.eq(P.NO_CLASS)
+            return
+        eb = self.out_eb
+        width = 8 * eb
+        shape = signed(width) if self.out_signed else unsigned(width)
+        value = word[:width].as_signed() if self.out_signed else word[:width]
+        best = Signal(shape)
+        index = Signal(range(max(2, self.out_c)))       # the channel whose bytes are leaving
+        byte_in_value = Signal(range(max(2, eb)))
+        first = left == self.out_pix_bytes
+        with m.If((left != 0) & taken):
+            with m.If(byte_in_value == 0):
+                with m.If(first | (value > best)):
+                    m.d.sync += [best.eq(value), label.eq(index)]
+            with m.If(byte_in_value == eb - 1):
+                m.d.sync += [byte_in_value.eq(0), index.eq(index + 1)]
+            with m.Else():
+                m.d.sync += byte_in_value.eq(byte_in_value + 1)
+        with m.If(left == 0):
+            m.d.sync += [index.eq(0), byte_in_value.eq(0)]
+
+
+def _shape3(shape) -> list:
+    """A tensor shape as (C, H, W): a vector (C,) is one pixel of C channels."""
+    shape = [int(v) for v in shape]
+    return shape + [1] * (3 - len(shape)) if len(shape) < 3 else shape
+
+
+def engine_for(artifact, layer: str | None, multipliers: int | None = None, *,
+               min_utilisation: float | None = None) -> tuple:
+    """``(engine, in_layout, out_layout, op, layers)`` for a board: the :mod:`hw.engine`
+    engine of ``layer``, or with ``layer=None`` the whole network
+    (:class:`hw.network.NetworkEngine`, its multiplier budget ``multipliers``). The
+    layouts are ``{"shape": [C, H, W], "bits", "signed"}``. HwError / ArtifactError (one line)."""
+    if layer is None:
+        from hw.network import NetworkEngine, plan_network, select_layers
+        seg, _, entry = select_layers(artifact)
+        engine = NetworkEngine(artifact, plan_network(artifact, seg, multipliers))
+        records = (entry, seg[-1]["out"])
+        op, layers = "network", len(seg)
+    else:
+        from hw.engine import build_engine
+        engine = build_engine(artifact, layer, multipliers, min_utilisation=min_utilisation)
+        first, last = engine.stages[0], engine.stages[-1]
+        records = ({"shape": [first.in_ch, first.height, first.width], "bits": first.in_bits,
+                    "signed": first.in_signed},
+                   {"shape": [last.out_ch, last.out_height, last.out_width], "bits": last.out_bits,
+                    "signed": last.out_signed})
+        op, layers = artifact.layer(layer)["op"], 1
+    in_layout, out_layout = ({"shape": _shape3(r["shape"]), "bits": int(r["bits"]), "signed": bool(r["signed"])}
+                             for r in records)
+    return engine, in_layout, out_layout, op, layers
+
+
+def host_link_for(artifact, layer: str | None, *, clk_hz: float, baud: int, multipliers: int | None = None,
                   timeout_s: float = DEFAULT_TIMEOUT_S, timeout_cycles: int | None = None,
                   min_utilisation: float | None = None) -> HostLink:
-    """A :class:`HostLink` around the :mod:`hw.engine` engine of one artifact layer."""
-    from hw.engine import build_engine
-
+    """A :class:`HostLink` around the engine of one artifact layer, or (``layer=None``) of the
+    whole network (:func:`engine_for`)."""
     divisor = uart_divisor(clk_hz, baud)            # bad baud rates fail before anything is built
     if timeout_cycles is None and not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)
                                        and timeout_s > 0):
         raise ValueError(f"link timeout {timeout_s!r} s: give a finite number of seconds > 0")
-    engine = build_engine(artifact, layer, multipliers, min_utilisation=min_utilisation)
-    first, last = engine.stages[0], engine.stages[-1]
-    in_layout = {"shape": [first.in_ch, first.height, first.width], "bits": first.in_bits,
-                 "signed": first.in_signed}
-    out_layout = {"shape": [last.out_ch, last.out_height, last.out_width], "bits": last.out_bits,
-                  "signed": last.out_signed}
+    engine, in_layout, out_layout, op, layers = engine_for(artifact, layer, multipliers,
+                                                           min_utilisation=min_utilisation)
     cycles = int(timeout_cycles if timeout_cycles is not None else round(timeout_s * clk_hz))
     cycles = max(cycles, 20 * divisor)            # at least two byte times
-    op = artifact.layer(layer)["op"]
+    in_bytes = math.prod(in_layout["shape"]) * P.elem_bytes(in_layout["bits"])
+    out_bytes = math.prod(out_layout["shape"]) * P.elem_bytes(out_layout["bits"])
+    batch = P.batch_limit(in_bytes, out_bytes + P.TRAILER_LEN)
     info = P.BoardInfo(P.PROTOCOL_VERSION, op, tuple(in_layout["shape"]), in_layout["bits"], in_layout["signed"],
                        tuple(out_layout["shape"]), out_layout["bits"], out_layout["signed"],
-                       engine.plan.multipliers, engine.plan.cycles_per_frame, int(round(clk_hz)), int(baud), cycles)
+                       engine.plan.multipliers, engine.plan.cycles_per_frame, int(round(clk_hz)), int(baud), cycles,
+                       layers, batch)
     return HostLink(engine, in_layout, out_layout, info, divisor, cycles)

@@ -17,8 +17,24 @@ Commands:
 
 * ``CMD_INFO`` (0x01), ``len == 0``: the response payload is the board description
   (:class:`BoardInfo`, :data:`INFO_LEN` bytes).
-* ``CMD_INFER`` (0x02), ``len == in_bytes``: one input frame; the response payload is
-  the layer's output frame (``out_bytes``).
+* ``CMD_INFER`` (0x02), ``len == in_bytes``: one input frame; the response payload
+  (``answer_bytes``) is the engine's output frame (``out_bytes``: a layer's output
+  tensor, or a network's output values, the logits) followed by a trailer of
+  :data:`TRAILER_LEN` bytes (:class:`Answer`):
+
+  - ``class`` (u16, little endian): the index of the largest output value (the first of
+    equal ones, as ``numpy.argmax``), computed on the board; :data:`NO_CLASS` when the
+    output frame has more than one pixel (a feature map, not a vector of scores);
+  - ``cycles`` (u32, little endian): clock cycles from the frame's first input beat into
+    the engine to its last output beat out of it, counted on the board. The engine's
+    output goes straight to the serial line, so for an output of more than one pixel the
+    count includes the line's back-pressure; for a network (one output beat) it is the
+    engine's latency.
+* ``CMD_INFER_BATCH`` (0x03), ``len == n * in_bytes`` with ``1 <= n <= batch`` (the
+  board's :attr:`BoardInfo.batch`): ``n`` input frames back to back, which the engine
+  takes back to back (frames overlap in its pipeline); the response payload is the
+  ``n`` answers back to back (``n * answer_bytes``), each with its own class and cycle
+  count.
 
 Tensor byte layout (both directions): the (C, H, W) tensor is sent pixel by pixel in
 raster order, each pixel's channels in order 0..C-1; every element takes
@@ -49,21 +65,38 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["SYNC_REQ", "SYNC_RESP", "CMD_INFO", "CMD_INFER", "OK", "BAD_CRC", "BAD_LENGTH", "BAD_COMMAND",
-           "TIMEOUT", "STATUS_NAMES", "INFO_LEN", "PROTOCOL_VERSION", "OPS", "crc8", "encode_request",
+__all__ = ["SYNC_REQ", "SYNC_RESP", "CMD_INFO", "CMD_INFER", "CMD_INFER_BATCH", "OK", "BAD_CRC", "BAD_LENGTH", "BAD_COMMAND",
+           "TIMEOUT", "STATUS_NAMES", "INFO_LEN", "PROTOCOL_VERSION", "OPS", "TRAILER_LEN", "NO_CLASS", "Answer",
+           "crc8", "encode_request",
            "encode_response", "FrameDecoder", "BoardInfo", "elem_bytes", "tensor_to_bytes", "bytes_to_tensor",
+           "answer_class", "encode_answer", "decode_answer", "batch_limit", "MAX_BATCH",
            "ProtocolError", "Link"]
 
 SYNC_REQ = 0xA5
 SYNC_RESP = 0x5A
 CMD_INFO = 0x01
 CMD_INFER = 0x02
+CMD_INFER_BATCH = 0x03
 OK, BAD_CRC, BAD_LENGTH, BAD_COMMAND, TIMEOUT = 0, 1, 2, 3, 4
 STATUS_NAMES = {OK: "ok", BAD_CRC: "bad CRC", BAD_LENGTH: "bad length", BAD_COMMAND: "bad command",
                 TIMEOUT: "timeout (truncated frame)"}
-PROTOCOL_VERSION = 1
-OPS = ("conv", "tucker2", "lowrank", "linear")
+PROTOCOL_VERSION = 2
+#: What a board runs (``BoardInfo.op``): one layer of these ops, or a whole network (segment).
+OPS = ("conv", "tucker2", "lowrank", "linear", "network")
+#: Bytes after the output frame in an INFER answer: class (u16) and cycles (u32).
+TRAILER_LEN = 6
+#: The class of an answer whose output frame is not a single vector of scores.
+NO_CLASS = 0xFFFF
 MAX_LEN = 0xFFFF
+#: Most frames per CMD_INFER_BATCH request, and the most input bytes a board buffers for one.
+MAX_BATCH, BATCH_BUFFER_BYTES = 16, 16384
+
+
+def batch_limit(in_bytes: int, answer_bytes: int) -> int:
+    """Frames per CMD_INFER_BATCH request a board takes: :data:`MAX_BATCH`, fewer where the
+    request or the answer would exceed :data:`MAX_LEN` or the input buffer
+    :data:`BATCH_BUFFER_BYTES` (at least 1)."""
+    return max(1, min(MAX_BATCH, BATCH_BUFFER_BYTES // in_bytes, MAX_LEN // in_bytes, MAX_LEN // answer_bytes))
 
 
 class ProtocolError(RuntimeError):
@@ -195,14 +228,16 @@ class BoardInfo:
     clk_hz: int
     baud: int
     timeout_cycles: int
+    layers: int = 1             # layers the board runs (1 for a single-layer board)
+    batch: int = 1              # most frames one CMD_INFER_BATCH request carries
 
-    _FMT = "<BB3HBB3HBBHIIII"
+    _FMT = "<BB3HBB3HBBHIIIIHH"
 
     def to_bytes(self) -> bytes:
         return struct.pack(self._FMT, self.version, OPS.index(self.op) if self.op in OPS else 255,
                            *self.in_shape, self.in_bits, int(self.in_signed), *self.out_shape, self.out_bits,
                            int(self.out_signed), self.multipliers, self.cycles_per_frame, self.clk_hz, self.baud,
-                           self.timeout_cycles)
+                           self.timeout_cycles, self.layers, self.batch)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "BoardInfo":
@@ -211,7 +246,7 @@ class BoardInfo:
         v = struct.unpack(cls._FMT, bytes(data))
         op = OPS[v[1]] if v[1] < len(OPS) else f"op{v[1]}"
         return cls(v[0], op, tuple(v[2:5]), v[5], bool(v[6]), tuple(v[7:10]), v[10], bool(v[11]), v[12], v[13],
-                   v[14], v[15], v[16])
+                   v[14], v[15], v[16], v[17], v[18])
 
     @property
     def in_bytes(self) -> int:
@@ -220,6 +255,16 @@ class BoardInfo:
     @property
     def out_bytes(self) -> int:
         return int(np.prod(self.out_shape)) * elem_bytes(self.out_bits)
+
+    @property
+    def answer_bytes(self) -> int:
+        """Payload bytes of an INFER answer: the output frame and the trailer."""
+        return self.out_bytes + TRAILER_LEN
+
+    @property
+    def scores(self) -> bool:
+        """Whether the output frame is one vector of scores (one pixel), so answers carry a class."""
+        return self.out_shape[1] * self.out_shape[2] == 1
 
     @property
     def timeout_s(self) -> float:
@@ -232,6 +277,37 @@ class BoardInfo:
 
 
 INFO_LEN = struct.calcsize(BoardInfo._FMT)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One INFER answer: the output frame (C, H, W), the board's class (None for
+    :data:`NO_CLASS`) and its cycle count (see the module doc)."""
+
+    values: np.ndarray
+    label: int | None
+    cycles: int
+
+
+def answer_class(values: np.ndarray, info: BoardInfo) -> int:
+    """The class field a board sends for ``values``: argmax, or :data:`NO_CLASS`."""
+    return int(np.argmax(np.asarray(values).reshape(-1))) if info.scores else NO_CLASS
+
+
+def encode_answer(values: np.ndarray, info: BoardInfo, cycles: int) -> bytes:
+    """The INFER answer payload for ``values`` (what a board model sends)."""
+    return (tensor_to_bytes(values, info.out_bits, info.out_signed)
+            + struct.pack("<HI", answer_class(values, info), int(cycles) & 0xFFFFFFFF))
+
+
+def decode_answer(data: bytes, info: BoardInfo) -> Answer:
+    """An INFER answer payload -> :class:`Answer` (ProtocolError for a wrong length)."""
+    if len(data) != info.answer_bytes:
+        raise ProtocolError(f"INFER answer has {len(data)} bytes, expected {info.answer_bytes} "
+                            f"({info.out_bytes} output + {TRAILER_LEN} trailer)")
+    label, cycles = struct.unpack("<HI", bytes(data[info.out_bytes:]))
+    values = bytes_to_tensor(data[:info.out_bytes], info.out_shape, info.out_bits, info.out_signed)
+    return Answer(values, None if label == NO_CLASS else label, cycles)
 
 
 class Link:
@@ -294,12 +370,36 @@ class Link:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Send one (C, H, W) integer frame, return the board's output frame."""
+        return self.infer_answer(x).values
+
+    def infer_answer(self, x: np.ndarray) -> Answer:
+        """Send one (C, H, W) integer frame, return the board's whole answer."""
         info = self.info or self.board_info()
         x = np.asarray(x)
         if tuple(x.shape) != tuple(info.in_shape):
             raise ValueError(f"input frame has shape {tuple(x.shape)}, the board's layer takes {info.in_shape}")
         # the answer takes out_bytes + in_bytes (echo-free) byte times plus compute: scale the timeout
         byte_s = 10.0 / max(info.baud, 1)
-        t = self.timeout + (info.in_bytes + info.out_bytes + 16) * byte_s
+        t = self.timeout + (info.in_bytes + info.answer_bytes + 16) * byte_s
         data = self.request(CMD_INFER, tensor_to_bytes(x, info.in_bits, info.in_signed), timeout=t)
-        return bytes_to_tensor(data, info.out_shape, info.out_bits, info.out_signed)
+        return decode_answer(data, info)
+
+    def infer_batch(self, frames) -> list[Answer]:
+        """Send up to the board's ``batch`` frames (N, C, H, W) in one request, return their answers."""
+        info = self.info or self.board_info()
+        frames = [np.asarray(x) for x in frames]
+        if not 1 <= len(frames) <= info.batch:
+            raise ValueError(f"{len(frames)} frames in one request; the board takes 1 to {info.batch}")
+        for x in frames:
+            if tuple(x.shape) != tuple(info.in_shape):
+                raise ValueError(f"input frame has shape {tuple(x.shape)}, the board's layer takes {info.in_shape}")
+        if len(frames) == 1:
+            return [self.infer_answer(frames[0])]
+        byte_s = 10.0 / max(info.baud, 1)
+        n = len(frames)
+        t = self.timeout + (n * (info.in_bytes + info.answer_bytes) + 16) * byte_s
+        payload = b"".join(tensor_to_bytes(x, info.in_bits, info.in_signed) for x in frames)
+        data = self.request(CMD_INFER_BATCH, payload, timeout=t)
+        if len(data) != n * info.answer_bytes:
+            raise ProtocolError(f"batch answer has {len(data)} bytes, expected {n} x {info.answer_bytes}")
+        return [decode_answer(data[i * info.answer_bytes:(i + 1) * info.answer_bytes], info) for i in range(n)]

@@ -1,15 +1,17 @@
 """cocotb testbench of the board top's host link, driven through its serial line.
 
 Run by :func:`deploy.fpga.simrun.run` under Verilator; the plan (JSON, path in
-``ELRT_FPGA_PLAN``) names the artifact, the layer, the UART divisor and the board's
-idle timeout. Every request is encoded with :mod:`deploy.fpga.protocol` and driven
+``ELRT_FPGA_PLAN``) names the artifact, the layer (null: the whole network), the UART
+divisor and the board's idle timeout, and optionally a ``.npy`` of input frames to send
+(else seeded random valid frames). Every request is encoded with :mod:`deploy.fpga.protocol` and driven
 bit by bit on ``rx``; ``tx`` is decoded bit by bit. Each test appends a record
 ``{"test", "passed", "error", ...}`` to the plan's ``results`` file.
 
 Tests:
 
-* ``protocol`` -- INFO; several INFER frames compared element by element with the
-  golden model; then bad frames, each followed by a good frame that must come out
+* ``protocol`` -- INFO; several INFER frames whose answers are compared with the golden
+  model element by element, and whose class (the argmax, for a vector output) and cycle
+  count (non-zero, at most the frame's time on the board) are checked; then bad frames, each followed by a good frame that must come out
   right: a corrupted payload byte (BAD_CRC), noise before the sync byte, a wrong
   length (BAD_LENGTH, then the drain), an unknown command (BAD_COMMAND), a frame cut
   short (TIMEOUT) and a byte with a broken stop bit (dropped by the UART -> TIMEOUT).
@@ -32,9 +34,9 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, Timer
 
 from artifact import load_artifact
-from artifact.golden import run_layer
 
 from . import protocol as P
+from .board_model import golden_outputs
 
 PERIOD_NS = 10
 
@@ -113,13 +115,22 @@ class _Ctx:
     def __init__(self, plan):
         self.plan = plan
         self.art = load_artifact(plan["artifact"])
-        self.layer = self.art.layer(plan["layer"])
+        self.layer = plan["layer"]
         self.info = P.BoardInfo(**{**plan["info"], "in_shape": tuple(plan["info"]["in_shape"]),
                                    "out_shape": tuple(plan["info"]["out_shape"])})
         self.rng = np.random.default_rng(int(plan["seed"]))
-        self.compute_ns = int(plan.get("compute_cycles", 100000)) * PERIOD_NS
+        self.compute_cycles = int(plan.get("compute_cycles", 100000))
+        self.compute_ns = self.compute_cycles * PERIOD_NS
+        self.inputs = np.load(plan["inputs"], allow_pickle=False) if plan.get("inputs") else None
+        self.sent = 0
+        self.cycles = []                            # the board's count of every answer checked
 
     def frame(self):
+        """The next input frame: from the plan's inputs in turn, else random (both range ends included)."""
+        if self.inputs is not None:
+            x = np.asarray(self.inputs[self.sent % len(self.inputs)], dtype=np.int64).reshape(self.info.in_shape)
+            self.sent += 1
+            return x
         lo, hi = ((-(1 << (self.info.in_bits - 1)), (1 << (self.info.in_bits - 1)) - 1) if self.info.in_signed
                   else (0, (1 << self.info.in_bits) - 1))
         x = self.rng.integers(lo, hi + 1, size=self.info.in_shape, dtype=np.int64)
@@ -127,21 +138,39 @@ class _Ctx:
         return x
 
     def golden(self, x):
-        y, _ = run_layer(self.layer, [x[None]], self.art.tensors)
-        return y[0].reshape(self.info.out_shape)
+        return golden_outputs(self.art, self.layer, x[None])[0].reshape(self.info.out_shape)
 
 
-async def _infer_ok(ser, ctx, what: str):
-    x = ctx.frame()
-    await ser.send(P.encode_request(P.CMD_INFER, P.tensor_to_bytes(x, ctx.info.in_bits, ctx.info.in_signed)))
-    status, data, ok = await ser.response(ctx.info.out_bytes, ctx.compute_ns)
+async def _infer_ok(ser, ctx, what: str, batch: int = 0):
+    """One INFER request (``batch`` 0) or a CMD_INFER_BATCH of ``batch`` frames; every answer
+    checked. Returns the output elements checked."""
+    xs = [ctx.frame() for _ in range(max(1, batch))]
+    payload = b"".join(P.tensor_to_bytes(x, ctx.info.in_bits, ctx.info.in_signed) for x in xs)
+    await ser.send(P.encode_request(P.CMD_INFER_BATCH if batch else P.CMD_INFER, payload))
+    status, data, ok = await ser.response(len(xs) * ctx.info.answer_bytes, len(xs) * ctx.compute_ns)
     assert ok, f"{what}: response CRC is wrong"
     assert status == P.OK, f"{what}: status {status} ({P.STATUS_NAMES.get(status)})"
-    y = P.bytes_to_tensor(data, ctx.info.out_shape, ctx.info.out_bits, ctx.info.out_signed)
-    want = ctx.golden(x)
+    n = ctx.info.answer_bytes
+    assert len(data) == len(xs) * n, f"{what}: {len(data)} answer bytes for {len(xs)} frames of {n}"
+    return sum(_check_answer(ser, ctx, f"{what}, frame {k}" if batch else what, xs[k],
+                             P.decode_answer(data[k * n:(k + 1) * n], ctx.info), k) for k in range(len(xs)))
+
+
+def _check_answer(ser, ctx, what: str, x, answer: P.Answer, queued: int) -> int:
+    """Values, class and cycle count of one answer; ``queued``: answers of the same request
+    serialized before it (each holds the engine's output back for its serial time)."""
+    y, want = answer.values, ctx.golden(x)
     bad = np.argwhere(y != want)
     assert bad.size == 0, (f"{what}: {len(bad)} of {want.size} output elements differ from the golden model, "
                            f"first at {tuple(bad[0])}: got {y[tuple(bad[0])]}, want {want[tuple(bad[0])]}")
+    label = P.answer_class(want, ctx.info)
+    assert answer.label == (None if label == P.NO_CLASS else label), \
+        f"{what}: the board's class is {answer.label}, the golden model's argmax {label}"
+    # the count runs from the first input beat to the last output beat: at least one cycle,
+    # and within the frame's time on the board (the output's serial time included)
+    limit = ctx.compute_cycles + (queued + 1) * ctx.info.answer_bytes * 10 * ser.bit_ns // PERIOD_NS
+    assert 0 < answer.cycles <= limit, f"{what}: the board counted {answer.cycles} cycles (expected 1..{limit})"
+    ctx.cycles.append(answer.cycles)
     return want.size
 
 
@@ -172,6 +201,16 @@ async def protocol(dut):
         for i in range(int(plan["frames"])):
             elements += await _infer_ok(ser, ctx, f"frame {i}")
         rec["checks"].append(f"{plan['frames']} frames bit-exact ({elements} elements)")
+
+        # a batch: the board's most frames in one request, then a length that is no whole batch
+        if ctx.info.batch > 1:
+            elements += await _infer_ok(ser, ctx, f"batch of {ctx.info.batch}", batch=ctx.info.batch)
+            rec["batch_cycles"] = ctx.cycles[-ctx.info.batch:]
+            await ser.send(P.encode_request(P.CMD_INFER_BATCH, bytes(ctx.info.in_bytes + 1)))
+            await _expect_status(ser, P.BAD_LENGTH, "batch of a frame and a byte")
+            await Timer(idle_ns * 3 // 2, unit="ns")
+            elements += await _infer_ok(ser, ctx, "frame after a bad batch")
+            rec["checks"].append(f"batch of {ctx.info.batch} bit-exact; a bad batch length -> NAK, recovered")
 
         # a corrupted payload byte -> BAD_CRC, then a good frame
         frame = bytearray(P.encode_request(P.CMD_INFER, P.tensor_to_bytes(ctx.frame(), ctx.info.in_bits,
@@ -221,7 +260,7 @@ async def protocol(dut):
         # two good frames back to back
         for i in range(2):
             elements += await _infer_ok(ser, ctx, f"final frame {i}")
-        rec.update(passed=True, elements=elements)
+        rec.update(passed=True, elements=elements, cycles=ctx.cycles)
     except AssertionError as e:
         rec["error"] = str(e).splitlines()[0] if str(e) else "assertion failed"
     except Exception as e:                          # noqa: BLE001 - record anything
