@@ -63,8 +63,4 @@ test-ci: $(SETUP_STAMP)
 
 demo: $(SETUP_STAMP)
 	$(PYTHON) model/train_qat.py --run-name $(notdir $(RUN)) --out-dir $(dir $(RUN))
-	$(PYTHON) -m model.export $(RUN) --qonnx $(RUN)/model.onnx
-	$(PYTHON) -m model.verify $(RUN)
-	$(MAKE) -C hw sim ARTIFACT=$(RUN)/artifact NETWORK=1 PYTHON=$(PYTHON)
-	$(PYTHON) -m deploy.hls4ml --artifact $(RUN)/artifact --inputs $(RUN)/test_inputs.npy \
-		--backend Vitis --part xc7a35ticsg324-1L --clock-ns 10 --out $(RUN)/hls4ml
+	$(PYTHON) -m deploy.flow $(RUN)
