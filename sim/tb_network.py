@@ -4,7 +4,10 @@ The runner (:mod:`sim.network`) writes a *plan* (JSON, path in ``ELRT_SIM_PLAN``
 stimulus file (one input beat per line, hex), the number of beats per input and output
 frame, and the phases to run. This testbench only drives and records: the clock runs in
 the simulator (cocotb's GPI clock), the harness sends and captures beats in RTL, and
-Python wakes up per phase and per beat read back, never per cycle. The golden model's
+Python wakes up per beat loaded or read back and per chunk of cycles while a phase runs
+(per cycle only before the reset phase's cut). The harness registers its inputs (``rst``
+too), so they act one cycle after they are driven; that shifts nothing that is measured
+(cycles count from the registered reset). The golden model's
 comparison happens in the runner, on what this testbench writes to the plan's
 ``results`` file (JSON): per phase, the output beats (hex), the cycle each left at, the
 cycle of the first input beat, and the captured internal streams.
@@ -57,8 +60,9 @@ async def _run(dut, start: int, beats: int, want_out: int, bubble: int, stall: i
     dut.start_addr.value, dut.n_beats.value = start, beats
     await _reset(dut)
     dut.go.value = 1
-    # one timer per chunk, not a Python callback per clock edge (ClockCycles)
-    waited, chunk = 0, max(64, min(20_000, max_cycles // 50))
+    # one timer per chunk, not a Python callback per clock edge (ClockCycles); the reset
+    # phase's cut looks every cycle, so that the reset comes right after ``cut_after`` beats
+    waited, chunk = 0, 1 if cut_after is not None else max(64, min(20_000, max_cycles // 50))
     while True:
         await Timer(chunk * PERIOD_NS, unit="ns")
         waited += chunk
