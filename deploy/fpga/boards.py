@@ -25,6 +25,7 @@ class Board:
     flow: str                # trellis | icestorm | vivado
     note: str = ""
     uart_on_header: bool = False
+    loader: str = ""         # openFPGALoader's name for the board (``-b``)
 
     def platform(self, speed: str | None = None):
         """A platform instance (another speed grade if ``speed``)."""
@@ -58,17 +59,17 @@ class Board:
 
 
 BOARDS = {b.name: b for b in [
-    Board("ulx3s-12f", "ulx3s", "ULX3S_12F_Platform", "trellis", "ECP5 LFE5U-12F-6BG381, FTDI UART"),
-    Board("ulx3s-25f", "ulx3s", "ULX3S_25F_Platform", "trellis", "ECP5 LFE5U-25F-6BG381, FTDI UART"),
-    Board("ulx3s-45f", "ulx3s", "ULX3S_45F_Platform", "trellis", "ECP5 LFE5U-45F-6BG381, FTDI UART"),
-    Board("ulx3s-85f", "ulx3s", "ULX3S_85F_Platform", "trellis", "ECP5 LFE5U-85F-6BG381, FTDI UART"),
+    Board("ulx3s-12f", "ulx3s", "ULX3S_12F_Platform", "trellis", "ECP5 LFE5U-12F-6BG381, FTDI UART", loader="ulx3s"),
+    Board("ulx3s-25f", "ulx3s", "ULX3S_25F_Platform", "trellis", "ECP5 LFE5U-25F-6BG381, FTDI UART", loader="ulx3s"),
+    Board("ulx3s-45f", "ulx3s", "ULX3S_45F_Platform", "trellis", "ECP5 LFE5U-45F-6BG381, FTDI UART", loader="ulx3s"),
+    Board("ulx3s-85f", "ulx3s", "ULX3S_85F_Platform", "trellis", "ECP5 LFE5U-85F-6BG381, FTDI UART", loader="ulx3s"),
     Board("orangecrab-25f", "orangecrab_r0_2", "OrangeCrabR0_2_25FPlatform", "trellis",
-          "ECP5 LFE5U-25F-8MG285, UART on header io0 (rx) / io1 (tx)", True),
+          "ECP5 LFE5U-25F-8MG285, UART on header io0 (rx) / io1 (tx)", True, "orangecrab"),
     Board("orangecrab-85f", "orangecrab_r0_2", "OrangeCrabR0_2_85FPlatform", "trellis",
-          "ECP5 LFE5U-85F-8MG285, UART on header io0 (rx) / io1 (tx)", True),
-    Board("icebreaker", "icebreaker", "ICEBreakerPlatform", "icestorm", "iCE40UP5K-SG48, FTDI UART"),
-    Board("arty-a7-35", "arty_a7", "ArtyA7_35Platform", "vivado", "Xilinx XC7A35T-1L, USB UART"),
-    Board("arty-a7-100", "arty_a7", "ArtyA7_100Platform", "vivado", "Xilinx XC7A100T-1L, USB UART"),
+          "ECP5 LFE5U-85F-8MG285, UART on header io0 (rx) / io1 (tx)", True, "orangecrab"),
+    Board("icebreaker", "icebreaker", "ICEBreakerPlatform", "icestorm", "iCE40UP5K-SG48, FTDI UART", loader="icebreaker"),
+    Board("arty-a7-35", "arty_a7", "ArtyA7_35Platform", "vivado", "Xilinx XC7A35T-1L, USB UART", loader="arty_a7_35t"),
+    Board("arty-a7-100", "arty_a7", "ArtyA7_100Platform", "vivado", "Xilinx XC7A100T-1L, USB UART", loader="arty_a7_100t"),
 ]}
 
 
