@@ -13,7 +13,8 @@ step        what it does                                                       c
 export      ``python -m model.export RUN`` -> ``RUN/artifact`` (+ QONNX)       the artifact loads
 verify      ``python -m model.verify RUN``: QAT model vs integer model         0 mismatching elements,
             (writes ``test_inputs.npy`` / ``test_labels.npy``)                 classes identical
-plan        :func:`hw.network.plan_network` + resource estimate on ``--part``  the design fits the part
+plan        :func:`hw.network.plan_network` + resource estimate on ``--part``  the design fits a ``--part``
+                                                                               given (else: reported)
 generate    ``python -m hw.generate`` (whole network: Verilog + description)   cycles/frame as planned
 rtlsim      ``python -m sim --network``: the RTL in Verilator on the test      0 mismatches, classes
             images, with bubbles, back-pressure and a reset                    identical
@@ -68,6 +69,7 @@ class FlowContext:
     run: Path
     multipliers: int | None = None
     part: str = "LFE5U-85F"
+    part_required: bool = False     # True: the plan must fit ``part`` (a --part given); else it is reported
     board: str = "ulx3s-85f"
     images: int | None = None
     waves: bool = False
@@ -171,7 +173,8 @@ def _verify(ctx, log):
 
 
 @step("plan", "multiplier budget balanced over every MAC stage; resources checked against the part",
-      reads=lambda c: [c.artifact], options=lambda c: {"multipliers": c.multipliers, "part": c.part},
+      reads=lambda c: [c.artifact],
+      options=lambda c: {"multipliers": c.multipliers, "part": c.part, "required": c.part_required},
       sources=("hw", "artifact"))
 def _plan(ctx, log):
     from hw import resources
@@ -188,9 +191,12 @@ def _plan(ctx, log):
               "utilisation": round(plan.utilisation, 4), "part": ctx.part}
     try:
         resources.check_fit(total, ctx.part)
+        checks["fits"] = True
     except ArtifactError as e:                      # HwError: the resource, the need, the capacity
-        raise StepFailed(str(e), checks) from None
-    checks["fits"] = True
+        if ctx.part_required:
+            raise StepFailed(str(e), checks) from None
+        checks["fits"] = False                      # as hw.generate: the default part is reported only
+        log.write(f"does not fit {ctx.part} by the estimate: {e}\n")
     return checks, [ctx.out("plan.json")]
 
 
@@ -454,7 +460,8 @@ def _parser() -> Parser:
     ap.add_argument("--force", action="store_true", help="rerun steps whose inputs have not changed")
     ap.add_argument("--multipliers", type=int_range(1, 100_000), default=None,
                     help="network multiplier budget (1..100,000; default 128)")
-    ap.add_argument("--part", default="LFE5U-85F", help="the part the plan must fit (default LFE5U-85F)")
+    ap.add_argument("--part", default=None,
+                    help="the part the plan must fit (default: the fit on the LFE5U-85F is reported, not required)")
     ap.add_argument("--board", default="ulx3s-85f", help="board of the bitstream step (default ulx3s-85f)")
     ap.add_argument("--images", type=int_range(1, 100_000), default=None,
                     help="rtlsim: simulate only the first N test images (default: all)")
@@ -475,12 +482,14 @@ def main(argv=None) -> int:
         if not run.is_dir():
             raise UsageError(f"run folder {run} does not exist; give a training run folder (runs/NAME)")
         from hw import resources
-        resources.part(args.part)                   # an unknown part: one line naming the known ones
+        if args.part is not None:
+            resources.part(args.part)               # an unknown part: one line naming the known ones
         if "bitstream" in names:
             from deploy.fpga.boards import BOARDS
             if args.board not in BOARDS:
                 raise UsageError(f"--board {args.board!r} is not a known board; known: {', '.join(sorted(BOARDS))}")
-        ctx = FlowContext(run.resolve(), args.multipliers, args.part, args.board, args.images, args.waves)
+        ctx = FlowContext(run.resolve(), args.multipliers, args.part or FlowContext.part, args.part is not None,
+                          args.board, args.images, args.waves)
         _needs(ctx, names)
         if ctx.flow_dir.exists() and not ctx.flow_dir.is_dir():
             raise UsageError(f"{ctx.flow_dir} is a file; the flow writes a folder there")

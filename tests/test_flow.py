@@ -45,7 +45,7 @@ def test_the_flow_runs_checks_records_and_skips_unchanged_steps(tmp_path, capsys
     rec = json.loads((run / "flow" / "flow.json").read_text())
     steps = rec["steps"]
     assert rec["passed"] and list(steps) == ["plan", "generate", "rtlsim", "hls4ml", "report"]
-    assert steps["plan"]["checks"]["fits"] and steps["rtlsim"]["checks"]["mismatches"] == 0
+    assert steps["plan"]["checks"]["fits"] is True and steps["rtlsim"]["checks"]["mismatches"] == 0
     assert steps["rtlsim"]["checks"]["classes_identical"] and steps["rtlsim"]["checks"]["images"] == 3
     assert steps["hls4ml"]["checks"]["mismatches"] == 0
     assert steps["generate"]["checks"]["cycles_per_frame"] == steps["plan"]["checks"]["cycles_per_frame"]
@@ -72,6 +72,15 @@ def test_the_flow_runs_checks_records_and_skips_unchanged_steps(tmp_path, capsys
     want = golden.run(art, np.load(run / "test_inputs.npy")).reshape(3, -1)
     assert found == {"unit": art.manifest["output"], "output_unit": art.manifest["output"], "image": 2, "pixel": 0,
                      "channel": 1, "expected": int(want[2, 1]), "got": int(want[2, 1]) + 1}
+
+
+def test_the_fit_is_required_only_on_a_part_given(tmp_path, capsys):
+    run, _ = _run_folder(tmp_path)
+    assert flow.main([str(run), "--steps", "plan", "--multipliers", "40"]) == 0
+    assert json.loads((run / "flow" / "flow.json").read_text())["steps"]["plan"]["checks"]["part"] == "LFE5U-85F"
+    assert flow.main([str(run), "--steps", "plan", "--multipliers", "40", "--part", "iCE40UP5K"]) == 1
+    out = capsys.readouterr().out
+    assert "plan       FAILED" in out and "iCE40UP5K has 8" in out
 
 
 def test_a_failing_step_stops_the_flow_and_is_rerun_next_time(tmp_path, monkeypatch, capsys):
