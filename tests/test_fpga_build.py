@@ -110,9 +110,25 @@ def test_a_part_too_small_for_the_whole_network_is_refused_before_synthesis(tmp_
 @pytest.mark.slow
 def test_asic_estimate_tucker2_and_dense(tiny_dir, tmp_path):
     _needs_tools()
-    r = subprocess.run(["make", "-s", "-C", "hw", "asic", f"ARTIFACT={tiny_dir}", "DENSE=1", "MULTIPLIERS=4",
+    r = subprocess.run(["make", "-s", "-C", "hw", "asic", f"ARTIFACT={tiny_dir}", "LAYER=tiny", "DENSE=1", "MULTIPLIERS=4",
                         f"ASIC_OUT={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "GE" in r.stdout and "dense / Tucker-2: area" in r.stdout
     rec = json.loads((tmp_path / "tiny" / "asic_report.json").read_text())
     assert rec["ge"] > 1000 and rec["flops"] > 0 and not rec["unknown"]
+
+
+@pytest.mark.slow
+def test_asic_estimate_whole_network_and_its_dense_twin(tmp_path):
+    _needs_tools()
+    from artifact.synth import random_resnet
+    art = random_resnet(5, stages=2, blocks=1, channels=(2, 4), height=4, width=4, classes=4, shortcut="strided")
+    path = save_artifact(tmp_path / "art", art.manifest, art.tensors)
+    r = subprocess.run([sys.executable, "-m", "deploy.fpga", "asic", "--artifact", str(path), "--dense",
+                        "--multipliers", "24", "--out", str(tmp_path / "asic")], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "network (network)" in r.stdout and "dense / Tucker-2: area" in r.stdout
+    t = json.loads((tmp_path / "asic" / "network" / "asic_report.json").read_text())
+    d = json.loads((tmp_path / "asic" / "network_dense" / "asic_report.json").read_text())
+    assert t["ge"] > 1000 and d["ge"] > 1000 and t["multipliers"] == d["multipliers"] <= 24 and not t["unknown"]

