@@ -412,6 +412,7 @@ def run_flow(ctx: FlowContext, names: list[str], *, force: bool = False, say=pri
     (ctx.flow_dir / "logs").mkdir(exist_ok=True)
     record = _load_record(ctx)
     record["passed"] = None
+    atomic_write_text(ctx.flow_dir / "flow.json", json.dumps(record, indent=1, default=str) + "\n")
     for name in names:
         st = STEPS[name]
         fp = fingerprint(ctx, st)
