@@ -229,8 +229,10 @@ class HostLink(wiring.Component):
         # ---- pixel assembler: frame buffer -> engine ---------------------------------
         feed_start = Signal()
         count = Signal(range(self.batch + 1))          # frames in the request (1 for CMD_INFER)
-        feed_end = Signal(range(self.batch * self.in_bytes + 1))
-        m.d.comb += feed_end.eq(Array(Const(k * self.in_bytes, len(feed_end)) for k in range(self.batch + 1))[count])
+        # the request's sizes, set with ``count`` when its header is accepted (registers: a
+        # multiplexer of constants by ``count`` was the board top's critical path)
+        feed_end = Signal(range(self.batch * self.in_bytes + 1))      # input bytes
+        answer_len = Signal(16)                                        # answer payload bytes
         raddr = Signal(range(self.batch * self.in_bytes + 1))
         pix = Signal(self.in_pix_bytes * 8, reset_less=True)
         nbyte = Signal(range(self.in_pix_bytes + 1))
@@ -342,12 +344,14 @@ class HostLink(wiring.Component):
                 with m.If(is_info & len_zero):
                     m.next = "RCRC"
                 with m.Elif(is_infer & len_frames[0]):
-                    m.d.sync += [count.eq(1), last_waddr.eq(self.in_bytes - 1)]
+                    m.d.sync += [count.eq(1), last_waddr.eq(self.in_bytes - 1), feed_end.eq(self.in_bytes),
+                                 answer_len.eq(self.answer_bytes)]
                     m.next = "PAYLOAD"
                 with m.Elif(is_batch & len_frames.any()):
                     for k in range(1, self.batch + 1):     # the one matching length
                         with m.If(len_frames[k - 1]):
-                            m.d.sync += [count.eq(k), last_waddr.eq(k * self.in_bytes - 1)]
+                            m.d.sync += [count.eq(k), last_waddr.eq(k * self.in_bytes - 1),
+                                         feed_end.eq(k * self.in_bytes), answer_len.eq(k * self.answer_bytes)]
                     m.next = "PAYLOAD"
                 with m.Elif(is_info | is_infer | is_batch):
                     refuse(P.BAD_LENGTH)
@@ -374,7 +378,6 @@ class HostLink(wiring.Component):
                         m.d.sync += respond(P.OK, len(info), 1)
                         m.d.sync += self.error.eq(0)
                     with m.Else():
-                        answer_len = Array(Const(k * self.answer_bytes, 16) for k in range(self.batch + 1))[count]
                         m.d.sync += respond(P.OK, answer_len, 2)
                         m.d.sync += feed_start.eq(1)
                         m.d.sync += [self.error.eq(0), self.frames.eq(self.frames + count)]
