@@ -303,7 +303,7 @@ def _bitstream(ctx, log):
     return checks, [reports[-1].parent]
 
 
-@step("report", "every step's record in RUN/flow/report.json", reads=lambda c: [c.flow_dir / "flow.json"])
+@step("report", "every step's record in RUN/flow/report.json", reads=lambda c: [])    # always runs
 def _report(ctx, log):
     record = _json(ctx.flow_dir / "flow.json")
     done = {n: s for n, s in record["steps"].items() if n != "report"}
@@ -372,8 +372,6 @@ def fingerprint(ctx: FlowContext, st: Step) -> str:
     sources that implement it."""
     h = hashlib.sha256(st.name.encode())
     for p in st.reads(ctx):
-        if st.name == "report":
-            continue                                # the record changes with every step: always rerun
         h.update(str(p).encode())
         _hash_path(h, Path(p))
     h.update(json.dumps(st.options(ctx), sort_keys=True, default=str).encode())

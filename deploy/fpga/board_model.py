@@ -31,11 +31,6 @@ __all__ = ["BoardModel", "serve", "model_info", "golden_outputs", "input_record"
 MAX_TIMEOUT_CYCLES = 2**32 - 1
 
 
-def _shape3(s) -> tuple:
-    s = list(s["shape"])
-    return tuple((s + [1, 1])[:3]) if len(s) < 3 else tuple(s)
-
-
 def input_record(artifact, layer: str | None) -> dict:
     """The input tensor record (``shape``, ``bits``, ``signed``) of a board running ``layer``
     (None: the whole network)."""
@@ -83,10 +78,9 @@ def model_info(artifact, layer: str | None, *, baud: int = 115200, clk_hz: int =
         stages = list(rec.get("stages", [rec]))
         i, o = stages[0]["in"], stages[-1]["out"]
         op, count = rec["op"], 1
-    info = P.BoardInfo(P.PROTOCOL_VERSION, op, _shape3(i), int(i["bits"]), bool(i["signed"]), _shape3(o),
-                       int(o["bits"]), bool(o["signed"]), multipliers, cycles_per_frame, clk, baud, cycles, count)
-    info.batch = P.batch_limit(info.in_bytes, info.answer_bytes)
-    return info
+    return P.BoardInfo(P.PROTOCOL_VERSION, op, P.frame_shape(i["shape"]), int(i["bits"]), bool(i["signed"]),
+                       P.frame_shape(o["shape"]), int(o["bits"]), bool(o["signed"]), multipliers, cycles_per_frame,
+                       clk, baud, cycles, count).with_batch_limit()
 
 
 class BoardModel:

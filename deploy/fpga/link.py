@@ -464,12 +464,6 @@ class HostLink(wiring.Component):
             m.d.sync += [index.eq(0), byte_in_value.eq(0)]
 
 
-def _shape3(shape) -> list:
-    """A tensor shape as (C, H, W): a vector (C,) is one pixel of C channels."""
-    shape = [int(v) for v in shape]
-    return shape + [1] * (3 - len(shape)) if len(shape) < 3 else shape
-
-
 def engine_for(artifact, layer: str | None, multipliers: int | None = None, *,
                min_utilisation: float | None = None) -> tuple:
     """``(engine, in_layout, out_layout, op, layers)`` for a board: the :mod:`hw.engine`
@@ -491,8 +485,8 @@ def engine_for(artifact, layer: str | None, multipliers: int | None = None, *,
                    {"shape": [last.out_ch, last.out_height, last.out_width], "bits": last.out_bits,
                     "signed": last.out_signed})
         op, layers = artifact.layer(layer)["op"], 1
-    in_layout, out_layout = ({"shape": _shape3(r["shape"]), "bits": int(r["bits"]), "signed": bool(r["signed"])}
-                             for r in records)
+    in_layout, out_layout = ({"shape": list(P.frame_shape(r["shape"])), "bits": int(r["bits"]),
+                              "signed": bool(r["signed"])} for r in records)
     return engine, in_layout, out_layout, op, layers
 
 
@@ -509,11 +503,8 @@ def host_link_for(artifact, layer: str | None, *, clk_hz: float, baud: int, mult
                                                            min_utilisation=min_utilisation)
     cycles = int(timeout_cycles if timeout_cycles is not None else round(timeout_s * clk_hz))
     cycles = max(cycles, 20 * divisor)            # at least two byte times
-    in_bytes = math.prod(in_layout["shape"]) * P.elem_bytes(in_layout["bits"])
-    out_bytes = math.prod(out_layout["shape"]) * P.elem_bytes(out_layout["bits"])
-    batch = P.batch_limit(in_bytes, out_bytes + P.TRAILER_LEN)
     info = P.BoardInfo(P.PROTOCOL_VERSION, op, tuple(in_layout["shape"]), in_layout["bits"], in_layout["signed"],
                        tuple(out_layout["shape"]), out_layout["bits"], out_layout["signed"],
                        engine.plan.multipliers, engine.plan.cycles_per_frame, int(round(clk_hz)), int(baud), cycles,
-                       layers, batch)
+                       layers).with_batch_limit()
     return HostLink(engine, in_layout, out_layout, info, divisor, cycles)

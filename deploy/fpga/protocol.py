@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -69,7 +69,7 @@ __all__ = ["SYNC_REQ", "SYNC_RESP", "CMD_INFO", "CMD_INFER", "CMD_INFER_BATCH", 
            "TIMEOUT", "STATUS_NAMES", "INFO_LEN", "PROTOCOL_VERSION", "OPS", "TRAILER_LEN", "NO_CLASS", "Answer",
            "crc8", "encode_request",
            "encode_response", "FrameDecoder", "BoardInfo", "elem_bytes", "tensor_to_bytes", "bytes_to_tensor",
-           "answer_class", "encode_answer", "decode_answer", "batch_limit", "MAX_BATCH",
+           "answer_class", "encode_answer", "decode_answer", "batch_limit", "frame_shape", "MAX_BATCH",
            "ProtocolError", "Link"]
 
 SYNC_REQ = 0xA5
@@ -90,6 +90,12 @@ NO_CLASS = 0xFFFF
 MAX_LEN = 0xFFFF
 #: Most frames per CMD_INFER_BATCH request, and the most input bytes a board buffers for one.
 MAX_BATCH, BATCH_BUFFER_BYTES = 16, 16384
+
+
+def frame_shape(shape) -> tuple:
+    """A tensor shape as the (C, H, W) of a frame on the wire: a vector (C,) is one pixel."""
+    shape = [int(v) for v in shape]
+    return tuple(shape + [1] * (3 - len(shape))) if len(shape) < 3 else tuple(shape)
 
 
 def batch_limit(in_bytes: int, answer_bytes: int) -> int:
@@ -255,6 +261,10 @@ class BoardInfo:
     @property
     def out_bytes(self) -> int:
         return int(np.prod(self.out_shape)) * elem_bytes(self.out_bits)
+
+    def with_batch_limit(self) -> "BoardInfo":
+        """This description with ``batch`` the most frames a request carries (:func:`batch_limit`)."""
+        return replace(self, batch=batch_limit(self.in_bytes, self.answer_bytes))
 
     @property
     def answer_bytes(self) -> int:
