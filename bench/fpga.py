@@ -55,6 +55,39 @@ def _artifact(args, work: Path):
         f"random_tucker2 shaped like ResNet-20 {args.shape} ({SHAPES[args.shape]})"
 
 
+def fmax_mhz(rec: dict) -> float:
+    """A build report's Fmax: the PLL's clock where there is one (the design clock)."""
+    pll = [c for n, c in rec["clocks"].items() if "pll" in n]
+    return (pll or list(rec["clocks"].values()))[0]["fmax_mhz"]
+
+
+def comparison_table(tucker: dict, dense: dict, asic: bool = False) -> dict:
+    """Print the Tucker-2 build beside the dense one (resources, Fmax, cycles, frames/s at
+    Fmax, build time; the dense / Tucker-2 ratio of each) and return the table."""
+    def res(r, k):
+        v = r["resources"].get(k)
+        return v["used"] if v else 0
+
+    rows = [("multipliers", lambda r: r["multipliers"]), ("LUTs", lambda r: res(r, "lut")),
+            ("FFs", lambda r: res(r, "ff")), ("DSP (MULT18X18D)", lambda r: res(r, "dsp")),
+            ("BRAM (DP16KD)", lambda r: res(r, "bram")), ("Fmax MHz", fmax_mhz),
+            ("cycles/frame", lambda r: r["cycles_per_frame"]),
+            ("frames/s at Fmax", lambda r: fmax_mhz(r) * 1e6 / r["cycles_per_frame"]),
+            ("build s", lambda r: r["build_s"])]
+    if asic:
+        rows.append(("ASIC GE", lambda r: r["asic"]["ge"]))
+    print(f"\n{'':20s} {'Tucker-2':>12s} {'dense':>12s} {'dense/T2':>9s}")
+    table = {}
+    for label, f in rows:
+        a, b = f(tucker), f(dense)
+        table[label] = {"tucker2": a, "dense": b}
+        ratio = f"{b / a:9.2f}" if a else "        -"
+        fmt = (lambda v: f"{v:12.1f}") if isinstance(a, float) else (lambda v: f"{v:12d}" if isinstance(v, int)
+                                                                     else f"{v:12.1f}")
+        print(f"{label:20s} {fmt(a)} {fmt(b)} {ratio}")
+    return table
+
+
 def main(argv=None) -> int:
     prog = "bench/fpga.py"
     ap = Parser(prog=prog, description=__doc__.splitlines()[0])
@@ -123,32 +156,7 @@ def main(argv=None) -> int:
         recs[name] = rec
         print(f"  built {name} in {rec['wall_s']:.0f} s")
 
-    def res(r, k):
-        v = r["resources"].get(k)
-        return v["used"] if v else 0
-
-    def fmax(r):
-        pll = [c for n, c in r["clocks"].items() if "pll" in n]
-        return (pll or list(r["clocks"].values()))[0]["fmax_mhz"]
-
-    rows = [("multipliers", lambda r: r["multipliers"]), ("LUTs", lambda r: res(r, "lut")),
-            ("FFs", lambda r: res(r, "ff")), ("DSP (MULT18X18D)", lambda r: res(r, "dsp")),
-            ("BRAM (DP16KD)", lambda r: res(r, "bram")), ("Fmax MHz", fmax),
-            ("cycles/frame", lambda r: r["cycles_per_frame"]),
-            ("frames/s at Fmax", lambda r: fmax(r) * 1e6 / r["cycles_per_frame"]),
-            ("build s", lambda r: r["build_s"])]
-    if args.asic:
-        rows.append(("ASIC GE", lambda r: r["asic"]["ge"]))
-    t, d = recs["tucker2"], recs["dense"]
-    print(f"\n{'':20s} {'Tucker-2':>12s} {'dense':>12s} {'dense/T2':>9s}")
-    table = {}
-    for label, f in rows:
-        a, b = f(t), f(d)
-        table[label] = {"tucker2": a, "dense": b}
-        ratio = f"{b / a:9.2f}" if a else "        -"
-        fmt = (lambda v: f"{v:12.1f}") if isinstance(a, float) else (lambda v: f"{v:12d}" if isinstance(v, int)
-                                                                     else f"{v:12.1f}")
-        print(f"{label:20s} {fmt(a)} {fmt(b)} {ratio}")
+    table = comparison_table(recs["tucker2"], recs["dense"], asic=args.asic)
     for name, r in recs.items():
         print(f"{name}: timing at {args.clock_mhz:g} MHz {'met' if r['timing_pass'] else 'NOT met'}; "
               f"critical path from {r['critical_path'][0]['start'] if r['critical_path'] else '?'}")

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # bench/host.py, also when imported as bench.hw_cycles
 
 import amaranth  # noqa: E402
 

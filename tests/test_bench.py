@@ -64,3 +64,35 @@ def test_fpga_layers_table_and_summary(capsys, tmp_path):
     assert fpga_layers.main([], build_one=failing_build) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "design too large" in err and "Traceback" not in err
+
+
+def test_fpga_network_tucker2_beside_its_dense_twin(capsys, tmp_path):
+    """bench/fpga_network.py builds the whole network and its dense twin at the multipliers
+    the network uses (builds replaced by records, so no place and route) and prints the
+    frames/s ratio beside the FLOPs reduction; bad input is one line, exit 2, before any build."""
+    fpga_network = _bench_module("fpga_network")
+    calls = []
+
+    def fake_build(board, artifact_dir, layer, out, *, multipliers, clock_mhz, speed, seed, log):
+        calls.append((Path(artifact_dir).name, layer, multipliers))
+        dense = Path(artifact_dir).name == "dense_twin"
+        return {"multipliers": multipliers, "cycles_per_frame": 21504 if dense else 12096, "build_s": 1.0,
+                "clocks": {"pll_clk": {"fmax_mhz": 120.0 if dense else 150.0}}, "timing_pass": not dense,
+                "critical_path": [], "resources": {"lut": {"used": 100}, "ff": {"used": 90},
+                                                   "dsp": {"used": multipliers}, "bram": {"used": 5}}}
+
+    out = tmp_path / "net.json"
+    assert fpga_network.main(["--json", str(out), "--out", str(tmp_path / "work")], build=fake_build) == 0
+    assert calls == [("resnet20_digits", None, 128), ("dense_twin", None, 126)]
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["flops_reduction"] > 1.9 and "FLOPs reduction" in text and "machine:" in text
+    assert abs(report["speedup_fps"] - (150.0 / 12096) / (120.0 / 21504)) < 1e-9
+    assert report["table"]["multipliers"] == {"tucker2": 128, "dense": 126}
+    calls.clear()
+    bad = [(["--board", "nosuch"], "unknown board"), (["--artifact", str(tmp_path / "none")], "none"),
+           (["--multipliers", "10"], "too small"), (["--json", str(tmp_path)], "folder")]
+    for argv, what in bad:
+        assert fpga_network.main(argv, build=fake_build) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and what in err and not calls, (argv, err)

@@ -153,7 +153,7 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
         art.layer(layer)                                # ArtifactError if absent
     budget_from_part = layer is None and multipliers is None
     if budget_from_part:                                # the network's default budget, or what the part has
-        multipliers = _network_budget(plat, board)
+        multipliers = network_budget(plat, board)
     out_dir = Path(out) / board.name / (layer or "network")
     ours = _check_out(out_dir)
     try:
@@ -314,7 +314,7 @@ def _estimator_part(plat, board):
         return None
 
 
-def _network_budget(plat, board) -> int:
+def network_budget(plat, board) -> int:
     """The whole network's default multiplier budget on this board: the network default, or
     the part's multipliers when it has fewer."""
     from hw.network import DEFAULT_NETWORK_MULTIPLIERS
