@@ -154,9 +154,15 @@ class _Lowering(abc.ABC):
         rq = layer["requant"]
         width = int(out["shape"][0]) * int(out["bits"])
         body = resources.elementwise(int(out["shape"][0]), int(layer["in"]["bits"]), int(out["bits"]),
-                                     shift=int(rq["shift"]), clamp=tuple(int(v) for v in rq["clamp"]),
+                                     shift=int(rq["shift"]), clamp=_clamp(layer),
                                      in_signed=bool(layer["in"]["signed"]))
         return body + resources.fifo(width, component.fifo_depth, part)
+
+
+def _clamp(layer: dict) -> tuple[int, int]:
+    """The layer's requantizer clamp ``(lo, hi)`` as ints."""
+    lo, hi = layer["requant"]["clamp"]
+    return int(lo), int(hi)
 
 
 def _pixels(record: dict) -> int:
@@ -234,7 +240,7 @@ class _AddLowering(_Lowering):
         ch, ob = int(out["shape"][0]), int(out["bits"])
         body = resources.elementwise(ch, max(r["bits"] for r in component.records), ob, inputs=2,
                                      acc_bits=int(layer["acc"]["bits"]), shift=int(layer["requant"]["shift"]),
-                                     clamp=tuple(int(v) for v in layer["requant"]["clamp"]))
+                                     clamp=_clamp(layer))
         return body + resources.fifo(ch * ob, component.fifo_depth, part)
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
@@ -253,7 +259,7 @@ class _PoolLowering(_Lowering):
         out = layer["out"]
         ch, ob = int(out["shape"][0]), int(out["bits"])
         body = resources.accumulate(ch, int(layer["acc"]["bits"]), ob, shift=int(layer["requant"]["shift"]),
-                                    pixels=_pixels(layer["in"]), clamp=tuple(int(v) for v in layer["requant"]["clamp"]))
+                                    pixels=_pixels(layer["in"]), clamp=_clamp(layer))
         return body + resources.fifo(ch * ob, component.fifo_depth, part)
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
