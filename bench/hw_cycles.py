@@ -111,10 +111,10 @@ def measure(label: str, art, layer: str, dense_kw: dict, budget: int, frames: in
     return {
         "layer": label, "budget": budget, "macs": plan.macs, "dense_macs": dplan.macs,
         "flops_reduction": reduction, "multipliers": plan.multipliers,
-        "folding": [(f.pe, f.simd) for f in plan.stages],
+        "folding": [f.key for f in plan.stages],
         "planned_cycles": plan.cycles_per_frame, "ideal_cycles": plan.ideal_cycles,
         "measured_cycles": run.cycles_per_frame, "utilisation": plan.ideal_cycles / run.cycles_per_frame,
-        "dense_multipliers": dplan.multipliers, "dense_folding": [(f.pe, f.simd) for f in dplan.stages],
+        "dense_multipliers": dplan.multipliers, "dense_folding": [f.key for f in dplan.stages],
         "dense_planned_cycles": dplan.cycles_per_frame, "dense_cycles": drun.cycles_per_frame,
         "speedup": speedup, "target_speedup": 0.9 * reduction,
         "dense_budget_multipliers": neng.plan.multipliers, "dense_budget_cycles": nrun.cycles_per_frame,

@@ -22,7 +22,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .mvu import MatrixVectorUnit, refill_cycles
-from .planner import Plan, plan_folding
+from .planner import Plan, flat_elements, plan_folding
 from .spec import HwError, StageSpec, layer_stages
 from .swg import SlidingWindowGenerator
 
@@ -66,7 +66,7 @@ def check_engine(stages: list[StageSpec], plan: Plan, line_rows: int | None = No
     for spec, f in zip(stages, plan.stages):
         if spec.needs_window:
             SlidingWindowGenerator.check(spec.height, spec.width, spec.kernel, spec.stride, spec.padding, line_rows,
-                                         channels=spec.in_ch, simd=f.simd)
+                                         channels=spec.in_ch, simd=f.simd, elements=flat_elements(spec, f.flat))
 
 
 class LayerEngine(wiring.Component):
@@ -112,8 +112,9 @@ class LayerEngine(wiring.Component):
             if spec.needs_window:
                 swg = SlidingWindowGenerator(spec.in_ch, spec.height, spec.width, spec.in_bits, spec.kernel,
                                              spec.stride, spec.padding, rows=line_rows, simd=f.simd,
-                                             signed=spec.in_signed)
-            self.units.append((swg, MatrixVectorUnit(spec, f.pe, f.simd, window=swg is not None, hold_buffer=hold)))
+                                             signed=spec.in_signed, elements=flat_elements(spec, f.flat))
+            self.units.append((swg, MatrixVectorUnit(spec, f.pe, f.simd, window=swg is not None, hold_buffer=hold,
+                                                     flat=f.flat)))
         super().__init__({
             "pix_in": In(stream.Signature(unsigned(stages[0].in_pixel_bits))),
             "pix_out": Out(stream.Signature(unsigned(stages[-1].out_pixel_bits))),
@@ -129,7 +130,7 @@ class LayerEngine(wiring.Component):
                 "out_shape": [spec.out_ch, spec.out_height, spec.out_width],
                 "in_bits": spec.in_bits, "in_signed": spec.in_signed, "weight_bits": spec.weight_bits,
                 "out_bits": spec.out_bits, "out_signed": spec.out_signed,
-                "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf, "multipliers": f.multipliers,
+                "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf, "flat": f.flat, "multipliers": f.multipliers,
                 "cycles_per_vector": f.cycles_per_vector, "cycles_per_frame": f.cycles_per_frame, "macs": f.macs,
                 "acc_bits": spec.acc_bits, "adder_tree_bits": spec.tree_bits,
                 "requant": (None if spec.requant is None else
@@ -155,20 +156,21 @@ class LayerEngine(wiring.Component):
         for spec, (swg, mvu) in zip(self.stages, self.units):
             rq = spec.requant
             # the distinct bit columns of a ROM small enough for soft logic (rom_columns)
-            rom_w, bias_w = mvu.pe * mvu.simd * spec.weight_bits, mvu.pe * spec.acc_bits
-            wcols = resources.rom_columns(mvu.weight_words(), rom_w) if rom_w * mvu.nf * mvu.sf < 4096 else None
+            rom_w, bias_w = mvu.rom_width, mvu.pe * spec.acc_bits
+            wcols = resources.rom_columns(mvu.weight_words(), rom_w) \
+                if rom_w * mvu.cycles_per_vector < 4096 else None
             bcols = resources.rom_columns(mvu.bias_words(), bias_w) \
-                if spec.bias is not None and bias_w * mvu.nf < 4096 else None
+                if spec.bias is not None and bias_w * mvu.nf < 4096 and not mvu.flat else None
             if swg is not None:
                 per[f"{spec.name}_swg"] = resources.swg(spec.in_ch, spec.in_bits, spec.width, spec.kernel,
                                                         spec.stride, swg.rows, part, height=spec.height,
-                                                        padding=spec.padding, simd=swg.simd)
+                                                        padding=spec.padding, simd=swg.simd, elements=swg.elements)
             per[f"{spec.name}_mvu"] = resources.mvu(
                 mvu.pe, mvu.simd, mvu.nf, mvu.sf, spec.in_bits, spec.weight_bits, spec.acc_bits, spec.out_ch,
                 spec.out_bits, spec.bias is not None, rq is not None, mvu.fifo_depth, part, in_signed=spec.in_signed,
                 tree_bits=spec.tree_bits, shift=rq[0] if rq is not None else None,
                 clamp=rq[1:] if rq is not None else None, weight_columns=wcols, bias_columns=bcols,
-                window=swg is not None, hold_buffer=mvu.hold_buffer)
+                window=swg is not None, hold_buffer=mvu.hold_buffer, flat=mvu.flat)
         return per
 
     def elaborate(self, platform):

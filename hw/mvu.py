@@ -24,6 +24,19 @@ Input, two forms (fold ``sf`` uses vector elements ``[sf*SIMD, (sf+1)*SIMD)``):
   later, in the cycle where the other form has its slice register. The window is never
   copied into the unit.
 
+*Flat fold* (``flat=True``, behind a window generator, ``PE = 1``): the ``SIMD``
+multipliers take ``SIMD`` consecutive weights of the row-major flattened
+``out_ch x in_elems`` matrix per cycle, so a vector takes ``ceil(out_ch * in_elems / SIMD)``
+cycles (:func:`flat_words`) instead of ``NF * SF``, with no padding between rows. The
+generator reads the window end to end ``out_ch`` times (its ``elements``), so a word holds
+the end of one output's row and the start of the next one's. With ``SIMD <= in_elems`` a
+word touches at most two outputs: each ROM word carries, beside its weights, a lane mask
+(the lanes of the word's first output) and an *emit* bit (that output ends in this word).
+Two adder trees sum the masked lanes (``lo``) and the others (``hi``); on an emit the
+output is ``acc + lo`` and the accumulator restarts at the next output's bias plus ``hi``,
+else it adds ``lo``. One requantizer; the output buffer collects ``out_ch`` groups of one
+channel.
+
 Pipeline (every path registered): issue (weight ROM read) -> two ROM output registers
 (the block RAM's clock-to-out leaves room for a short route only), the input word in
 step with the second -> operand registers (so the block-RAM read, the routes to the
@@ -53,7 +66,7 @@ import math
 
 import numpy as np
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -65,7 +78,7 @@ from .spec import HwError, StageSpec
 from .swg import window_read_signature
 from .units import BlockFIFO
 
-__all__ = ["MatrixVectorUnit", "mvu_latency", "default_fifo_depth", "refill_cycles", "to_twos"]
+__all__ = ["MatrixVectorUnit", "mvu_latency", "default_fifo_depth", "refill_cycles", "flat_words", "to_twos"]
 
 TREE_LEVELS = 2     # adder-tree levels between pipeline registers (after the first level)
 #: On ECP5 a weight or bias ROM of at least this many bits is a block RAM (yosys alone keeps
@@ -98,6 +111,11 @@ def mvu_latency(simd: int, requant: bool = True) -> int:
     return 1 + 2 + 1 + 1 + _tree_regs(simd) + 1 + (2 if requant else 0)
 
 
+def flat_words(out_ch: int, in_elems: int, simd: int) -> int:
+    """Cycles per vector of a flat fold: ``ceil(out_ch * in_elems / simd)`` words."""
+    return -(-out_ch * in_elems // simd)
+
+
 def refill_cycles(nf: int, hold_buffer: bool) -> int:
     """Cycles an MVU's output register stays empty after a pixel leaves, when the next
     pixel's groups are all made: ``NF - 1`` without the hold buffer, else none."""
@@ -128,6 +146,10 @@ class MatrixVectorUnit(wiring.Component):
         With ``NF > 1``: a second pixel register in the output buffer, so that the next
         pixel is ready when one leaves (see :meth:`_group_buffer`); without it a consumer
         that holds the pixel while it reads it waits :func:`refill_cycles` per pixel.
+    flat : bool
+        Fold the weight matrix flat (see the module doc): needs ``window`` and ``pe == 1``,
+        and a generator built with ``elements = out_ch * in_elems``. Then ``nf`` is
+        ``out_ch`` (output groups of one channel) and ``sf`` the words per vector.
 
     Members
     -------
@@ -142,15 +164,21 @@ class MatrixVectorUnit(wiring.Component):
     """
 
     def __init__(self, spec: StageSpec, pe: int, simd: int, fifo_depth: int | None = None, *, window: bool = False,
-                 hold_buffer: bool = True):
+                 hold_buffer: bool = True, flat: bool = False):
+        if flat and not (window and pe == 1):
+            raise HwError(f"stage {spec.name!r}: a flat fold reads a window generator with PE=1 (got PE={pe}"
+                          f"{'' if window else ', no window'})")
         if not 1 <= pe <= spec.out_ch:
             raise HwError(f"stage {spec.name!r}: PE={pe} must be between 1 and the {spec.out_ch} out channels")
         if not 1 <= simd <= spec.in_elems:
             raise HwError(f"stage {spec.name!r}: SIMD={simd} must be between 1 and the {spec.in_elems} in elements")
-        self.spec, self.pe, self.simd, self.window = spec, pe, simd, window
-        self.nf, self.sf = -(-spec.out_ch // pe), -(-spec.in_elems // simd)
+        self.spec, self.pe, self.simd, self.window, self.flat = spec, pe, simd, window, bool(flat)
+        if self.flat:
+            self.nf, self.sf = spec.out_ch, flat_words(spec.out_ch, spec.in_elems, simd)
+        else:
+            self.nf, self.sf = -(-spec.out_ch // pe), -(-spec.in_elems // simd)
         self.hold_buffer = bool(hold_buffer) and self.nf > 1
-        self.fifo_depth = fifo_depth or default_fifo_depth(self.nf * self.sf, simd, spec.requant is not None)
+        self.fifo_depth = fifo_depth or default_fifo_depth(self.cycles_per_vector, simd, spec.requant is not None)
         members = {
             "vec_in": In(stream.Signature(unsigned(1 if window else spec.in_elems * spec.in_bits))),
             "pix_out": Out(stream.Signature(unsigned(spec.out_ch * spec.out_bits))),
@@ -161,7 +189,13 @@ class MatrixVectorUnit(wiring.Component):
 
     @property
     def cycles_per_vector(self) -> int:
-        return self.nf * self.sf
+        """Cycles (weight ROM words) per input vector."""
+        return self.sf if self.flat else self.nf * self.sf
+
+    @property
+    def rom_width(self) -> int:
+        """Bits of a weight ROM word: the weights, and in a flat fold the lane mask and emit bit."""
+        return self.pe * self.simd * self.spec.weight_bits + (self.simd + 1 if self.flat else 0)
 
     @property
     def multipliers(self) -> int:
@@ -169,8 +203,13 @@ class MatrixVectorUnit(wiring.Component):
 
     def weight_words(self) -> list[int]:
         """ROM contents: word ``nf*SF + sf`` holds ``W[nf*PE + pe, sf*SIMD + j]`` at bit
-        offset ``(pe*SIMD + j) * weight_bits`` (0 where the row or column is padding)."""
+        offset ``(pe*SIMD + j) * weight_bits`` (0 where the row or column is padding).
+        Flat: word ``t`` holds flat weight ``t*SIMD + j`` at ``j * weight_bits`` (0 past the
+        matrix), then bit ``j`` of the lane mask (lane ``j`` is in the word's first output's
+        row), then the emit bit (that row ends in this word)."""
         s, wb = self.spec, self.spec.weight_bits
+        if self.flat:
+            return self._flat_words()
         padded = np.zeros((self.nf * self.pe, self.sf * self.simd), dtype=np.int64)
         padded[:s.out_ch, :s.in_elems] = s.weights
         words = []
@@ -178,6 +217,20 @@ class MatrixVectorUnit(wiring.Component):
             for sf in range(self.sf):
                 block = padded[nf * self.pe:(nf + 1) * self.pe, sf * self.simd:(sf + 1) * self.simd]
                 words.append(sum(to_twos(w, wb) << (i * wb) for i, w in enumerate(block.ravel().tolist())))
+        return words
+
+    def _flat_words(self) -> list[int]:
+        s, wb, M = self.spec, self.spec.weight_bits, self.simd
+        L, n = s.in_elems, s.out_ch * s.in_elems
+        flat = np.zeros(self.sf * M, dtype=np.int64)
+        flat[:n] = s.weights.reshape(-1)
+        words = []
+        for t in range(self.sf):
+            row = (t * M) // L                          # the word's first output
+            word = sum(to_twos(w, wb) << (j * wb) for j, w in enumerate(flat[t * M:(t + 1) * M].tolist()))
+            mask = sum(1 << j for j in range(M) if (t * M + j) // L == row)
+            emit = int((row + 1) * L <= (t + 1) * M)
+            words.append(word | (mask << (M * wb)) | (emit << (M * wb + M)))
         return words
 
     def bias_words(self) -> list[int]:
@@ -230,7 +283,8 @@ class MatrixVectorUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         s = self.spec
-        PE, SIMD, NF, SF = self.pe, self.simd, self.nf, self.sf
+        PE, SIMD = self.pe, self.simd
+        NF, SF = (1, self.sf) if self.flat else (self.nf, self.sf)     # issue folds: a flat vector is one row of words
         ib, wb, ob, ab = s.in_bits, s.weight_bits, s.out_bits, s.acc_bits
 
         # ---- credits (the output buffer is built at the end) ------------------------
@@ -289,7 +343,7 @@ class MatrixVectorUnit(wiring.Component):
         # the block RAM's clock-to-out is 4.3 ns, which leaves room for a short route only, so
         # the first register can sit by the block RAM and the second anywhere on the way to
         # the multipliers)
-        rom_w = PE * SIMD * wb
+        rom_w = self.rom_width
         if NF * SF > 1:
             rom = m.submodules.weights = Memory(shape=unsigned(rom_w), depth=NF * SF, init=self.weight_words(),
                                                 attrs=self._rom_attrs(platform, rom_w * NF * SF))
@@ -319,7 +373,7 @@ class MatrixVectorUnit(wiring.Component):
         # and the product registers are the MULT18X18D's own (hw/dsp.py, HW_REQUESTS item 4).
         mul = Multipliers(m, platform)
         x_op = mul.operand(x_w, "x_op")
-        w_op = mul.operand(wword, "w_op")
+        w_op = mul.operand(wword[:PE * SIMD * wb], "w_op")
 
         def elem(word, i, bits, is_signed):
             v = word[i * bits:(i + 1) * bits]
@@ -333,6 +387,7 @@ class MatrixVectorUnit(wiring.Component):
         # ---- adder tree (registers after the first level, so that the route out of the ---
         # DSPs gets one adder only, then every TREE_LEVELS levels; root is combinational)
         def tree(values, pe):
+            """The adder tree of ``values`` (named by ``pe``), registered as the module doc says."""
             level = 0
             while len(values) > 1:
                 nxt = []
@@ -356,6 +411,10 @@ class MatrixVectorUnit(wiring.Component):
                     values = regs
             return values[0]
 
+        if self.flat:
+            r_done, group = self._flat_accumulate(m, wword, products, tree, ctrl, acc_cycle)
+            self._group_buffer(m, group, r_done, out_w) if self.nf > 1 else self._pixel_fifo(m, group, r_done, out_w)
+            return m
         sums = [tree(products[pe], pe) for pe in range(PE)]
 
         # ---- accumulate (bias on the first fold) ----------------------------------------
@@ -405,13 +464,73 @@ class MatrixVectorUnit(wiring.Component):
         # ---- output buffer: NF groups of PE results -> one pixel -----------------------
         # (the padded channels of a partial last group fall off the top of the pixel)
         if NF == 1:
-            fifo = m.submodules.fifo = SyncFIFOBuffered(width=out_w, depth=self.fifo_depth)
-            m.d.comb += [fifo.w_data.eq(group[:out_w]), fifo.w_en.eq(r_done),
-                         self.pix_out.payload.eq(fifo.r_data), self.pix_out.valid.eq(fifo.r_rdy),
-                         fifo.r_en.eq(self.pix_out.ready)]
+            self._pixel_fifo(m, group, r_done, out_w)
         else:
             self._group_buffer(m, group, r_done, out_w)
         return m
+
+    def _pixel_fifo(self, m: Module, group, r_done, out_w: int) -> None:
+        """The output buffer of a unit with one group per pixel: a FIFO of ``fifo_depth`` pixels."""
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=out_w, depth=self.fifo_depth)
+        m.d.comb += [fifo.w_data.eq(group[:out_w]), fifo.w_en.eq(r_done),
+                     self.pix_out.payload.eq(fifo.r_data), self.pix_out.valid.eq(fifo.r_rdy),
+                     fifo.r_en.eq(self.pix_out.ready)]
+
+    def _flat_accumulate(self, m: Module, wword, products, tree, ctrl, acc_cycle: int):
+        """A flat fold's accumulator (module doc): ``(r_done, group)``, the requantized
+        output channel and its valid flag, one channel per emit in output order.
+
+        The lane mask travels with the weights to the product registers (cycle 5), the emit
+        bit to the accumulator (``acc_cycle``). ``o`` counts the outputs of the vector and
+        ``bias_next`` holds the bias of output ``o + 1`` (a table indexed by ``o``, loaded on
+        each emit), so no adder or ROM read precedes the accumulator's adders."""
+        s, M, wb, ab, ob = self.spec, self.simd, self.spec.weight_bits, self.spec.acc_bits, self.spec.out_bits
+        out = s.out_ch
+        mask, emit = wword[M * wb:M * wb + M], wword[M * wb + M]
+        for i in range(4, 6):                           # in step with the operand, then product registers
+            r = Signal(M, name=f"lanes_d{i}", reset_less=True)
+            m.d.sync += r.eq(mask)
+            mask = r
+        for i in range(4, acc_cycle + 1):
+            r = Signal(name=f"emit_d{i}", reset_less=True)
+            m.d.sync += r.eq(emit)
+            emit = r
+        lanes = {"lo": [], "hi": []}
+        for j, p in enumerate(products[0]):
+            for side, keep in (("lo", mask[j]), ("hi", ~mask[j])):
+                v = Signal.like(p, name=f"{side}_{j}")
+                m.d.comb += v.eq(Mux(keep, p, 0))
+                lanes[side].append(v)
+        lo, hi = tree(lanes["lo"], "lo"), tree(lanes["hi"], "hi")
+
+        bias = [0] * out if s.bias is None else [int(b) for b in s.bias]
+        o = Signal(range(out), name="output")           # the output being accumulated
+        bias_next = Signal(signed(ab), init=bias[1 % out], name="bias_next")
+        av, afirst, _, _ = ctrl[acc_cycle]
+        acc = Signal(signed(ab), name="acc", reset_less=True)
+        result = Signal(signed(ab), name="result", reset_less=True)
+        base = Mux(afirst, Const(bias[0], signed(ab)), acc)
+        with m.If(av):
+            with m.If(emit):
+                m.d.sync += [result.eq(base + lo), acc.eq(bias_next + hi),
+                             o.eq(Mux(o == out - 1, 0, o + 1)),
+                             bias_next.eq(Array(Const(bias[(i + 2) % out], signed(ab)) for i in range(out))[o])]
+            with m.Else():
+                m.d.sync += acc.eq(base + lo)
+        done = Signal()
+        m.d.sync += done.eq(av & emit)
+        if s.requant is None:
+            return done, result[:ob]
+        shift, lo_clamp, hi_clamp = s.requant
+        rq = m.submodules.requant_0 = Requantizer(ab, shift, lo_clamp, hi_clamp,
+                                                  signed(ob) if s.out_signed else unsigned(ob))
+        m.d.comb += rq.acc.eq(result)
+        r_done = done
+        for i in range(2):
+            dv = Signal(name=f"rq_done_{i}")
+            m.d.sync += dv.eq(r_done)
+            r_done = dv
+        return r_done, rq.out[:ob]
 
     def _group_buffer(self, m: Module, group, r_done, out_w: int) -> None:
         """The output buffer of a unit with ``NF > 1`` groups per pixel, for ``fifo_depth``

@@ -42,7 +42,7 @@ from artifact.ops import lowering, register_lowering
 from . import resources
 from .engine import LayerEngine, check_engine, keeps_rate
 from .mvu import mvu_latency, refill_cycles
-from .planner import StageFold, fixed_folding, stage_options
+from .planner import StageFold, _preference, fixed_folding, stage_options
 from .resources import Resources
 from .spec import HwError, StageSpec, layer_stages
 from .swg import WINDOW_READ_LATENCY
@@ -192,7 +192,7 @@ class _MacLowering(_Lowering):
         return layer_stages(artifact, layer["name"])
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
-        plan = fixed_folding(specs, [(f.pe, f.simd) for f in folds])
+        plan = fixed_folding(specs, [f.key for f in folds])
         check_engine(specs, plan, line_rows)
         engine = LayerEngine(specs, plan, line_rows=line_rows, input_fifo=False, rate=rate, hold_last=hold_last)
         return RawStreamAdapter(engine, signature_of(operands[0]), signature_of(layer["out"]))
@@ -366,7 +366,7 @@ def _balanced(options: list[list[StageFold]], budget: int) -> list[StageFold]:
             fits = [f for f in opts if f.cycles_per_frame <= target]
             if not fits:
                 return None
-            chosen.append(min(fits, key=lambda f: (f.multipliers, -f.simd)))
+            chosen.append(min(fits, key=_preference))
         return chosen
 
     def fits(i):

@@ -4,7 +4,10 @@ Cost model (what the engine achieves in steady state, frames back to back):
 
 * a stage with ``PE`` x ``SIMD`` multipliers takes
   ``T = ceil(out_ch/PE) * ceil(in_elems/SIMD)`` cycles per output pixel (PE and SIMD
-  need not divide: the last fold is zero-padded, see :mod:`hw.mvu`);
+  need not divide: the last fold is zero-padded, see :mod:`hw.mvu`); a stage behind a
+  window generator may instead fold *flat* (``PE = 1``, :func:`hw.mvu.flat_words`):
+  ``T = ceil(out_ch * in_elems / SIMD)``, no padding between rows, for a second adder
+  tree (chosen only where it is faster or needs fewer multipliers);
 * a stage behind a sliding-window generator reads its window in place, one word of
   ``SIMD`` elements per fold, with no further floor (:func:`hw.swg.swg_period` is 1);
   its ``SIMD`` is limited to words that span at most :func:`hw.swg.max_ports` pixels
@@ -26,11 +29,12 @@ import math
 import numbers
 from dataclasses import asdict, dataclass
 
+from .mvu import flat_words
 from .spec import HwError, StageSpec
 from .swg import max_ports, swg_period, window_ports
 
-__all__ = ["DEFAULT_MULTIPLIERS", "DEFAULT_MIN_UTILISATION", "StageFold", "Plan", "simd_fits", "fold", "stage_options",
-           "plan_folding", "fixed_folding"]
+__all__ = ["DEFAULT_MULTIPLIERS", "DEFAULT_MIN_UTILISATION", "StageFold", "Plan", "simd_fits", "flat_elements", "fold",
+           "stage_options", "plan_folding", "fixed_folding"]
 
 #: Budget used when none is given.
 DEFAULT_MULTIPLIERS = 64
@@ -52,14 +56,20 @@ class StageFold:
     stage: str
     pe: int
     simd: int
-    nf: int                     # ceil(out_ch / pe)
-    sf: int                     # ceil(in_elems / simd)
-    cycles_per_vector: int      # nf * sf
+    nf: int                     # ceil(out_ch / pe) (flat: out_ch)
+    sf: int                     # ceil(in_elems / simd) (flat: words per vector)
+    cycles_per_vector: int      # nf * sf (flat: sf)
     period: int                 # cycles between output pixels (= cycles_per_vector)
     vectors: int                # output pixels per frame
     cycles_per_frame: int       # vectors * period
     multipliers: int            # pe * simd
     macs: int                   # MACs per frame
+    flat: bool = False          # the weight matrix folded flat (hw.mvu)
+
+    @property
+    def key(self) -> tuple[int, int, bool]:
+        """``(pe, simd, flat)``: what :func:`fold` needs to rebuild this folding."""
+        return self.pe, self.simd, self.flat
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,36 +100,63 @@ class Plan:
                 "utilisation": self.utilisation, "stages": [s.as_dict() for s in self.stages]}
 
 
-def simd_fits(spec: StageSpec, simd: int) -> bool:
+def flat_elements(spec: StageSpec, flat: bool) -> int | None:
+    """The ``elements`` of a stage's window generator: the whole flattened matrix for a
+    flat fold (the window read ``out_ch`` times end to end), else None."""
+    return spec.out_ch * spec.in_elems if flat else None
+
+
+def simd_fits(spec: StageSpec, simd: int, flat: bool = False) -> bool:
     """Whether a stage can read ``simd`` elements per fold: any width for a plain 1x1
     stage, a word over at most :func:`hw.swg.max_ports` pixels behind a window generator."""
-    return not spec.needs_window or window_ports(spec.in_ch, spec.kernel, simd) <= max_ports(spec.kernel)
+    return not spec.needs_window or \
+        window_ports(spec.in_ch, spec.kernel, simd, flat_elements(spec, flat)) <= max_ports(spec.kernel)
 
 
-def fold(spec: StageSpec, pe: int, simd: int) -> StageFold:
-    """Cost of one stage folded ``pe`` x ``simd`` (HwError unless ``1 <= pe <= out_ch``,
-    ``1 <= simd <= in_elems`` and :func:`simd_fits`)."""
+def _preference(f: StageFold) -> tuple:
+    """Among foldings of equal speed: fewer multipliers, then a PE x SIMD fold over a flat
+    one (one adder tree), then wide SIMD over many PEs (fewer accumulators)."""
+    return f.multipliers, f.flat, -f.simd
+
+
+def fold(spec: StageSpec, pe: int, simd: int, flat: bool = False) -> StageFold:
+    """Cost of one stage folded ``pe`` x ``simd``, or flat with ``simd`` multipliers
+    (HwError unless ``1 <= pe <= out_ch``, ``1 <= simd <= in_elems`` and
+    :func:`simd_fits`; a flat fold needs a window stage and ``pe == 1``)."""
     if not (1 <= pe <= spec.out_ch and 1 <= simd <= spec.in_elems):
         raise HwError(f"stage {spec.name!r}: PE={pe} must be in 1..{spec.out_ch} (out channels) and "
                       f"SIMD={simd} in 1..{spec.in_elems} (in elements)")
-    if not simd_fits(spec, simd):
+    if flat and not (spec.needs_window and pe == 1):
+        raise HwError(f"stage {spec.name!r}: a flat fold needs a window stage and PE=1 (got PE={pe}, "
+                      f"{spec.kernel}x{spec.kernel} stride {spec.stride} padding {spec.padding})")
+    if not simd_fits(spec, simd, flat):
         raise HwError(f"stage {spec.name!r}: a word of SIMD={simd} elements spans "
-                      f"{window_ports(spec.in_ch, spec.kernel, simd)} pixels of {spec.in_ch} channels; the "
-                      f"window generator reads at most {max_ports(spec.kernel)}")
-    nf, sf = -(-spec.out_ch // pe), -(-spec.in_elems // simd)
-    period = max(nf * sf, swg_period(spec.kernel) if spec.needs_window else 1)
-    return StageFold(spec.name, pe, simd, nf, sf, nf * sf, period, spec.vectors, spec.vectors * period,
-                     pe * simd, spec.macs)
+                      f"{window_ports(spec.in_ch, spec.kernel, simd, flat_elements(spec, flat))} pixels of "
+                      f"{spec.in_ch} channels; the window generator reads at most {max_ports(spec.kernel)}")
+    if flat:
+        nf, sf = spec.out_ch, flat_words(spec.out_ch, spec.in_elems, simd)
+        cycles = sf
+    else:
+        nf, sf = -(-spec.out_ch // pe), -(-spec.in_elems // simd)
+        cycles = nf * sf
+    period = max(cycles, swg_period(spec.kernel) if spec.needs_window else 1)
+    return StageFold(spec.name, pe, simd, nf, sf, cycles, period, spec.vectors, spec.vectors * period,
+                     pe * simd, spec.macs, bool(flat))
 
 
 def stage_options(spec: StageSpec) -> list[StageFold]:
     """Pareto-optimal foldings of a stage (fewer cycles costs more multipliers), fastest first."""
     best: dict[int, StageFold] = {}
-    for pe in _fold_widths(spec.out_ch):
-        for simd in filter(lambda w: simd_fits(spec, w), _fold_widths(spec.in_elems)):
-            f = fold(spec, pe, simd)
+    candidates = [(pe, simd, False) for pe in _fold_widths(spec.out_ch)
+                  for simd in _fold_widths(spec.in_elems)]
+    if spec.needs_window:       # flat folds: the narrowest width for each word count
+        n = spec.out_ch * spec.in_elems
+        candidates += [(1, simd, True) for simd in _fold_widths(n) if 2 <= simd <= spec.in_elems]
+    for pe, simd, flat in candidates:
+        if simd_fits(spec, simd, flat):
+            f = fold(spec, pe, simd, flat)
             cur = best.get(f.cycles_per_frame)
-            if cur is None or (f.multipliers, -f.simd) < (cur.multipliers, -cur.simd):
+            if cur is None or _preference(f) < _preference(cur):
                 best[f.cycles_per_frame] = f
     out, cheapest = [], None
     for cyc in sorted(best):                        # fastest first; a slower option must be cheaper
@@ -158,7 +195,7 @@ def plan_folding(specs: list[StageSpec], multipliers: int | None = None, *,
             fits = [f for f in opts if f.cycles_per_frame <= target]
             if not fits:
                 break
-            chosen.append(min(fits, key=lambda f: (f.multipliers, -f.simd)))
+            chosen.append(min(fits, key=_preference))
         else:
             used = sum(f.multipliers for f in chosen)
             if used <= budget:
@@ -189,11 +226,12 @@ def _check_utilisation(min_utilisation) -> float:
     return float(min_utilisation)
 
 
-def fixed_folding(specs: list[StageSpec], folds: list[tuple[int, int]], budget: int | None = None) -> Plan:
-    """A plan from explicit ``(pe, simd)`` per stage (for tests and experiments)."""
+def fixed_folding(specs: list[StageSpec], folds: list[tuple], budget: int | None = None) -> Plan:
+    """A plan from explicit ``(pe, simd)`` or ``(pe, simd, flat)`` per stage (for tests,
+    experiments and rebuilding a plan's foldings, :attr:`StageFold.key`)."""
     if len(folds) != len(specs):
         raise HwError(f"{len(folds)} foldings given for {len(specs)} stages")
-    chosen = [fold(s, pe, simd) for s, (pe, simd) in zip(specs, folds)]
+    chosen = [fold(s, *f) for s, f in zip(specs, folds)]
     return _plan(chosen, budget if budget is not None else sum(f.multipliers for f in chosen))
 
 

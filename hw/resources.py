@@ -50,6 +50,7 @@ from artifact import conv_out_hw
 
 from .requant import round_shift_width
 from .spec import HwError
+from .swg import window_ports, window_words
 
 __all__ = ["Resources", "Part", "BlockConfig", "LutRamConfig", "PARTS", "part", "memory", "rom_columns", "fifo",
            "block_fifo", "pixel_fifo", "mvu", "swg", "requantizer", "elementwise", "accumulate", "running_max", "fork",
@@ -476,18 +477,22 @@ def _rom(width: int, depth: int, p: Part, columns: int | None, block: bool = Fal
 def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: int, acc_bits: int, out_ch: int,
                out_bits: int, has_bias: bool, requant: bool, fifo_depth: int, p: Part, *, in_signed: bool,
                tree_bits: int | None, weight_columns: int | None, bias_columns: int | None,
-               dsp_registers: bool | None, window: bool, hold_buffer: bool) -> tuple[Resources, dict]:
+               dsp_registers: bool | None, window: bool, hold_buffer: bool,
+               flat: bool = False) -> tuple[Resources, dict]:
     """The structural part of :func:`mvu` (memories, DSPs, flip-flops, fixed LUTs) and the
     LUT terms its coefficients weigh (``{name: bits}``), without requantizers."""
     x_bits = in_bits + (0 if in_signed else 1)          # the input element as a signed operand
-    tree_bits = min(acc_bits, weight_bits + x_bits + _bits(simd * sf)) if tree_bits is None else tree_bits
+    row_elems = sf * simd * pe // max(nf, 1) if flat else simd * sf     # products summed into one output
+    tree_bits = min(acc_bits, weight_bits + x_bits + _bits(row_elems)) if tree_bits is None else tree_bits
     product_bits = min(weight_bits + x_bits, tree_bits)
-    products, folds, rom_w = pe * simd, nf * sf, pe * simd * weight_bits
+    products, rom_w = pe * simd, pe * simd * weight_bits + (simd + 1 if flat else 0)
+    folds = sf if flat else nf * sf                     # weight ROM words
+    issue_nf = 1 if flat else nf                        # a flat vector is one row of words
     dsps = _dsps_per_product(weight_bits, x_bits, product_bits, p)
     if dsp_registers is None:
         dsp_registers = p.family in ("ecp5", "xc7")
     in_dsp = dsp_registers and dsps == 1                # a split or soft product keeps fabric registers
-    nf_bits, sf_bits, fold_bits = _bits(max(nf, 2)), _bits(max(sf, 2)), _bits(folds)
+    nf_bits, sf_bits, fold_bits = _bits(max(issue_nf, 2)), _bits(max(sf, 2)), _bits(folds)
     ecp5 = p.family == "ecp5"
 
     # a product in logic: an array multiplier, about one LUT4 per partial-product bit
@@ -499,7 +504,7 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
     if folds > 1:
         rom, word_regs = _rom(rom_w, folds, p, weight_columns, ecp5 and rom_w * folds >= MVU_ROM_BLOCK_MIN_BITS)
         total += rom
-    bias_rom = has_bias and nf > 1                      # else the bias is a constant word
+    bias_rom = has_bias and nf > 1 and not flat         # else the bias is a constant word (flat: a table)
     if bias_rom:
         total += _rom(pe * acc_bits, nf, p, bias_columns, ecp5 and pe * acc_bits * nf >= MVU_ROM_BLOCK_MIN_BITS)[0]
 
@@ -518,6 +523,17 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
     # adder trees; accumulators (first fold: bias, else the running sum; plus the tree)
     adders, tree_regs, tree_stages = _adder_tree(simd, product_bits, tree_bits)
     ffs += pe * (tree_regs + acc_bits)
+    flat_mux = flat_adders = 0
+    if flat:
+        # (MatrixVectorUnit._flat_accumulate) a second tree; the lane mask to the products and
+        # the emit bit to the accumulator; the result register, the next output's bias (a
+        # table of out_ch words by the output counter) and the counter; per lane the two
+        # masks (about one LUT per product bit for the pair: yosys merges the second into the
+        # first adder level), the accumulator's choice of restart, and the bias add
+        ffs += tree_regs + 2 * simd + (2 + tree_stages) + acc_bits + acc_bits + _bits(out_ch)
+        total += memory(acc_bits, out_ch, p, rom=True) if out_ch > 1 else Resources()
+        flat_mux = simd * product_bits + acc_bits
+        flat_adders = adders + acc_bits
     # control: fold counters and flags, ROM address, credit counter; the valid/first/last
     # pipeline to the accumulator (5 + tree stages; where there is a bias ROM, the fold
     # index beside it up to the ROM's read and the registered bias word), the result flag
@@ -546,7 +562,8 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
             buffer_bits += 2 * _bits(depth) + _bits(depth + 1)
     ties = 2 * products if in_dsp and ecp5 else 0
     total += Resources(luts=ties, ffs=ffs)
-    terms = {"mux": mux_bits + pe * acc_bits, "adder": pe * (adders + acc_bits), "control": ctrl_bits,
+    terms = {"mux": mux_bits + pe * acc_bits + flat_mux, "adder": pe * (adders + acc_bits) + flat_adders,
+             "control": ctrl_bits,
              "buffer": buffer_bits, "buffer_const": 1 if nf > 1 else 0}
     return total, terms
 
@@ -555,9 +572,11 @@ def mvu(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: int, ac
         out_bits: int, has_bias: bool, requant: bool, fifo_depth: int, part: str | Part, *,
         in_signed: bool = False, tree_bits: int | None = None, shift: int | None = None,
         clamp: tuple[int, int] | None = None, weight_columns: int | None = None, bias_columns: int | None = None,
-        dsp_registers: bool | None = None, window: bool = False, hold_buffer: bool = True) -> Resources:
+        dsp_registers: bool | None = None, window: bool = False, hold_buffer: bool = True,
+        flat: bool = False) -> Resources:
     """One :class:`hw.mvu.MatrixVectorUnit` folded ``pe`` x ``simd`` with ``nf`` x ``sf``
-    folds on ``part``, with its weight and bias ROMs, requantizers (if ``requant``) and
+    folds (``flat``: ``pe = 1``, ``nf = out_ch`` groups of one channel, ``sf`` words per
+    vector, two adder trees and one requantizer) on ``part``, with its weight and bias ROMs, requantizers (if ``requant``) and
     output buffer for ``fifo_depth`` pixels of ``out_ch * out_bits`` bits (``hold_buffer``:
     with the second pixel register, see ``MatrixVectorUnit``). ``window``: the unit reads
     its input from a window generator's read port (no input slice).
@@ -588,7 +607,7 @@ def mvu(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: int, ac
     total, t = _mvu_terms(pe, simd, nf, sf, in_bits, weight_bits, acc_bits, out_ch, out_bits, has_bias, requant,
                           fifo_depth, p, in_signed=in_signed, tree_bits=tree_bits, weight_columns=weight_columns,
                           bias_columns=bias_columns, dsp_registers=dsp_registers, window=window,
-                          hold_buffer=hold_buffer)
+                          hold_buffer=hold_buffer, flat=flat)
     luts = t["mux"] * _LUTS_PER_MUX2 + t["adder"] * _LUTS_PER_ADDER_BIT + t["control"] * _LUTS_MVU_PER_CONTROL_BIT \
         + t["buffer"] * _LUTS_MVU_BUFFER_PER_BIT + t["buffer_const"] * _LUTS_MVU_BUFFER
     total += Resources(luts=math.ceil(luts))
@@ -599,14 +618,14 @@ def mvu(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: int, ac
 
 
 def _swg_terms(channels: int, bits: int, width: int, kernel: int, stride: int, rows: int, p: Part, *,
-               height: int, padding: int, simd: int) -> tuple[Resources, dict]:
+               height: int, padding: int, simd: int, elements: int | None = None) -> tuple[Resources, dict]:
     """The structural part of :func:`swg` (line buffers, flip-flops) and its LUT terms."""
     C, S, K, eb = channels, simd, kernel, bits
     h, w, pw = height, width, channels * bits
     col_bits = max(1, _bits(w))
     depth = rows << col_bits
     lut_ram = depth <= SWG_DISTRIBUTED_MAX_DEPTH and bool(p.lutrams)
-    span, port_channels, line = _window_reads(C, K, S, rows, w)
+    span, port_channels, line = _window_reads(C, K, S, rows, w, elements)
     carry = len(port_channels) < span
     ring = Resources()
     for ch in port_channels:
@@ -634,7 +653,7 @@ def _swg_terms(channels: int, bits: int, width: int, kernel: int, stride: int, r
     # column, dependency), word sequence (word, offset, pixel, per port the kernel position)
     counters = _bits(h) + col_bits + _bits(h * w) + _bits(rows) + (max(h, ho * stride, padding).bit_length() + 4) \
         + 2 * _bits(h + 1) + _bits(ho) + _bits(wo) + (K + 1) * _bits(rows) + K * col_bits + _bits(h * w) \
-        + _bits(max(-(-n_pix * C // S), 2)) + u_bits + _bits(n_pix) + ports * (2 * _bits(K) + 1)
+        + _bits(max(window_words(C, K, S, elements), 2)) + u_bits + _bits(n_pix) + ports * (2 * _bits(K) + 1)
     ffs += counters + 12 + 2 * K
     shift_bits = a_elems * eb * (coarse - 1) + S * eb * (fine - 1)
     terms = {"shift": shift_bits + copies * u_bits, "span": pw if carry else 0,
@@ -643,11 +662,13 @@ def _swg_terms(channels: int, bits: int, width: int, kernel: int, stride: int, r
 
 
 def swg(channels: int, bits: int, width: int, kernel: int, stride: int, rows: int, part: str | Part, *,
-        height: int | None = None, padding: int | None = None, simd: int | None = None) -> Resources:
+        height: int | None = None, padding: int | None = None, simd: int | None = None,
+        elements: int | None = None) -> Resources:
     """One :class:`hw.swg.SlidingWindowGenerator` for ``channels`` x ``bits`` pixels, rows of
     ``width`` pixels (frames of ``height`` rows, default ``width``), a ``kernel`` x
     ``kernel`` window at ``stride`` with ``padding`` (default ``kernel // 2``), ``rows``
-    line buffers and words of ``simd`` elements (default ``channels``), on ``part``.
+    line buffers and words of ``simd`` elements (default ``channels``; ``elements`` per
+    window for a flat read), on ``part``.
 
     The line buffers are one ring memory of ``rows`` slots of ``width`` rounded up to a
     power of two, one copy per read port (a port per pixel a word spans, or one port and a
@@ -663,20 +684,21 @@ def swg(channels: int, bits: int, width: int, kernel: int, stride: int, rows: in
     pad = kernel // 2 if padding is None else padding
     simd = channels if simd is None else simd
     _check_positive(height=h, simd=simd)
-    total, t = _swg_terms(channels, bits, width, kernel, stride, rows, p, height=h, padding=pad, simd=simd)
+    total, t = _swg_terms(channels, bits, width, kernel, stride, rows, p, height=h, padding=pad, simd=simd,
+                          elements=elements)
     luts = t["shift"] * _LUTS_SWG_PER_SHIFT_BIT + (t["span"] + t["pad"]) * _LUTS_PER_MUX2 \
         + t["control"] * _LUTS_SWG_PER_CONTROL_BIT + t["pixels"] * _LUTS_SWG_PER_WINDOW_PIXEL + _LUTS_SWG
     return total + Resources(luts=math.ceil(luts))
 
 
-def _window_reads(channels: int, kernel: int, simd: int, rows: int, width: int) -> tuple[int, list[int], int]:
+def _window_reads(channels: int, kernel: int, simd: int, rows: int, width: int,
+                  elements: int | None = None) -> tuple[int, list[int], int]:
     """``(pixels a word spans, channels used of each line-buffer read port, elements of the
     shifter's line)`` of a generator (hw/swg.py): port ``r`` reads the word's pixel ``r``;
     synthesis keeps only the channels the shifter can reach; one port where
     SlidingWindowGenerator keeps the previous pixel in a register instead of a second copy."""
     C, S, K = channels, simd, kernel
-    n = K * K * C
-    span = max(((min((w + 1) * S, n) - 1) // C) - (w * S) // C + 1 for w in range(-(-n // S)))
+    span = window_ports(C, K, S, elements)
     g = math.gcd(C, S)
     ways = C // g
     fine = 1 << ((ways - 1).bit_length() // 2)

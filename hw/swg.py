@@ -25,6 +25,13 @@ from the line buffers, a word of ``simd`` elements per cycle:
   neuron fold) before it takes it; a step and the transfer may come in the same cycle.
 * ``rd.data``: the word of the step :data:`WINDOW_READ_LATENCY` cycles earlier (a
   register).
+* ``elements`` (a *flat* read, for a reader that folds its whole weight matrix flat, see
+  :class:`hw.mvu.MatrixVectorUnit`): the reader reads ``elements`` (a multiple of the
+  window's ``kernel**2 * channels``) elements per window instead of one window, word ``w``
+  holding elements ``[w*simd, (w+1)*simd)`` of the window repeated end to end (element
+  ``e`` is window element ``e mod (kernel**2 * channels)``), so a word may run from the
+  window's last pixel into its first; after ``ceil(elements / simd)`` words they start
+  again at 0.
 
 Throughput: one word per cycle, back to back across windows (the next window's words
 can be read in the cycle after the transfer), so a window costs its reader ``SF`` cycles
@@ -82,26 +89,35 @@ def window_read_signature(word_bits: int) -> wiring.Signature:
     return wiring.Signature({"step": Out(1), "data": In(unsigned(word_bits))})
 
 
-def window_words(channels: int, kernel: int, simd: int) -> int:
-    """Words of ``simd`` elements per window (``SF`` of the reading matrix-vector unit)."""
-    return -(-kernel * kernel * channels // simd)
+def window_words(channels: int, kernel: int, simd: int, elements: int | None = None) -> int:
+    """Words of ``simd`` elements per window (``SF`` of the reading matrix-vector unit), or per
+    flat read of ``elements`` elements (its cycles per vector)."""
+    return -(-(kernel * kernel * channels if elements is None else elements) // simd)
 
 
 @lru_cache(maxsize=None)
-def _word_spans(channels: int, kernel: int, simd: int) -> tuple[tuple[int, int, int], ...]:
-    """``(first pixel, first channel, pixels spanned)`` of every word of a window."""
-    n = kernel * kernel * channels
+def _word_spans(channels: int, kernel: int, simd: int, elements: int | None = None) -> tuple[tuple[int, int, int], ...]:
+    """``(first pixel, first channel, pixels spanned)`` of every word of a window read (or of
+    a flat read of ``elements`` elements; pixels counted around the window)."""
+    n_pix = kernel * kernel
+    n = n_pix * channels if elements is None else elements
     out = []
-    for w in range(window_words(channels, kernel, simd)):
+    for w in range(window_words(channels, kernel, simd, elements)):
         e0, e1 = w * simd, min((w + 1) * simd, n) - 1
-        out.append((e0 // channels, e0 % channels, e1 // channels - e0 // channels + 1))
+        out.append(((e0 // channels) % n_pix, e0 % channels, e1 // channels - e0 // channels + 1))
     return tuple(out)
 
 
-def window_ports(channels: int, kernel: int, simd: int) -> int:
-    """Line-buffer read ports a reader of ``simd``-element words needs: the most window
-    pixels that one word spans (1 when ``simd`` divides ``channels``)."""
-    return max(p for _, _, p in _word_spans(channels, kernel, simd))
+def window_ports(channels: int, kernel: int, simd: int, elements: int | None = None) -> int:
+    """Line-buffer read ports a reader of ``simd``-element words needs (reading ``elements``
+    per window when flat): the most window pixels that one word spans (1 when ``simd``
+    divides ``channels``)."""
+    if elements is not None:
+        # full words repeat their start channel every channels / gcd words, and the last word
+        # spans no more than a full one: the first period (plus one) of words has the maximum
+        period = channels // gcd(channels, simd) + 1
+        elements = min(elements, period * simd + kernel * kernel * channels)
+    return max(p for _, _, p in _word_spans(channels, kernel, simd, elements))
 
 
 def max_ports(kernel: int) -> int:
@@ -155,6 +171,9 @@ class SlidingWindowGenerator(wiring.Component):
     pad : int
         Element value of positions outside the image (0: zero padding; a max-pool wants
         the minimum), in the element's range.
+    elements : int or None
+        A flat read (see the module doc): elements read per window, a multiple of
+        ``kernel**2 * channels`` (None: the window once per read).
 
     Members
     -------
@@ -167,19 +186,19 @@ class SlidingWindowGenerator(wiring.Component):
 
     def __init__(self, channels: int, height: int, width: int, bits: int, kernel: int, stride: int = 1,
                  padding: int = 0, rows: int | None = None, *, simd: int | None = None, signed: bool = False,
-                 pad: int = 0):
+                 pad: int = 0, elements: int | None = None):
         simd = channels if simd is None else simd
         self.out_height, self.out_width, self.rows = self.check(height, width, kernel, stride, padding, rows,
-                                                                channels=channels, simd=simd)
+                                                                channels=channels, simd=simd, elements=elements)
         lo, hi = int_range(bits, signed)
         if isinstance(pad, bool) or not isinstance(pad, int) or not lo <= pad <= hi:
             raise HwError(f"sliding window: pad {pad!r} is not a {bits}-bit {'signed' if signed else 'unsigned'} "
                           f"element ({lo}..{hi})")
         self.channels, self.height, self.width, self.bits = channels, height, width, bits
         self.kernel, self.stride, self.padding = kernel, stride, padding
-        self.simd, self.signed, self.pad = simd, signed, pad
-        self.words = window_words(channels, kernel, simd)
-        self.ports = window_ports(channels, kernel, simd)       # pixels a word spans
+        self.simd, self.signed, self.pad, self.elements = simd, signed, pad, elements
+        self.words = window_words(channels, kernel, simd, elements)
+        self.ports = window_ports(channels, kernel, simd, elements)     # pixels a word spans
         self.read_ports = self.ports                            # line-buffer read ports built
         if simd < channels and self.ports == 2:
             # A word of fewer elements than a pixel spans at most two pixels, and a word across
@@ -200,9 +219,10 @@ class SlidingWindowGenerator(wiring.Component):
 
     @staticmethod
     def check(height: int, width: int, kernel: int, stride: int, padding: int, rows: int | None = None, *,
-              channels: int | None = None, simd: int | None = None) -> tuple[int, int, int]:
-        """Validate a geometry (and, given ``channels`` and ``simd``, the word width); return
-        ``(out_height, out_width, rows)`` or raise HwError."""
+              channels: int | None = None, simd: int | None = None,
+              elements: int | None = None) -> tuple[int, int, int]:
+        """Validate a geometry (and, given ``channels`` and ``simd``, the word width and a flat
+        read's ``elements``); return ``(out_height, out_width, rows)`` or raise HwError."""
         if padding >= kernel:
             raise HwError(f"sliding window: padding {padding} must be smaller than kernel {kernel}")
         oh, ow = conv_out_hw(height, width, kernel, stride, padding)
@@ -215,9 +235,13 @@ class SlidingWindowGenerator(wiring.Component):
             n = kernel * kernel * channels
             if not 1 <= simd <= n:
                 raise HwError(f"sliding window: SIMD={simd} must be between 1 and the {n} window elements")
-            if window_ports(channels, kernel, simd) > max_ports(kernel):
+            if elements is not None and (isinstance(elements, bool) or not isinstance(elements, int)
+                                         or elements < n or elements % n):
+                raise HwError(f"sliding window: a flat read of {elements!r} elements is not a positive multiple "
+                              f"of the {n} window elements")
+            if window_ports(channels, kernel, simd, elements) > max_ports(kernel):
                 raise HwError(f"sliding window: a word of SIMD={simd} elements spans "
-                              f"{window_ports(channels, kernel, simd)} pixels of {channels} channels; at most "
+                              f"{window_ports(channels, kernel, simd, elements)} pixels of {channels} channels; at most "
                               f"{max_ports(kernel)} (line-buffer read ports) for a {kernel}x{kernel} window")
         return oh, ow, rows
 
@@ -390,18 +414,28 @@ class SlidingWindowGenerator(wiring.Component):
         p0 = Signal(range(n_pix), name="pixel")
         wrap_u = u >= ways - u_step                     # the next word starts one pixel further
 
+        flat = self.elements is not None
+
         def position(p):
-            """(ky, kx, inside the window) of window pixel p (past the end: the last pixel)."""
+            """(ky, kx, inside the window) of window pixel p (past the end: the last pixel, or
+            in a flat read the window's pixels again from the first)."""
+            if flat:
+                return (*divmod(p % n_pix, K), True)
             ky, kx = divmod(min(p, n_pix - 1), K)
             return ky, kx, p < n_pix
 
+        if flat:    # the pixel index runs around the window
+            p0_next = Mux(wrap_u, _table([(p + p_step + 1) % n_pix for p in range(n_pix)], p0.shape())[p0],
+                          _table([(p + p_step) % n_pix for p in range(n_pix)], p0.shape())[p0])
+        else:
+            p0_next = p0 + p_step + wrap_u
         step = self.rd.step
         with m.If(step):
             with m.If(w_last):
                 m.d.sync += [w.eq(0), w_last.eq(SF == 1), u.eq(0), p0.eq(0)]
             with m.Else():
                 m.d.sync += [w.eq(w + 1), w_last.eq(w == SF - 2),
-                             u.eq(Mux(wrap_u, u + u_step - ways, u + u_step)), p0.eq(p0 + p_step + wrap_u)]
+                             u.eq(Mux(wrap_u, u + u_step - ways, u + u_step)), p0.eq(p0_next)]
         pad_word = Const(sum((self.pad & ((1 << eb) - 1)) << (c * eb) for c in range(C)), unsigned(pw))
 
         def read_pixel(r, ky_r, kx_r, in_r):

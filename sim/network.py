@@ -66,7 +66,7 @@ def check_network(artifact, multipliers: int | None = None):
     plan = plan_network(artifact, seg, multipliers)
     for name, specs in plan.specs.items():      # each layer engine's geometry, without building it
         if specs:
-            check_engine(specs, fixed_folding(specs, [(f.pe, f.simd) for f in plan.folds[name]]))
+            check_engine(specs, fixed_folding(specs, [f.key for f in plan.folds[name]]))
     return plan
 
 

@@ -14,7 +14,7 @@ from artifact.synth import random_conv, random_tucker2  # noqa: E402
 from hw.engine import LayerEngine, build_engine  # noqa: E402
 from hw.planner import fixed_folding  # noqa: E402
 from hw.simulate import simulate_layer  # noqa: E402
-from hw.spec import layer_stages  # noqa: E402
+from hw.spec import HwError, layer_stages  # noqa: E402
 
 
 def _check(art, name, multipliers, frames=2, **kw):
@@ -138,6 +138,78 @@ def test_back_to_back_frames_hit_planned_rate():
     run = simulate_layer(eng, art, "t2", frames=3)
     assert run.exact
     assert run.cycles_per_frame <= eng.plan.cycles_per_frame * 1.05
+
+
+# ---- flat folds (hw.mvu: the weight matrix flattened, a word across two outputs) ---------
+
+# (channels, ranks, kernel, stride, padding, H, W, core fold (pe, simd, flat))
+FLAT = [
+    (4, (3, 5), 3, 1, 1, 4, 4, (1, 4, True)),     # 5 x 27 weights in 34 words of 4
+    (4, (3, 5), 3, 1, 1, 4, 4, (1, 2, True)),
+    (4, (3, 5), 3, 1, 1, 4, 4, (1, 9, True)),     # whole pixels (3 channels) per word
+    (4, (3, 2), 3, 2, 1, 5, 4, (1, 5, True)),
+    (3, (2, 3), 5, 1, 2, 3, 5, (1, 7, True)),     # 5x5 window, words over pixel boundaries
+    (4, (4, 3), 3, 1, 0, 4, 4, (1, 6, True)),     # 6 of 4 channels: a word spans two pixels
+    (4, (4, 3), 1, 2, 0, 4, 4, (1, 4, True)),     # strided 1x1: a word is the whole vector
+    (4, (5, 3), 1, 2, 0, 4, 4, (1, 3, True)),
+]
+
+
+@pytest.mark.parametrize("c,ranks,k,s,p,h,w,core", FLAT)
+def test_flat_fold_against_golden(c, ranks, k, s, p, h, w, core):
+    """A flat core under input bubbles and output back-pressure, bit for bit."""
+    art = random_tucker2(k * 11 + core[1], channels=c, out_channels=4, ranks=ranks, kernel=k, stride=s, padding=p,
+                         height=h, width=w, in_bits=5, in_signed=True, weight_bits=6, act_bits=5, out_signed=True)
+    specs = layer_stages(art, "t2")
+    plan = fixed_folding(specs, [(1, 1), core, (1, 2)])
+    g = plan.stages[1]
+    assert g.flat and g.cycles_per_vector == -(-specs[1].out_ch * specs[1].in_elems // core[1])
+    run = simulate_layer(LayerEngine(specs, plan), art, "t2", frames=2, bubble=0.3, stall=0.3, seed=core[1])
+    assert run.exact
+
+
+def test_flat_fold_hits_its_rate_and_a_wrong_lane_mask_is_caught(monkeypatch):
+    """Back to back, a flat core keeps ceil(out * in / SIMD) cycles per vector; with one
+    lane of one word in the wrong output's sum (its mask bit flipped in the ROM) the outputs
+    no longer match (the check can fail)."""
+    art = random_tucker2(7, channels=4, out_channels=4, ranks=(3, 5), kernel=3, height=4, width=4, padding=1)
+    specs = layer_stages(art, "t2")
+    plan = fixed_folding(specs, [(3, 3), (1, 4, True), (4, 5)])
+    assert plan.stages[1].cycles_per_frame == plan.cycles_per_frame == 16 * 34
+    run = simulate_layer(LayerEngine(specs, plan), art, "t2", frames=3)
+    assert run.exact and run.cycles_per_frame <= plan.cycles_per_frame * 1.05
+
+    from hw.mvu import MatrixVectorUnit
+    words = MatrixVectorUnit._flat_words
+
+    def wrong(self):                                # lane 0 of the first emitting word moved to the next output
+        out = words(self)
+        lanes = self.simd * self.spec.weight_bits
+        first = next(i for i, w in enumerate(out) if w >> (lanes + self.simd) & 1)
+        out[first] ^= 1 << lanes
+        return out
+    monkeypatch.setattr(MatrixVectorUnit, "_flat_words", wrong)
+    assert not simulate_layer(LayerEngine(specs, plan), art, "t2", frames=1).exact
+
+
+def test_flat_fold_refused_where_it_cannot_be_built():
+    art = random_tucker2(3, channels=4, out_channels=4, ranks=(3, 5), kernel=3, height=4, width=4, padding=1)
+    specs = layer_stages(art, "t2")
+    with pytest.raises(HwError, match="flat fold needs a window stage"):
+        fixed_folding(specs, [(1, 2, True), (1, 1), (1, 1)])      # U1 is a plain 1x1 stage
+    with pytest.raises(HwError, match="flat fold needs a window stage and PE=1"):
+        fixed_folding(specs, [(1, 1), (2, 2, True), (1, 1)])
+
+
+def test_planner_folds_flat_where_pe_x_simd_would_waste_multiplier_cycles():
+    """A 9-rank 3x3 core (81-long vectors, 9 outputs) at 4 multipliers: 21 x 9 = 189 cycles
+    per vector folded PE x SIMD, ceil(729 / 4) = 183 flat."""
+    from hw.planner import fold, stage_options
+    art = random_tucker2(4, channels=9, out_channels=9, ranks=(9, 9), kernel=3, height=4, width=4, padding=1)
+    core = layer_stages(art, "t2")[1]
+    assert fold(core, 1, 4).cycles_per_vector == 189 and fold(core, 1, 4, True).cycles_per_vector == 183
+    at4 = [f for f in stage_options(core) if f.multipliers == 4]
+    assert at4 and at4[0].flat and at4[0].cycles_per_vector == 183
 
 
 # ---- big matrix ------------------------------------------------------------------------

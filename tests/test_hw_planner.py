@@ -2,7 +2,8 @@
 import pytest
 
 from artifact.synth import random_conv, random_tucker2
-from hw.planner import DEFAULT_MIN_UTILISATION, DEFAULT_MULTIPLIERS, fixed_folding, fold, plan_folding, stage_options
+from hw.planner import (DEFAULT_MIN_UTILISATION, DEFAULT_MULTIPLIERS, fixed_folding, flat_elements, fold, plan_folding,
+                        stage_options)
 from hw.spec import HwError, layer_stages
 from hw.swg import max_ports, window_ports
 
@@ -25,7 +26,11 @@ def test_plan_respects_budget_and_folds(shape, budget):
         assert plan.multipliers <= budget
         for spec, f in zip(specs, plan.stages):
             assert 1 <= f.pe <= spec.out_ch and 1 <= f.simd <= spec.in_elems
-            assert f.cycles_per_vector == -(-spec.out_ch // f.pe) * -(-spec.in_elems // f.simd)
+            if f.flat:
+                assert spec.needs_window and f.pe == 1
+                assert f.cycles_per_vector == -(-spec.out_ch * spec.in_elems // f.simd)
+            else:
+                assert f.cycles_per_vector == -(-spec.out_ch // f.pe) * -(-spec.in_elems // f.simd)
             assert f.cycles_per_frame <= plan.cycles_per_frame
         assert plan.cycles_per_frame >= plan.ideal_cycles
 
@@ -79,7 +84,8 @@ def test_window_stage_words_span_at_most_max_ports_pixels():
     line-buffer read ports. A plain 1x1 stage takes any SIMD."""
     u1, g, _ = _specs(channels=4, out_channels=4, ranks=(2, 2), kernel=3)
     for f in stage_options(g):
-        assert f.period == f.cycles_per_vector and window_ports(g.in_ch, g.kernel, f.simd) <= max_ports(g.kernel)
+        assert f.period == f.cycles_per_vector
+        assert window_ports(g.in_ch, g.kernel, f.simd, flat_elements(g, f.flat)) <= max_ports(g.kernel)
     fastest = stage_options(g)[0]
     assert (fastest.simd, fastest.cycles_per_vector) == (6, 3)           # 3 of the 9 two-channel pixels a fold
     assert fold(g, 1, 5).sf == 4                                         # 5 elements: across 3 pixels
