@@ -640,14 +640,21 @@ def _swg_terms(channels: int, bits: int, width: int, kernel: int, stride: int, r
     n_pix = K * K
     ho, wo = (max(n, 1) for n in conv_out_hw(h, w, K, stride, padding))
     # word shifter: coarse (a_elems elements from `coarse` offsets) and fine (S from `fine`)
-    # registers, each group of SWG_SELECT_GROUP elements with its own copy of the offset
+    # registers, each group of SWG_SELECT_GROUP elements with its own copy of the offset;
+    # behind block RAM one stage of S elements from all `ways` offsets, after the padded
+    # pixels' registers (the channels each port keeps) and their padding flags
     u_bits = _bits(max(ways, 2))
-    copies = ((-(-a_elems // SWG_SELECT_GROUP) if coarse > 1 else 0) + (-(-S // SWG_SELECT_GROUP) if fine > 1 else 0))
-    ffs = (a_elems + S) * eb + (copies * u_bits + 4 if ways > 1 else 0)
+    if lut_ram:
+        copies = (-(-a_elems // SWG_SELECT_GROUP) if coarse > 1 else 0) + (-(-S // SWG_SELECT_GROUP) if fine > 1 else 0)
+        ffs = (a_elems + S) * eb
+        shift_bits = a_elems * eb * (coarse - 1) + S * eb * (fine - 1)
+    else:
+        copies = -(-S // SWG_SELECT_GROUP) if ways > 1 else 0
+        ffs = S * eb + sum(port_channels) * eb + ports + 2
+        shift_bits = S * eb * (ways - 1)
+    ffs += copies * u_bits + 4 if ways > 1 else 0
     if carry:                                           # the previous word's last pixel and its flags
         ffs += pw + 3
-    if not lut_ram:                                     # a block RAM's read: the padding flag beside it
-        ffs += ports
     # counters: writer (row, column, frame index, slot, distance, released rows, flags),
     # reader (window position, ring base, slot / in-image flag / column per kernel row and
     # column, dependency), word sequence (word, offset, pixel, per port the kernel position)
@@ -655,9 +662,8 @@ def _swg_terms(channels: int, bits: int, width: int, kernel: int, stride: int, r
         + 2 * _bits(h + 1) + _bits(ho) + _bits(wo) + (K + 1) * _bits(rows) + K * col_bits + _bits(h * w) \
         + _bits(max(window_words(C, K, S, elements), 2)) + u_bits + _bits(n_pix) + ports * (2 * _bits(K) + 1)
     ffs += counters + 12 + 2 * K
-    shift_bits = a_elems * eb * (coarse - 1) + S * eb * (fine - 1)
     terms = {"shift": shift_bits + copies * u_bits, "span": pw if carry else 0,
-             "pad": 0 if lut_ram else ports * pw, "control": counters, "pixels": n_pix}
+             "control": counters, "pixels": n_pix}
     return ring + Resources(ffs=ffs), terms
 
 
@@ -674,9 +680,10 @@ def swg(channels: int, bits: int, width: int, kernel: int, stride: int, rows: in
     power of two, one copy per read port (a port per pixel a word spans, or one port and a
     register of the previous word's last pixel, as hw/swg.py chooses), each copy only as
     wide as the channels the word shifter can reach: LUT RAM up to
-    SWG_DISTRIBUTED_MAX_DEPTH words where the part has it (read asynchronously into a
-    register whose synchronous reset is the padding), else yosys' choice. No window is
-    copied: the reader reads it in place through the shifter (two registered stages).
+    SWG_DISTRIBUTED_MAX_DEPTH words where the part has it, else yosys' choice; either read
+    into a register whose synchronous reset is the padding. No window is copied: the
+    reader reads it in place through the shifter (two registered stages behind LUT RAM,
+    one behind block RAM).
     """
     _check_positive(channels=channels, bits=bits, width=width, kernel=kernel, stride=stride, rows=rows)
     p = _part(part)
@@ -686,7 +693,7 @@ def swg(channels: int, bits: int, width: int, kernel: int, stride: int, rows: in
     _check_positive(height=h, simd=simd)
     total, t = _swg_terms(channels, bits, width, kernel, stride, rows, p, height=h, padding=pad, simd=simd,
                           elements=elements)
-    luts = t["shift"] * _LUTS_SWG_PER_SHIFT_BIT + (t["span"] + t["pad"]) * _LUTS_PER_MUX2 \
+    luts = t["shift"] * _LUTS_SWG_PER_SHIFT_BIT + t["span"] * _LUTS_PER_MUX2 \
         + t["control"] * _LUTS_SWG_PER_CONTROL_BIT + t["pixels"] * _LUTS_SWG_PER_WINDOW_PIXEL + _LUTS_SWG
     return total + Resources(luts=math.ceil(luts))
 

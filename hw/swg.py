@@ -53,7 +53,10 @@ one multiplexer after registers; cycle 1 the line-buffer data (each port one pix
 whether it is inside the image; cycle 2 padded pixels, coarse shift; cycle 3 fine shift
 to the word. A word starts at element ``(w*simd) mod channels`` of its first pixel: a
 multiplexer of ``channels / gcd(channels, simd)`` ways (one way when ``simd`` divides
-``channels`` or is a multiple of it), split over the two shift cycles.
+``channels`` or is a multiple of it), split over the two shift cycles. Line buffers in
+block RAM (a large ring) are read a cycle later than LUT RAM's asynchronous read: their
+data goes straight into the padded-pixel registers (cycle 2), and the whole shift is
+cycle 3, so the latency is the same.
 """
 from __future__ import annotations
 
@@ -174,6 +177,9 @@ class SlidingWindowGenerator(wiring.Component):
     elements : int or None
         A flat read (see the module doc): elements read per window, a multiple of
         ``kernel**2 * channels`` (None: the window once per read).
+    lut_ram : bool or None
+        Line buffers in LUT RAM (True) or block RAM (False); None: LUT RAM up to
+        :data:`DISTRIBUTED_MAX_DEPTH` pixels where the platform has it (not iCE40).
 
     Members
     -------
@@ -186,7 +192,7 @@ class SlidingWindowGenerator(wiring.Component):
 
     def __init__(self, channels: int, height: int, width: int, bits: int, kernel: int, stride: int = 1,
                  padding: int = 0, rows: int | None = None, *, simd: int | None = None, signed: bool = False,
-                 pad: int = 0, elements: int | None = None):
+                 pad: int = 0, elements: int | None = None, lut_ram: bool | None = None):
         simd = channels if simd is None else simd
         self.out_height, self.out_width, self.rows = self.check(height, width, kernel, stride, padding, rows,
                                                                 channels=channels, simd=simd, elements=elements)
@@ -197,6 +203,7 @@ class SlidingWindowGenerator(wiring.Component):
         self.channels, self.height, self.width, self.bits = channels, height, width, bits
         self.kernel, self.stride, self.padding = kernel, stride, padding
         self.simd, self.signed, self.pad, self.elements = simd, signed, pad, elements
+        self.lut_ram = lut_ram
         self.words = window_words(channels, kernel, simd, elements)
         self.ports = window_ports(channels, kernel, simd, elements)     # pixels a word spans
         self.read_ports = self.ports                            # line-buffer read ports built
@@ -270,7 +277,8 @@ class SlidingWindowGenerator(wiring.Component):
         depth = B << col_bits
         # up to DISTRIBUTED_MAX_DEPTH rows x columns, LUT RAM: a block RAM's clock-to-out
         # (4.3 ns on ECP5) would leave too little of the padding/shift cycle (iCE40 has no LUT RAM)
-        lut_ram = depth <= DISTRIBUTED_MAX_DEPTH and not _is_ice40(platform)
+        lut_ram = (depth <= DISTRIBUTED_MAX_DEPTH and not _is_ice40(platform)) if self.lut_ram is None \
+            else self.lut_ram
         attrs = {"ram_style": "distributed"} if lut_ram else None
         ring = m.submodules.ring = Memory(shape=unsigned(pw), depth=depth, init=[], attrs=attrs)
         wport = ring.write_port()
@@ -445,15 +453,19 @@ class SlidingWindowGenerator(wiring.Component):
             port = rports[r]
             m.d.comb += port.addr.eq(Cat(Array(col_lo)[kx_r], Array(slot_row)[ky_r]))
             inside = in_r & Array(col_ok)[kx_r] & Array(row_ok)[ky_r]
+            q = Signal(pw, name=f"pixel_{r}", reset_less=True)
             if lut_ram:
-                q = Signal(pw, name=f"pixel_{r}", reset_less=True)
                 m.d.sync += q.eq(Mux(inside, port.data, pad_word))
                 return q
+            # a block RAM's read data (cycle 1) goes straight into a register (cycle 2), the
+            # padding its synchronous set/reset: its clock-to-out (4.3 ns on ECP5) leaves no
+            # room for logic behind it
             ok = Signal(name=f"ok_{r}")                 # in step with the read data (cycle 1)
             m.d.comb += port.en.eq(1)
-            m.d.sync += ok.eq(inside)
-            return Mux(ok, port.data, pad_word)
+            m.d.sync += [ok.eq(inside), q.eq(Mux(ok, port.data, pad_word))]
+            return q
 
+        pixel_cycle = 1 if lut_ram else 2               # the cycle whose registers hold the padded pixels
         pixels = []
         if NP < self.ports:
             # one port for words of SIMD < C elements that span two pixels: a word across a
@@ -478,12 +490,15 @@ class SlidingWindowGenerator(wiring.Component):
                                      for a in range(3))
                         m.d.sync += sig.eq(opts[adv][p0])
             cur = read_pixel(0, ky_r, kx_r, in_r)
-            span_1, step_1 = Signal(name="span_1"), Signal(name="read_1")
-            m.d.sync += [span_1.eq(span_r), step_1.eq(step)]
+            span_d, step_d = span_r, step               # delayed to the cycle that `cur` holds the pixel
+            for d in range(1, pixel_cycle + 1):
+                sp, st = Signal(name=f"span_{d}"), Signal(name=f"read_{d}")
+                m.d.sync += [sp.eq(span_d), st.eq(step_d)]
+                span_d, step_d = sp, st
             prev = Signal(pw, name="pixel_prev", reset_less=True)
-            with m.If(step_1):
+            with m.If(step_d):
                 m.d.sync += prev.eq(cur)
-            pixels = [Mux(span_1, prev, cur), cur]
+            pixels = [Mux(span_d, prev, cur), cur]
         for r in range(NP if NP == self.ports else 0):
             ky_r = Signal(range(K), name=f"ky_{r}", init=position(r)[0])
             kx_r = Signal(range(K), name=f"kx_{r}", init=position(r)[1])
@@ -538,7 +553,10 @@ class SlidingWindowGenerator(wiring.Component):
                     m.d.sync += out[lo * eb:hi * eb].eq(Cat(*ways_).word_select(sel, (hi - lo) * eb))
             return out
 
-        stage_a = shifted(line, a_elems, coarse, fine * g, 1, slice(fine_bits, None), "coarse")
-        word = shifted(stage_a, SIMD, fine, g, 2, slice(0, fine_bits), "word_data")
+        if pixel_cycle == 1:
+            stage_a = shifted(line, a_elems, coarse, fine * g, 1, slice(fine_bits, None), "coarse")
+            word = shifted(stage_a, SIMD, fine, g, 2, slice(0, fine_bits), "word_data")
+        else:   # the pixels of a block RAM arrive a cycle later: one shift of all the ways
+            word = shifted(line, SIMD, ways, g, 2, slice(0, None), "word_data")
         m.d.comb += self.rd.data.eq(word)
         return m

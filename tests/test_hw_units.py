@@ -172,10 +172,11 @@ def _elements(words, simd, bits, n):
     (1, 2, 0, 4, 4, None), (2, 1, 1, 3, 4, None), (3, 1, 0, 4, 4, 4), (3, 3, 2, 6, 5, None),
     (3, 1, 1, 3, 1, None), (3, 1, 1, 2, 3, None),                   # one column; W not a power of 2
 ])
-def test_swg_windows(k, s, p, h, w, rows):
+@pytest.mark.parametrize("lut_ram", [True, False], ids=["lutram", "bram"])
+def test_swg_windows(k, s, p, h, w, rows, lut_ram):
     c, bits, frames = 2, 4, 3
     x = np.random.default_rng(k * s).integers(0, 16, size=(frames, c, h, w))
-    dut = SlidingWindowGenerator(c, h, w, bits, k, s, p, rows=rows)
+    dut = SlidingWindowGenerator(c, h, w, bits, k, s, p, rows=rows, lut_ram=lut_ram)
     pix = [_pack(x[f, :, y, xx], bits) for f in range(frames) for y in range(h) for xx in range(w)]
     want = _padded_vectors(x, k, s, p, 0)
     got, _ = _read_windows(dut, pix, len(want), bubble=0.3, stall=0.4, seed=k)
@@ -183,13 +184,15 @@ def test_swg_windows(k, s, p, h, w, rows):
 
 
 @pytest.mark.parametrize("simd,ports", [(1, 1), (2, 2), (3, 1), (4, 2), (5, 3), (6, 2), (7, 3), (9, 3)])
-def test_swg_words_of_any_width(simd, ports):
+@pytest.mark.parametrize("lut_ram", [True, False], ids=["lutram", "bram"])
+def test_swg_words_of_any_width(simd, ports, lut_ram):
     """Words of SIMD elements over 3-channel pixels: within a pixel, across two or three
     (every channel offset), whole pixels; each window read twice (two neuron folds), with
-    random gaps between words."""
+    random gaps between words; line buffers in LUT RAM and in block RAM (a cycle later,
+    the shift in one stage)."""
     c, h, w, bits, k = 3, 4, 3, 5, 3
     x = np.random.default_rng(simd).integers(0, 32, size=(2, c, h, w))
-    dut = SlidingWindowGenerator(c, h, w, bits, k, 1, 1, simd=simd)
+    dut = SlidingWindowGenerator(c, h, w, bits, k, 1, 1, simd=simd, lut_ram=lut_ram)
     assert dut.ports == ports and dut.words == -(-k * k * c // simd)
     pix = [_pack(x[f, :, y, xx], bits) for f in range(2) for y in range(h) for xx in range(w)]
     want = _padded_vectors(x, k, 1, 1, 0)
@@ -200,12 +203,13 @@ def test_swg_words_of_any_width(simd, ports):
 
 
 @pytest.mark.parametrize("bits,is_signed,pad", [(4, True, -8), (4, True, 5), (6, False, 63)])
-def test_swg_pad_value(bits, is_signed, pad):
+@pytest.mark.parametrize("lut_ram", [True, False], ids=["lutram", "bram"])
+def test_swg_pad_value(bits, is_signed, pad, lut_ram):
     """Positions outside the image hold ``pad`` in every channel (a max-pool pads with the minimum)."""
     c, h, w, k, p = 2, 3, 4, 3, 1
     lo, hi = int_range(bits, is_signed)
     x = np.random.default_rng(bits).integers(lo, hi, size=(2, c, h, w), endpoint=True)
-    dut = SlidingWindowGenerator(c, h, w, bits, k, 1, p, simd=4, signed=is_signed, pad=pad)
+    dut = SlidingWindowGenerator(c, h, w, bits, k, 1, p, simd=4, signed=is_signed, pad=pad, lut_ram=lut_ram)
     pix = [_pack(x[f, :, y, xx], bits) for f in range(2) for y in range(h) for xx in range(w)]
     want = _padded_vectors(x, k, 1, p, pad)
     got, _ = _read_windows(dut, pix, len(want), bubble=0.2, stall=0.2, seed=1)
