@@ -52,8 +52,9 @@ while it works through the vector's folds and raises it in the cycle of the last
 fold (so the source must hold ``payload`` stable while ``valid`` is high, as
 stream sources must; a window generator keeps the window until that transfer).
 ``vec_in.ready`` is a register: it does not follow ``valid``. It only starts a vector
-when the output FIFO is sure to have room for it (credit counter), so the pipeline
-itself never stalls; within a vector it issues a fold every cycle.
+when the output FIFO is sure to have room for it (credit counter; a pop reaches the
+counter :data:`CREDIT_RETURN_CYCLES` later), so the pipeline itself never stalls; within
+a vector it issues a fold every cycle.
 
 Reset: only the control (fold counters, credits, the valid pipeline) is reset; the data
 registers (ROM outputs, input slices, adder tree, accumulators, requantizer, collect;
@@ -122,9 +123,15 @@ def refill_cycles(nf: int, hold_buffer: bool) -> int:
     return 0 if hold_buffer or nf == 1 else nf - 1
 
 
+#: Registers on the way of an output pop back to the credit counter.
+CREDIT_RETURN_CYCLES = 2
+
+
 def default_fifo_depth(cycles_per_vector: int, simd: int, requant: bool = True) -> int:
-    """Output FIFO depth that lets the credit counter run the unit without bubbles."""
-    return max(4, math.ceil((mvu_latency(simd, requant) + 4) / cycles_per_vector) + 3)
+    """Output FIFO depth that lets the credit counter run the unit without bubbles: the
+    vectors in flight over the credit loop (pipeline, credit register, returned pops)."""
+    loop = mvu_latency(simd, requant) + 4 + CREDIT_RETURN_CYCLES
+    return max(4, math.ceil(loop / cycles_per_vector) + 3)
 
 
 class MatrixVectorUnit(wiring.Component):
@@ -320,7 +327,14 @@ class MatrixVectorUnit(wiring.Component):
             with m.Else():
                 m.d.sync += [sf.eq(sf + 1), sf_first.eq(0), sf_last.eq(sf == SF - 2),
                              last_fold.eq((sf == SF - 2) & nf_last)]
+        # the pop comes back through CREDIT_RETURN_CYCLES registers: the output FIFO sits by
+        # the consumer, the counter by the issue logic, and on a large unit the route between
+        # them takes a cycle of its own (a credit returned late is only conservative)
         popped = self.pix_out.valid & self.pix_out.ready
+        for i in range(CREDIT_RETURN_CYCLES):
+            popped_d = Signal(name=f"popped_{i + 1}")
+            m.d.sync += popped_d.eq(popped)
+            popped = popped_d
         outstanding_next = outstanding + (go & at_start) - popped
         m.d.sync += [outstanding.eq(outstanding_next), credit.eq(outstanding_next < self.fifo_depth)]
 
