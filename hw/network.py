@@ -47,7 +47,7 @@ from .resources import Resources
 from .spec import HwError, StageSpec, layer_stages
 from .swg import WINDOW_READ_LATENCY
 from .units import (OP_CREDIT_LOOP, OP_FIFO_DEPTH, OP_FIFO_DEPTHS, OP_LATENCY, AddUnit, Fork, GlobalSumPoolUnit, MaxPoolUnit, PixelFIFO, RawStreamAdapter,
-                    RequantUnit, connect_pixels, op_cycles, signature_of)
+                    RequantUnit, connect_pixels, op_cycles, serial_groups, serial_period, signature_of)
 
 __all__ = ["DEFAULT_NETWORK_MULTIPLIERS", "SKIP_MARGIN", "select_layers", "NetworkPlan", "plan_network",
            "skip_depths", "NetworkEngine", "rtl_name"]
@@ -121,32 +121,40 @@ class _Lowering(abc.ABC):
     #: output FIFO depths the unit can be built with (:data:`hw.units.OP_FIFO_DEPTHS`; the
     #: planner picks the smallest that keeps the network's rate); empty: none to choose
     fifo_depths: tuple = ()
+    #: whether the unit can be built serial (``lanes`` requantizers, see :mod:`hw.units`;
+    #: the planner picks the fewest lanes that keep the network's rate)
+    serial = False
 
     def stages(self, artifact, layer: dict) -> list[StageSpec]:
         return []
 
     @abc.abstractmethod
     def build(self, layer: dict, operands: list[dict], folds: list[StageFold], line_rows, specs,
-              fifo_depth: int | None = None, rate: int | None = None, hold_last: bool = True):
+              fifo_depth: int | None = None, rate: int | None = None, hold_last: bool = True,
+              lanes: int | None = None):
         """The unit's component for ``layer`` (operand records, its stages' folds and specs,
-        the output FIFO depth the plan chose, if it chose one; for a layer engine the
-        network's rate and whether its last stage keeps the hold buffer, see
+        the output FIFO depth and the lanes the plan chose, if it chose them; for a layer
+        engine the network's rate and whether its last stage keeps the hold buffer, see
         :class:`hw.engine.LayerEngine`)."""
 
-    def cycles(self, layer: dict, folds: list[StageFold], fifo_depth: int | None = None) -> int:
+    def cycles(self, layer: dict, folds: list[StageFold], fifo_depth: int | None = None,
+               lanes: int | None = None) -> int:
         """Cycles per frame: one pixel per cycle, or what ``fifo_depth`` credits pass
-        (:func:`hw.units.op_cycles`)."""
+        (:func:`hw.units.op_cycles`), or a pixel per :func:`hw.units.serial_period`."""
         pixels = _pixels(layer["in"] if "in" in layer else layer["out"])
+        if lanes is not None:
+            return pixels * serial_period(_channels(layer), lanes)
         return pixels if fifo_depth is None else op_cycles(pixels, fifo_depth)
 
     def ready_table(self, layer: dict, specs: list[StageSpec]) -> np.ndarray:
         """``t[k]``: output pixels the unit can produce once it has ``k`` input pixels of a frame."""
         return np.arange(_pixels(layer["out"]) + 1)
 
-    def latency(self, layer: dict, folds: list[StageFold], specs: list[StageSpec]) -> int:
+    def latency(self, layer: dict, folds: list[StageFold], specs: list[StageSpec], lanes: int | None = None) -> int:
         """Cycles from a pixel entering the unit to the output it completes leaving it, with
-        the unit otherwise idle: operand register, requantizer, output FIFO."""
-        return OP_LATENCY + 2
+        the unit otherwise idle: operand register, requantizer, output FIFO (serial: the
+        groups, then the last one's operand register and requantizer)."""
+        return OP_LATENCY + 2 + (serial_groups(_channels(layer), lanes) if lanes is not None else 0)
 
     def resources(self, layer: dict, component, part) -> Resources:
         """Estimated resources of the unit on ``part`` (:mod:`hw.resources`)."""
@@ -155,14 +163,18 @@ class _Lowering(abc.ABC):
         width = int(out["shape"][0]) * int(out["bits"])
         body = resources.elementwise(int(out["shape"][0]), int(layer["in"]["bits"]), int(out["bits"]),
                                      shift=int(rq["shift"]), clamp=_clamp(layer),
-                                     in_signed=bool(layer["in"]["signed"]))
-        return body + resources.fifo(width, component.fifo_depth, part)
+                                     in_signed=bool(layer["in"]["signed"]), lanes=component.lanes)
+        return body if component.lanes else body + resources.fifo(width, component.fifo_depth, part)
 
 
 def _clamp(layer: dict) -> tuple[int, int]:
     """The layer's requantizer clamp ``(lo, hi)`` as ints."""
     lo, hi = layer["requant"]["clamp"]
     return int(lo), int(hi)
+
+
+def _channels(layer: dict) -> int:
+    return int(layer["out"]["shape"][0])
 
 
 def _pixels(record: dict) -> int:
@@ -191,16 +203,17 @@ class _MacLowering(_Lowering):
     def stages(self, artifact, layer):
         return layer_stages(artifact, layer["name"])
 
-    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
+    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
+              lanes=None):
         plan = fixed_folding(specs, [f.key for f in folds])
         check_engine(specs, plan, line_rows)
         engine = LayerEngine(specs, plan, line_rows=line_rows, input_fifo=False, rate=rate, hold_last=hold_last)
         return RawStreamAdapter(engine, signature_of(operands[0]), signature_of(layer["out"]))
 
-    def cycles(self, layer, folds, fifo_depth=None):
+    def cycles(self, layer, folds, fifo_depth=None, lanes=None):
         return max(f.cycles_per_frame for f in folds)
 
-    def latency(self, layer, folds, specs):
+    def latency(self, layer, folds, specs, lanes=None):
         # per stage (the engine has no input FIFO in a network): the window read, the
         # vector's folds, the MVU pipeline and its output buffer
         total = 0
@@ -226,25 +239,29 @@ class _MacLowering(_Lowering):
 
 class _RequantLowering(_Lowering):
     fifo_depths = OP_FIFO_DEPTHS
+    serial = True
 
-    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
-        return RequantUnit(layer, fifo_depth or OP_FIFO_DEPTH)
+    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
+              lanes=None):
+        return RequantUnit(layer, fifo_depth or OP_FIFO_DEPTH, lanes)
 
 
 class _AddLowering(_Lowering):
     in_ports = ("a", "b")
     fifo_depths = OP_FIFO_DEPTHS
+    serial = True
 
     def resources(self, layer, component, part):
         out = layer["out"]
         ch, ob = int(out["shape"][0]), int(out["bits"])
         body = resources.elementwise(ch, max(r["bits"] for r in component.records), ob, inputs=2,
                                      acc_bits=int(layer["acc"]["bits"]), shift=int(layer["requant"]["shift"]),
-                                     clamp=_clamp(layer))
-        return body + resources.fifo(ch * ob, component.fifo_depth, part)
+                                     clamp=_clamp(layer), lanes=component.lanes)
+        return body if component.lanes else body + resources.fifo(ch * ob, component.fifo_depth, part)
 
-    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
-        return AddUnit(layer, operands[0], operands[1], fifo_depth or OP_FIFO_DEPTH)
+    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
+              lanes=None):
+        return AddUnit(layer, operands[0], operands[1], fifo_depth or OP_FIFO_DEPTH, lanes)
 
 
 class _PoolLowering(_Lowering):
@@ -252,7 +269,7 @@ class _PoolLowering(_Lowering):
     # keeps one pixel per cycle with the output register alone
     fifo_depths = (1,)
 
-    def cycles(self, layer, folds, fifo_depth=None):
+    def cycles(self, layer, folds, fifo_depth=None, lanes=None):
         return _pixels(layer["in"])
 
     def resources(self, layer, component, part):
@@ -262,7 +279,8 @@ class _PoolLowering(_Lowering):
                                     pixels=_pixels(layer["in"]), clamp=_clamp(layer))
         return body + resources.fifo(ch * ob, component.fifo_depth, part)
 
-    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
+    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
+              lanes=None):
         return GlobalSumPoolUnit(layer, fifo_depth or OP_FIFO_DEPTH)
 
     def ready_table(self, layer, specs):
@@ -280,10 +298,12 @@ class _MaxPoolLowering(_Lowering):
         window = resources.swg(c, bits, w, k, int(layer["stride"]), component.swg.rows, part,
                                height=h, padding=int(layer["padding"]), simd=c)
         return window + resources.running_max(c, bits, k * k) + resources.fifo(c * bits, OP_FIFO_DEPTH, part)
-    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True):
+
+    def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
+              lanes=None):
         return MaxPoolUnit(layer, line_rows)
 
-    def cycles(self, layer, folds, fifo_depth=None):
+    def cycles(self, layer, folds, fifo_depth=None, lanes=None):
         return max(_pixels(layer["in"]), _pixels(layer["out"]) * int(layer["kernel"]) ** 2)
 
     def ready_table(self, layer, specs):
@@ -316,7 +336,8 @@ class NetworkPlan:
     ``folds`` maps a layer name to its stages' foldings (in stream order), ``specs`` to
     its stages (:class:`~hw.spec.StageSpec`; empty for op units); ``unit_cycles`` maps
     every unit (MAC layers and op units) to its cycles per frame; ``fifo_depths`` maps an
-    op unit to the output FIFO depth it is built with.
+    op unit to the output FIFO depth it is built with, ``op_lanes`` a serial op unit to its
+    lanes (:mod:`hw.units`).
     """
 
     budget: int
@@ -325,6 +346,7 @@ class NetworkPlan:
     unit_cycles: dict
     macs: int
     fifo_depths: dict = field(default_factory=dict)
+    op_lanes: dict = field(default_factory=dict)
 
     @property
     def multipliers(self) -> int:
@@ -411,7 +433,31 @@ def plan_network(artifact, layers: list[dict], multipliers: int | None = None) -
         if low.fifo_depths:
             depths[name] = next((d for d in low.fifo_depths if low.cycles(layer, (), d) <= rate), low.fifo_depths[-1])
             cycles[name] = low.cycles(layer, (), depths[name])
-    return NetworkPlan(budget, folds, specs, cycles, sum(s.macs for s in flat), depths)
+    lanes = {}
+    for layer in layers:
+        low, name = _lowering(layer), layer["name"]
+        if low.serial:
+            chosen_lanes = _serial_lanes(layer, folds, rate)
+            if chosen_lanes is not None:
+                lanes[name], depths[name] = chosen_lanes, 1
+                cycles[name] = low.cycles(layer, (), lanes=chosen_lanes)
+    return NetworkPlan(budget, folds, specs, cycles, sum(s.macs for s in flat), depths, lanes)
+
+
+def _producer_refill(layer: dict, folds: dict) -> int:
+    """The most cycles a producer of ``layer``'s inputs leaves its output register empty
+    after a pixel leaves (a MAC layer's last stage without a hold buffer; 0 for others)."""
+    return max((refill_cycles(folds[t][-1].nf, False) for t in layer["inputs"] if folds.get(t)), default=0)
+
+
+def _serial_lanes(layer: dict, folds: dict, rate: int) -> int | None:
+    """The fewest lanes (powers of two below the channels) with which a serial op unit
+    keeps ``rate`` cycles per frame, its producers' refill counted; None: none does (the
+    unit stays one requantizer per channel)."""
+    channels, pixels = _channels(layer), _pixels(layer["out"])
+    refill = _producer_refill(layer, folds)
+    options = [1 << k for k in range(channels.bit_length()) if 1 << k < channels]
+    return next((n for n in options if pixels * (serial_period(channels, n) + refill) <= rate), None)
 
 
 # ----------------------------------------------------------------------------- skip FIFOs
@@ -472,7 +518,8 @@ def skip_depths(layers: list[dict], records: dict, plan: NetworkPlan) -> dict:
             for name in path:
                 low, layer = _lowering(producer[name]), producer[name]
                 t = low.ready_table(layer, plan.specs.get(name, []))[t]
-                cycles += low.latency(layer, plan.folds.get(name, ()), plan.specs.get(name, []))
+                cycles += low.latency(layer, plan.folds.get(name, ()), plan.specs.get(name, []),
+                                      plan.op_lanes.get(name))
             tables.append(t)
             latency.append(cycles)
         period = plan.cycles_per_frame / _pixels(l["out"])
@@ -490,7 +537,8 @@ def _needs_hold(layer: dict, layers: list[dict], plan: NetworkPlan) -> bool:
     """Whether a MAC layer's last stage needs the hold buffer (:class:`hw.engine.LayerEngine`):
     unless every consumer of its output keeps the plan's rate behind an output register
     that refills after each pixel (a MAC layer by its first stage, :func:`hw.engine.keeps_rate`;
-    an op unit or a skip FIFO copies a pixel within :data:`hw.units.OP_CREDIT_LOOP` cycles)."""
+    an op unit or a skip FIFO copies a pixel within :data:`hw.units.OP_CREDIT_LOOP` cycles, a
+    serial op unit within its :func:`hw.units.serial_period`)."""
     folds = plan.folds.get(layer["name"], ())
     if not folds or folds[-1].nf == 1:
         return True
@@ -503,8 +551,11 @@ def _needs_hold(layer: dict, layers: list[dict], plan: NetworkPlan) -> bool:
         if ufolds:
             if not keeps_rate(uspecs[0], ufolds[0], nf, rate):
                 return True
-        elif pixels * (refill_cycles(nf, False) + OP_CREDIT_LOOP) > rate:
-            return True
+        else:
+            lanes = plan.op_lanes.get(user["name"])
+            copy = OP_CREDIT_LOOP if lanes is None else max(OP_CREDIT_LOOP, serial_period(_channels(user), lanes))
+            if pixels * (refill_cycles(nf, False) + copy) > rate:
+                return True
     return False
 
 
@@ -553,7 +604,7 @@ class NetworkEngine(wiring.Component):
             operands = [records[t] for t in layer["inputs"]]
             comp = _lowering(layer).build(layer, operands, list(plan.folds[name]), line_rows, plan.specs[name],
                                           plan.fifo_depths.get(name), rate=plan.cycles_per_frame,
-                                          hold_last=_needs_hold(layer, seg, plan))
+                                          hold_last=_needs_hold(layer, seg, plan), lanes=plan.op_lanes.get(name))
             self.units.append(_Unit(name, layer, comp, plan.folds[name]))
         self.skip_depth = skip_depths(seg, records, plan)
         consumers: dict = {}
@@ -618,12 +669,15 @@ class NetworkEngine(wiring.Component):
             rec = {"name": u.name, "op": u.layer["op"], "rtl": rtl_name(u.name), "inputs": list(u.layer["inputs"]),
                    "out": {k: u.layer["out"][k] for k in ("shape", "bits", "signed")},
                    "cycles_per_frame": self.plan.unit_cycles[u.name],
-                   "latency_cycles": low.latency(u.layer, u.folds, self.plan.specs[u.name]),
+                   "latency_cycles": low.latency(u.layer, u.folds, self.plan.specs[u.name],
+                                                 self.plan.op_lanes.get(u.name)),
                    "multipliers": sum(f.multipliers for f in u.folds)}
             if isinstance(u.component, RawStreamAdapter):
                 rec["folding"] = u.component.inner.describe()
             if u.name in self.plan.fifo_depths:
                 rec["output_fifo_depth"] = self.plan.fifo_depths[u.name]
+            if u.name in self.plan.op_lanes:
+                rec["lanes"] = self.plan.op_lanes[u.name]
             units.append(rec)
         forks = [{"tensor": t, "outputs": f.n, "rtl": f"fork__{rtl_name(t)}"} for t, f in self.forks.items()]
         skips = [{"add": a, "operand": i, "tensor": self._operand((a, i)), "depth": f.depth, "width": f.width,

@@ -722,13 +722,19 @@ def _window_reads(channels: int, kernel: int, simd: int, rows: int, width: int,
 
 
 def elementwise(channels: int, in_bits: int, out_bits: int, *, inputs: int = 1, acc_bits: int | None = None,
-                shift: int = 0, clamp: tuple[int, int] | None = None, in_signed: bool = True) -> Resources:
+                shift: int = 0, clamp: tuple[int, int] | None = None, in_signed: bool = True,
+                lanes: int | None = None) -> Resources:
     """A one-pixel-per-cycle elementwise unit over ``channels`` channels without its output
     FIFO: :class:`hw.units.RequantUnit` (``inputs=1``: per channel the element in a register
     of ``in_bits``, plus a sign bit unless ``in_signed``) or :class:`hw.units.AddUnit`
     (``inputs=2``: the aligned operands summed into a register of ``acc_bits``, default
     ``in_bits`` plus a bit), then a requantizer (:func:`requantizer`: ``shift``, ``clamp``)
-    to ``out_bits``; the credit counter and valid pipeline."""
+    to ``out_bits``; the credit counter and valid pipeline.
+
+    ``lanes`` (a serial unit, :mod:`hw.units`): that datapath ``lanes`` times only, each
+    lane's inputs through a multiplexer over the ``ceil(channels / lanes)`` groups, the
+    group counters, and the output register (``channels * out_bits``; it is the unit's
+    output, no FIFO follows)."""
     _check_positive(channels=channels, in_bits=in_bits, out_bits=out_bits, inputs=inputs)
     if inputs == 1:
         x_bits = in_bits + (0 if in_signed else 1)
@@ -740,6 +746,13 @@ def elementwise(channels: int, in_bits: int, out_bits: int, *, inputs: int = 1, 
         _check_positive(acc_bits=x_bits)
         rq = requantizer(x_bits, out_bits, shift, clamp)
         adder, regs = (inputs - 1) * x_bits, x_bits
+    if lanes is not None:
+        _check_positive(lanes=lanes)
+        groups = -(-channels // lanes)
+        counters = 2 * _bits(groups)
+        luts = lanes * (adder * _LUTS_PER_ADDER_BIT + rq.luts + inputs * _mux_luts(groups, in_bits)) \
+            + counters * _LUTS_MVU_PER_CONTROL_BIT + _LUTS_OP_CONTROL
+        return Resources(luts=math.ceil(luts), ffs=lanes * (regs + rq.ffs) + channels * out_bits + counters + 8)
     return Resources(luts=math.ceil(channels * (adder * _LUTS_PER_ADDER_BIT + rq.luts)) + _LUTS_OP_CONTROL,
                      ffs=channels * (regs + rq.ffs) + 8)
 

@@ -19,10 +19,18 @@ output FIFO of :data:`OP_FIFO_DEPTH`; a shallower FIFO (the network engine build
 smallest of :data:`OP_FIFO_DEPTHS` that keeps its planned rate) passes ``depth`` pixels
 per :data:`OP_CREDIT_LOOP` cycles (:func:`op_cycles`; the pool needs a credit only for a
 frame's last pixel); ``maxpool`` takes ``kernel**2`` cycles per window.
+
+Serial op units (``lanes`` < channels, ``requant`` and ``add``): ``lanes`` requantizers
+work through a pixel ``lanes`` channels a cycle (:func:`serial_groups` groups), reading
+the input in place (``ready`` is raised with the last group, so the producer holds the
+pixel meanwhile, as stream sources do) and writing each group's results into the output
+register, which is the unit's only pixel-wide state: a pixel per
+:func:`serial_period` cycles. Where a layer has few pixels per frame (a 64-channel
+tensor of 4 pixels in a frame of thousands of cycles) this trades idle width for time.
 """
 from __future__ import annotations
 
-from amaranth import Cat, Elaboratable, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth import Cat, Const, Elaboratable, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -34,7 +42,7 @@ from .requant import Requantizer
 from .spec import HwError
 from .swg import WINDOW_READ_LATENCY, SlidingWindowGenerator
 
-__all__ = ["element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
+__all__ = ["serial_groups", "serial_period", "OP_SERIAL_OVERHEAD", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
            "RequantUnit", "AddUnit", "GlobalSumPoolUnit", "MaxPoolUnit", "OP_FIFO_DEPTH", "OP_FIFO_DEPTHS",
            "OP_CREDIT_LOOP", "OP_LATENCY", "op_cycles"]
 
@@ -57,6 +65,20 @@ def op_cycles(pixels: int, fifo_depth: int) -> int:
 #: Cycles from accepting a pixel to its result entering the output FIFO: an operand
 #: register, then the requantizer's two stages.
 OP_LATENCY = 3
+#: Cycles a serial op unit spends on a pixel besides its groups, its consumer ready: the
+#: last group's operand register and requantizer (:data:`OP_LATENCY`), then the output
+#: register is popped before the next pixel starts.
+OP_SERIAL_OVERHEAD = OP_LATENCY + 1
+
+
+def serial_groups(channels: int, lanes: int) -> int:
+    """Cycles a serial op unit issues per pixel: ``ceil(channels / lanes)`` groups."""
+    return -(-channels // lanes)
+
+
+def serial_period(channels: int, lanes: int) -> int:
+    """Cycles per pixel of a serial op unit whose producer and consumer keep up."""
+    return serial_groups(channels, lanes) + OP_SERIAL_OVERHEAD
 
 
 def element_shape(bits: int, is_signed: bool) -> Shape:
@@ -283,11 +305,16 @@ class _OpUnit(wiring.Component):
     after that.
     """
 
-    def __init__(self, ports: dict, out_record: dict, requant: dict, fifo_depth: int = OP_FIFO_DEPTH):
+    def __init__(self, ports: dict, out_record: dict, requant: dict, fifo_depth: int = OP_FIFO_DEPTH,
+                 lanes: int | None = None):
         if fifo_depth < 1:
             raise HwError(f"op unit FIFO depth must be at least 1, got {fifo_depth}")
-        self.fifo_depth = fifo_depth
         self.out_channels = int(out_record["shape"][0])
+        if lanes is not None and not 1 <= lanes <= self.out_channels:
+            raise HwError(f"op unit lanes must be 1..{self.out_channels} (its channels), got {lanes}")
+        #: requantizers working through a pixel group by group; None: one per channel
+        self.lanes = None if lanes == self.out_channels else lanes
+        self.fifo_depth = 1 if self.lanes else fifo_depth     # serial: the output register
         self.out_bits, self.out_signed = int(out_record["bits"]), bool(out_record["signed"])
         self.shift, (self.lo, self.hi) = int(requant["shift"]), (int(v) for v in requant["clamp"])
         super().__init__(ports)
@@ -314,6 +341,65 @@ class _OpUnit(wiring.Component):
         return fifo
 
 
+    def _serial(self, m: Module, inputs: list, operand, acc_bits: int) -> None:
+        """The serial datapath: per lane, each input's element of the current group (one
+        multiplexer per input) and ``operand(*elements)`` of them into a lane register of
+        ``acc_bits``, the lanes' requantizers, each group's results into the output register."""
+        C, L, ob = self.out_channels, self.lanes, self.out_bits
+        G = serial_groups(C, L)
+        busy = Signal()                             # a pixel's groups after the first are being issued
+        group, last_group = Signal(range(G)), Signal()
+        full = Signal()                             # the output register holds a pixel
+        pipe = [Signal(name=f"lane_valid_{i}") for i in range(OP_LATENCY)]
+        start = Signal()
+        m.d.comb += start.eq(~busy & ~full & ~Cat(*pipe).any() & Cat(*(p.valid for p in inputs)).all())
+        issue = start | busy
+        with m.If(issue):
+            with m.If(last_group):
+                m.d.sync += [group.eq(0), last_group.eq(0), busy.eq(0)]
+            with m.Else():
+                m.d.sync += [group.eq(group + 1), last_group.eq(group == G - 2), busy.eq(1)]
+        # the inputs are read in place: they transfer with the last group (registers only)
+        m.d.comb += [p.ready.eq(busy & last_group) for p in inputs]
+        accs = [_acc_register(m, f"lane_{l}", acc_bits) for l in range(L)]
+        with m.If(issue):
+            for l, acc in enumerate(accs):
+                m.d.sync += acc.eq(operand(*(_lane_element(p, l, L, G, group) for p in inputs)))
+        m.d.sync += pipe[0].eq(issue)
+        m.d.sync += [b.eq(a) for a, b in zip(pipe, pipe[1:])]
+        outs = []
+        for l, acc in enumerate(accs):
+            rq = m.submodules[f"requant_{l}"] = Requantizer(len(acc), self.shift, self.lo, self.hi,
+                                                            element_shape(ob, self.out_signed))
+            m.d.comb += rq.acc.eq(acc)
+            outs.append(rq.out[:ob])
+        # the output register shifts a group in from the top at each write (one clock enable,
+        # no multiplexer): after the G-th, group g sits at channels g*L.. (the last group's
+        # lanes beyond the channels fall off the payload)
+        out = Signal(G * L * ob, name="out_pixel", reset_less=True)
+        write, last_write = Signal(range(G)), Signal(init=G == 1)
+        with m.If(pipe[-1]):
+            m.d.sync += out.eq(Cat(out[L * ob:], *outs))
+            m.d.sync += [write.eq(Mux(last_write, 0, write + 1)), last_write.eq(write == G - 2)]
+            with m.If(last_write):
+                m.d.sync += full.eq(1)
+        with m.Elif(self.o.valid & self.o.ready):
+            m.d.sync += full.eq(0)
+        m.d.comb += [self.o.payload.eq(out[:C * ob]), self.o.valid.eq(full)]
+
+
+def _lane_element(port, lane: int, lanes: int, groups: int, group):
+    """Element ``group * lanes + lane`` of ``port``'s pixel (zero past its channels), as the
+    element's shape: a multiplexer over the ``groups`` channels of the lane."""
+    layout = port.payload.shape()
+    elem = Shape.cast(layout.elem_shape)
+    raw = Value.cast(port.payload)
+    words = [raw[c * elem.width:(c + 1) * elem.width] if c < layout.length else Const(0, elem.width)
+             for c in range(lane, groups * lanes, lanes)]
+    word = Cat(*words).word_select(group, elem.width)
+    return word.as_signed() if elem.signed else word
+
+
 def _acc_register(m: Module, name: str, bits: int) -> Signal:
     return Signal(signed(bits), name=name, reset_less=True)   # data: qualified by the valid pipeline
 
@@ -324,14 +410,17 @@ class RequantUnit(_OpUnit):
     Members: ``i`` In(signature of ``layer['in']``), ``o`` Out(signature of ``layer['out']``).
     """
 
-    def __init__(self, layer: dict, fifo_depth: int = OP_FIFO_DEPTH):
+    def __init__(self, layer: dict, fifo_depth: int = OP_FIFO_DEPTH, lanes: int | None = None):
         self.in_record = layer["in"]
         super().__init__({"i": In(signature_of(layer["in"])), "o": Out(signature_of(layer["out"]))},
-                         layer["out"], layer["requant"], fifo_depth)
+                         layer["out"], layer["requant"], fifo_depth, lanes)
 
     def elaborate(self, platform):
         m = Module()
         ib, s = int(self.in_record["bits"]), bool(self.in_record["signed"])
+        if self.lanes:
+            self._serial(m, [self.i], lambda x: x, ib + (0 if s else 1))
+            return m
         accept = Signal()
         accs = [_acc_register(m, f"x_{c}", ib + (0 if s else 1)) for c in range(self.out_channels)]
         with m.If(accept):
@@ -353,15 +442,20 @@ class AddUnit(_OpUnit):
     Members: ``a``, ``b`` In(signatures of the producers' ``out`` records), ``o`` Out.
     """
 
-    def __init__(self, layer: dict, a_record: dict, b_record: dict, fifo_depth: int = OP_FIFO_DEPTH):
+    def __init__(self, layer: dict, a_record: dict, b_record: dict, fifo_depth: int = OP_FIFO_DEPTH,
+                 lanes: int | None = None):
         self.records = (a_record, b_record)
         self.align = tuple(int(v) for v in layer["align"])
         self.acc_bits = int(layer["acc"]["bits"])
         super().__init__({"a": In(signature_of(a_record)), "b": In(signature_of(b_record)),
-                          "o": Out(signature_of(layer["out"]))}, layer["out"], layer["requant"], fifo_depth)
+                          "o": Out(signature_of(layer["out"]))}, layer["out"], layer["requant"], fifo_depth, lanes)
 
     def elaborate(self, platform):
         m = Module()
+        if self.lanes:
+            self._serial(m, [self.a, self.b], lambda a, b: (a << self.align[0]) + (b << self.align[1]),
+                         self.acc_bits)
+            return m
         accept = Signal()
         accs = [_acc_register(m, f"sum_{c}", self.acc_bits) for c in range(self.out_channels)]
         with m.If(accept):

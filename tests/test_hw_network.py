@@ -25,7 +25,7 @@ from hw.network import NetworkEngine, plan_network, select_layers, skip_depths  
 from hw.simulate import pack_pixels, run_stream, unpack_pixels  # noqa: E402
 from hw.spec import HwError  # noqa: E402
 from hw.units import (AddUnit, Fork, GlobalSumPoolUnit, MaxPoolUnit, PixelFIFO, RequantUnit,  # noqa: E402
-                      connect_pixels, pixel_signature)
+                      connect_pixels, pixel_signature, serial_period)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "resnet20_digits"
@@ -69,6 +69,33 @@ def test_requant_unit_is_exact_and_one_pixel_per_cycle(shift, in_signed, out_sig
     assert gaps.max() == 1, "frames back to back must leave one pixel per cycle"
     got2, _ = _run_unit(RequantUnit(layer), layer, x, bubble=0.4, stall=0.4, seed=3)
     assert np.array_equal(got2, want)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+@pytest.mark.parametrize("shift,in_signed,out_signed", [(1, True, True), (3, False, False), (-2, False, True)])
+def test_serial_requant_unit_is_exact_at_its_period(lanes, shift, in_signed, out_signed):
+    rng = np.random.default_rng(shift + 20 + lanes)
+    rin = _rec([5, 2, 3], 7, in_signed)
+    lo, hi = int_range(6, out_signed)
+    layer = {"in": rin, "out": _rec([5, 2, 3], 6, out_signed), "requant": {"shift": shift, "clamp": [lo + 1, hi - 2]}}
+    x = _frames(rng, 3, rin)
+    want = golden.requantize(x, layer["requant"])
+    unit = RequantUnit(layer, lanes=lanes)
+    assert unit.lanes == lanes and unit.fifo_depth == 1
+    got, res = _run_unit(unit, layer, x)
+    assert np.array_equal(got, want)
+    assert set(np.diff(res.out_cycles)) == {serial_period(5, lanes)}, "a pixel per serial_period cycles"
+    got2, _ = _run_unit(RequantUnit(layer, lanes=lanes), layer, x, bubble=0.4, stall=0.4, seed=3)
+    assert np.array_equal(got2, want)
+
+
+@pytest.mark.filterwarnings("ignore:.*created but never used")
+def test_op_unit_lanes_are_checked():
+    layer = {"in": _rec([4, 1, 1], 8, True), "out": _rec([4, 1, 1], 8, True), "requant": {"shift": 0, "clamp": [-128, 127]}}
+    assert RequantUnit(layer, lanes=4).lanes is None             # one per channel: the parallel unit
+    for bad in (0, 5):
+        with pytest.raises(HwError, match="lanes must be 1..4"):
+            RequantUnit(layer, lanes=bad)
 
 
 def _two_input_run(dut, a_words, b_words, n_out, *, bubble=0.0, stall=0.0, seed=0, max_cycles=5000):
@@ -125,10 +152,12 @@ def test_add_unit_aligns_adds_and_requantizes_exactly(align):
     aw = [w for f in a for w in pack_pixels(f, 6)]
     bw = [w for f in b for w in pack_pixels(f, 5)]
     want = golden.requantize((a << align[0]) + (b << align[1]), layer["requant"])
-    for bubble, stall in ((0.0, 0.0), (0.5, 0.4)):
-        outs = _two_input_run(AddUnit(layer, ra, rb), aw, bw, len(aw), bubble=bubble, stall=stall, seed=7)
-        got = np.stack([unpack_pixels(outs[i * 4:(i + 1) * 4], 4, 2, 2, 5, False) for i in range(3)])
-        assert np.array_equal(got, want)
+    for lanes in (None, 1, 3):
+        for bubble, stall in ((0.0, 0.0), (0.5, 0.4)):
+            outs = _two_input_run(AddUnit(layer, ra, rb, lanes=lanes), aw, bw, len(aw), bubble=bubble, stall=stall,
+                                  seed=7)
+            got = np.stack([unpack_pixels(outs[i * 4:(i + 1) * 4], 4, 2, 2, 5, False) for i in range(3)])
+            assert np.array_equal(got, want), f"lanes {lanes}, bubble {bubble}"
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (4, 4)])
@@ -268,10 +297,14 @@ def test_skip_fifo_depth_covers_the_branch_lead(fixture_art):
     assert depths[("layer1.1.add", 1)] >= 18
 
 
-def test_network_engine_in_amaranth_simulation_is_exact():
-    art = random_resnet(3, channels=(1, 2), height=(3, 3), width=(3, 4), stages=1, blocks=1, maxpool=False)
+@pytest.mark.parametrize("seed,channels,size,stages", [(3, (1, 2), (3, 4), 1), (5, (3, 6), (4, 4), 2)])
+def test_network_engine_in_amaranth_simulation_is_exact(seed, channels, size, stages):
+    art = random_resnet(seed, channels=channels, height=(size[0], size[0]), width=(size[1], size[1]), stages=stages,
+                        blocks=1, maxpool=False)
     seg, entry, rec = select_layers(art)
     plan = plan_network(art, seg, 40)
+    if channels[1] > 2:      # serial op units, one of them with two lanes
+        assert set(plan.op_lanes.values()) == {1, 2}
     net = NetworkEngine(art, plan)
     x = _frames(np.random.default_rng(0), 2, rec)
     inputs = [w for f in x for w in pack_pixels(f, rec["bits"])]
