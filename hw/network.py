@@ -437,7 +437,7 @@ def plan_network(artifact, layers: list[dict], multipliers: int | None = None) -
     for layer in layers:
         low, name = _lowering(layer), layer["name"]
         if low.serial:
-            chosen_lanes = _serial_lanes(layer, folds, rate)
+            chosen_lanes = _serial_lanes(layer, layers, folds, specs, rate)
             if chosen_lanes is not None:
                 lanes[name], depths[name] = chosen_lanes, 1
                 cycles[name] = low.cycles(layer, (), lanes=chosen_lanes)
@@ -450,14 +450,32 @@ def _producer_refill(layer: dict, folds: dict) -> int:
     return max((refill_cycles(folds[t][-1].nf, False) for t in layer["inputs"] if folds.get(t)), default=0)
 
 
-def _serial_lanes(layer: dict, folds: dict, rate: int) -> int | None:
+def _consume_cycles(user: dict, folds: dict, specs: dict, pixels: int) -> int:
+    """Cycles per frame that ``user`` holds a producer's output register (``pixels`` pixels a
+    frame): a window generator or a pool copies a pixel in a cycle; a 1x1 stage reads it in
+    place for its whole vector (its cycles per frame); an op unit takes at most its credit
+    loop or a one-lane serial period per pixel."""
+    low = _lowering(user)
+    if folds.get(user["name"]):
+        first = specs[user["name"]][0]
+        return pixels if first.needs_window else folds[user["name"]][0].cycles_per_frame
+    if low.serial:
+        return pixels * max(OP_CREDIT_LOOP, serial_period(_channels(user), 1))
+    return pixels * (1 if user["op"] in ("global_sum_pool", "maxpool") else OP_CREDIT_LOOP)
+
+
+def _serial_lanes(layer: dict, layers: list[dict], folds: dict, specs: dict, rate: int) -> int | None:
     """The fewest lanes (powers of two below the channels) with which a serial op unit
-    keeps ``rate`` cycles per frame, its producers' refill counted; None: none does (the
-    unit stays one requantizer per channel)."""
+    keeps ``rate`` cycles per frame; None: none does (the unit stays one requantizer per
+    channel). Its inputs: a pixel per period plus its producers' refill. Its output: it
+    starts a pixel only once the last has left, so a consumer that holds the output register
+    (a 1x1 stage reading it in place) adds its holding time to the unit's periods."""
     channels, pixels = _channels(layer), _pixels(layer["out"])
     refill = _producer_refill(layer, folds)
+    held = max((_consume_cycles(u, folds, specs, pixels) for u in layers if layer["name"] in u["inputs"]), default=0)
     options = [1 << k for k in range(channels.bit_length()) if 1 << k < channels]
-    return next((n for n in options if pixels * (serial_period(channels, n) + refill) <= rate), None)
+    return next((n for n in options if pixels * (serial_period(channels, n) + refill) <= rate
+                 and held + pixels * serial_period(channels, n) <= rate), None)
 
 
 # ----------------------------------------------------------------------------- skip FIFOs

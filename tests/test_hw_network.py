@@ -297,14 +297,14 @@ def test_skip_fifo_depth_covers_the_branch_lead(fixture_art):
     assert depths[("layer1.1.add", 1)] >= 18
 
 
-@pytest.mark.parametrize("seed,channels,size,stages", [(3, (1, 2), (3, 4), 1), (5, (3, 6), (4, 4), 2)])
+@pytest.mark.parametrize("seed,channels,size,stages", [(3, (1, 2), (3, 4), 1), (5, (4, 8), (4, 4), 2)])
 def test_network_engine_in_amaranth_simulation_is_exact(seed, channels, size, stages):
     art = random_resnet(seed, channels=channels, height=(size[0], size[0]), width=(size[1], size[1]), stages=stages,
                         blocks=1, maxpool=False)
     seg, entry, rec = select_layers(art)
     plan = plan_network(art, seg, 40)
-    if channels[1] > 2:      # serial op units, one of them with two lanes
-        assert set(plan.op_lanes.values()) == {1, 2}
+    if channels[1] > 2:      # serial op units with 1, 2 and 4 lanes
+        assert set(plan.op_lanes.values()) == {1, 2, 4}
     net = NetworkEngine(art, plan)
     x = _frames(np.random.default_rng(0), 2, rec)
     inputs = [w for f in x for w in pack_pixels(f, rec["bits"])]

@@ -61,6 +61,26 @@ def test_random_residual_network_is_bit_exact_in_verilator(small_net, tmp_path):
     assert on_disk["mismatches"] == 0 and on_disk["outputs"] == report["outputs"]
 
 
+def test_serial_op_units_leave_time_for_a_consumer_that_reads_in_place(tmp_path, monkeypatch):
+    """An ``add`` feeding a strided 1x1 shortcut (which holds the add's output register while
+    it reads the pixel) stays one requantizer per channel: built serial, it would start a pixel
+    only after the shortcut let go and slow the whole network (the planner's rule off: 240
+    cycles per frame instead of 192)."""
+    import hw.network as N
+    art = random_resnet(1, channels=(3, 4), height=(8, 8), width=(8, 8), stages=3, blocks=1, shortcut="strided",
+                        maxpool=False)
+    seg, _, _ = N.select_layers(art)
+    assert "layer2.0.add" not in N.plan_network(art, seg).op_lanes and N.plan_network(art, seg).op_lanes
+    report = run_network(art, tmp_path / "on", images=4, stress_frames=0, seed=3, progress=_quiet)
+    assert report["mismatches"] == 0
+    assert abs(report["cycles_per_frame_measured"] / report["cycles_per_frame_expected"] - 1) <= 0.05
+    monkeypatch.setattr(N, "_consume_cycles", lambda *a: 0)        # the rule off: the comparison must see it
+    assert "layer2.0.add" in N.plan_network(art, seg).op_lanes
+    report = run_network(art, tmp_path / "off", images=4, stress_frames=0, seed=3, progress=_quiet)
+    assert report["mismatches"] == 0
+    assert report["cycles_per_frame_measured"] > 1.1 * report["cycles_per_frame_expected"]
+
+
 def test_a_wrong_weight_in_the_rtl_is_found(small_net, tmp_path):
     report = run_network(small_net, tmp_path / "bad", images=4, stress_frames=0, seed=3, inject="weight",
                          progress=_quiet)
