@@ -47,7 +47,7 @@ from .resources import Resources
 from .spec import HwError, StageSpec, layer_stages
 from .swg import WINDOW_READ_LATENCY
 from .units import (OP_CREDIT_LOOP, OP_FIFO_DEPTH, OP_FIFO_DEPTHS, OP_LATENCY, AddUnit, Fork, GlobalSumPoolUnit, MaxPoolUnit, PixelFIFO, RawStreamAdapter,
-                    RequantUnit, connect_pixels, op_cycles, serial_groups, serial_period, signature_of)
+                    RequantUnit, SERIAL_LATENCY, connect_pixels, op_cycles, serial_groups, serial_period, signature_of)
 
 __all__ = ["DEFAULT_NETWORK_MULTIPLIERS", "SKIP_MARGIN", "select_layers", "NetworkPlan", "plan_network",
            "skip_depths", "NetworkEngine", "rtl_name"]
@@ -154,7 +154,9 @@ class _Lowering(abc.ABC):
         """Cycles from a pixel entering the unit to the output it completes leaving it, with
         the unit otherwise idle: operand register, requantizer, output FIFO (serial: the
         groups, then the last one's operand register and requantizer)."""
-        return OP_LATENCY + 2 + (serial_groups(_channels(layer), lanes) if lanes is not None else 0)
+        if lanes is not None:
+            return serial_groups(_channels(layer), lanes) + SERIAL_LATENCY + 2
+        return OP_LATENCY + 2
 
     def resources(self, layer: dict, component, part) -> Resources:
         """Estimated resources of the unit on ``part`` (:mod:`hw.resources`)."""

@@ -42,7 +42,7 @@ from .requant import Requantizer
 from .spec import HwError
 from .swg import WINDOW_READ_LATENCY, SlidingWindowGenerator
 
-__all__ = ["serial_groups", "serial_period", "OP_SERIAL_OVERHEAD", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
+__all__ = ["serial_groups", "serial_period", "OP_SERIAL_OVERHEAD", "SERIAL_LATENCY", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
            "RequantUnit", "AddUnit", "GlobalSumPoolUnit", "MaxPoolUnit", "OP_FIFO_DEPTH", "OP_FIFO_DEPTHS",
            "OP_CREDIT_LOOP", "OP_LATENCY", "op_cycles"]
 
@@ -65,10 +65,13 @@ def op_cycles(pixels: int, fifo_depth: int) -> int:
 #: Cycles from accepting a pixel to its result entering the output FIFO: an operand
 #: register, then the requantizer's two stages.
 OP_LATENCY = 3
+#: Cycles from a serial op unit issuing a group to its results entering the output
+#: register: the group's elements, the operand register, the requantizer's two stages.
+SERIAL_LATENCY = OP_LATENCY + 1
 #: Cycles a serial op unit spends on a pixel besides its groups, its consumer ready: the
-#: last group's operand register and requantizer (:data:`OP_LATENCY`), then the output
-#: register is popped before the next pixel starts.
-OP_SERIAL_OVERHEAD = OP_LATENCY + 1
+#: last group's pipeline (:data:`SERIAL_LATENCY`), then the output register is popped
+#: before the next pixel starts.
+OP_SERIAL_OVERHEAD = SERIAL_LATENCY + 1
 
 
 def serial_groups(channels: int, lanes: int) -> int:
@@ -343,14 +346,15 @@ class _OpUnit(wiring.Component):
 
     def _serial(self, m: Module, inputs: list, operand, acc_bits: int) -> None:
         """The serial datapath: per lane, each input's element of the current group (one
-        multiplexer per input) and ``operand(*elements)`` of them into a lane register of
-        ``acc_bits``, the lanes' requantizers, each group's results into the output register."""
+        multiplexer per input, into a register), ``operand(*elements)`` of them into a lane
+        register of ``acc_bits``, the lanes' requantizers, each group's results into the
+        output register."""
         C, L, ob = self.out_channels, self.lanes, self.out_bits
         G = serial_groups(C, L)
         busy = Signal()                             # a pixel's groups after the first are being issued
         group, last_group = Signal(range(G)), Signal()
         full = Signal()                             # the output register holds a pixel
-        pipe = [Signal(name=f"lane_valid_{i}") for i in range(OP_LATENCY)]
+        pipe = [Signal(name=f"lane_valid_{i}") for i in range(SERIAL_LATENCY)]
         start = Signal()
         m.d.comb += start.eq(~busy & ~full & ~Cat(*pipe).any() & Cat(*(p.valid for p in inputs)).all())
         issue = start | busy
@@ -361,10 +365,19 @@ class _OpUnit(wiring.Component):
                 m.d.sync += [group.eq(group + 1), last_group.eq(group == G - 2), busy.eq(1)]
         # the inputs are read in place: they transfer with the last group (registers only)
         m.d.comb += [p.ready.eq(busy & last_group) for p in inputs]
+        # the group multiplexers and the operand's adder each get a cycle (a 64-way multiplexer
+        # and an adder behind it did not fit 6.7 ns on ECP5)
         accs = [_acc_register(m, f"lane_{l}", acc_bits) for l in range(L)]
-        with m.If(issue):
-            for l, acc in enumerate(accs):
-                m.d.sync += acc.eq(operand(*(_lane_element(p, l, L, G, group) for p in inputs)))
+        for l, acc in enumerate(accs):
+            elems = []
+            for k, p in enumerate(inputs):
+                e = _lane_element(p, l, L, G, group)
+                r = Signal(e.shape(), name=f"lane_{l}_in_{k}", reset_less=True)
+                with m.If(issue):
+                    m.d.sync += r.eq(e)
+                elems.append(r)
+            with m.If(pipe[0]):
+                m.d.sync += acc.eq(operand(*elems))
         m.d.sync += pipe[0].eq(issue)
         m.d.sync += [b.eq(a) for a, b in zip(pipe, pipe[1:])]
         outs = []

@@ -303,8 +303,8 @@ def test_network_engine_in_amaranth_simulation_is_exact(seed, channels, size, st
                         blocks=1, maxpool=False)
     seg, entry, rec = select_layers(art)
     plan = plan_network(art, seg, 40)
-    if channels[1] > 2:      # serial op units with 1, 2 and 4 lanes
-        assert set(plan.op_lanes.values()) == {1, 2, 4}
+    if channels[1] > 2:      # serial op units, with one lane and with more
+        assert 1 in plan.op_lanes.values() and max(plan.op_lanes.values()) > 1
     net = NetworkEngine(art, plan)
     x = _frames(np.random.default_rng(0), 2, rec)
     inputs = [w for f in x for w in pack_pixels(f, rec["bits"])]
