@@ -214,3 +214,13 @@ def test_vivado_build_tree(tiny_dir, tmp_path, capsys, monkeypatch):
     assert rc == 0
     rec = json.loads((tmp_path / "arty-a7-35" / "network" / "report.json").read_text())
     assert rec["op"] == "network" and rec["board_info"]["op"] == "network"
+
+
+def test_a_whole_network_near_the_part_s_lut_capacity_is_routed_with_router2():
+    def est(percent):
+        return {"utilisation": {"lut": {"percent": percent}}}
+    assert B._router(None, est(79.4), "trellis")[0] == "router2"
+    assert B._router(None, est(53.1), "trellis") == (None, "nextpnr's default (router1)")
+    assert B._router("router1", est(79.4), "trellis") == ("router1", "given")
+    assert B._router(None, None, "trellis")[0] is None                  # a layer: no estimate
+    assert B._router(None, est(90.0), "icestorm")[0] is None            # only the ECP5 flow was measured

@@ -53,6 +53,12 @@ NEXTPNR_REPORT = "nextpnr_report.json"
 #: nextpnr routers: router1 (nextpnr's default; the better Fmax here) and router2 (faster;
 #: on the 85F layer3 build 2.4 min instead of 12.5 min of routing, but 82 instead of 116 MHz).
 ROUTERS = ("router1", "router2")
+#: LUT share of the part (the estimate, LUT RAM included) from which a whole network is
+#: routed with router2 unless a router is given: the default ResNet-20 (79% by yosys, 86%
+#: of the slices' LUTs after packing) left router1 congested (333,000 of 349,000 arcs
+#: unrouted after 4 min, rip-ups growing) and routed in 5.3 min with router2; ResNet-8
+#: (53%) routes with router1 in about 5 min, at the better Fmax.
+ROUTER2_LUT_SHARE = 0.70
 #: SB_MAC16 blocks per iCE40 part (yosys `synth_ice40 -dsp` maps every multiplier to one).
 ICE40_DSPS = {"iCE40UP5K": 8, "iCE40UP3K": 4}
 YOSYS_STAT = "top.stat.json"
@@ -131,7 +137,8 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
           router: str | None = None, log=print) -> dict:
     """Build one board top; return the report record (also written to ``report.json``).
 
-    ``router`` is nextpnr's router (:data:`ROUTERS`; default nextpnr's own, router1).
+    ``router`` is nextpnr's router (:data:`ROUTERS`; default nextpnr's own, router1, except a
+    whole network estimated at :data:`ROUTER2_LUT_SHARE` of the part's LUTs or more: router2).
 
     Raises :class:`BoardError` (unknown board / option), ``ArtifactError``,
     :class:`DesignTooLarge` or :class:`FlowError`.
@@ -161,6 +168,7 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
                        timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s,
                        min_utilisation=min_utilisation)
         estimate = _check_estimate(top, plat, board) if layer is None else None
+        router, router_why = _router(router, estimate, board.flow)
     except ValueError as e:                             # HwError, baud, PLL, a part too small: bad input
         msg = str(e).splitlines()[0]
         if budget_from_part and "too small" in msg:     # the part's multipliers set the budget
@@ -183,7 +191,7 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
              "ideal_cycles_per_frame": eng.plan.ideal_cycles, "folding": folding, "estimate": estimate,
              "clock": {"board_mhz": top.board_hz / 1e6, "design_mhz": round(top.clk_hz / 1e6, 4),
                        "pll": top.pll}, "baud": baud, "board_info": top.link.info.as_dict(),
-             "machine": machine()}
+             "router": router, "router_reason": router_why, "machine": machine()}
     t0 = time.monotonic()
 
     if board.flow == "vivado":
@@ -334,6 +342,17 @@ def _check_estimate(top, plat, board) -> dict | None:
     _, total = top.link.engine.resources(part)
     resources.check_fit(total, part)
     return {"part": part.name, "total": total.as_dict(), "utilisation": resources.utilisation(total, part)}
+
+
+def _router(router: str | None, estimate: dict | None, flow: str) -> tuple[str | None, str]:
+    """``(router, why)``: the one given, else router2 for an ECP5 whole network whose LUT
+    estimate reaches :data:`ROUTER2_LUT_SHARE` of the part, else nextpnr's default."""
+    if router is not None:
+        return router, "given"
+    share = (estimate or {}).get("utilisation", {}).get("lut", {}).get("percent")
+    if flow == "trellis" and share is not None and share >= 100 * ROUTER2_LUT_SHARE:
+        return "router2", f"the LUT estimate is {share}% of the part (>= {100 * ROUTER2_LUT_SHARE:.0f}%)"
+    return None, "nextpnr's default (router1)"
 
 
 def _device_name(plat, flow: str) -> str:

@@ -193,5 +193,6 @@ def format_summary(rec: dict) -> str:
     if rec.get("fps_at_fmax"):
         lines.append(f"  {rec['fps_at_fmax']:.0f} frames/s at Fmax (engine, {rec.get('cycles_per_frame')} cycles/frame)")
     if rec.get("build_s") is not None:
-        lines.append(f"  built in {rec['build_s']:.0f} s")
+        router = f", nextpnr {rec['router'] or 'router1'} ({rec['router_reason']})" if rec.get("router_reason") else ""
+        lines.append(f"  built in {rec['build_s']:.0f} s{router}")
     return "\n".join(lines)
