@@ -300,12 +300,14 @@ class RawStreamAdapter(wiring.Component):
 
 
 class _OpUnit(wiring.Component):
-    """Shared tail of the op units: per-channel requantizers and a credited output FIFO.
+    """Shared tail of the op units: per-channel requantizers and a credited output FIFO, or
+    the serial datapath.
 
     A subclass's ``elaborate`` calls :meth:`_tail` with, per channel, the signed
     accumulator register and a flag that is high in the cycle after the accumulator was
     loaded with a finished value; results enter the FIFO :data:`OP_LATENCY` - 1 cycles
-    after that.
+    after that. With ``lanes`` (1 <= lanes < channels) it calls :meth:`_serial` instead:
+    a pixel per :func:`serial_period` cycles, the output register as the only buffer.
     """
 
     def __init__(self, ports: dict, out_record: dict, requant: dict, fifo_depth: int = OP_FIFO_DEPTH,
@@ -418,7 +420,8 @@ def _acc_register(m: Module, name: str, bits: int) -> Signal:
 
 
 class RequantUnit(_OpUnit):
-    """``op: requant`` (docs/artifact.md 3.4): ``out = requant(in)`` per element, one pixel per cycle.
+    """``op: requant`` (docs/artifact.md 3.4): ``out = requant(in)`` per element, one pixel per
+    cycle (serial with ``lanes``: a pixel per :func:`serial_period` cycles).
 
     Members: ``i`` In(signature of ``layer['in']``), ``o`` Out(signature of ``layer['out']``).
     """
@@ -450,7 +453,8 @@ class AddUnit(_OpUnit):
     """``op: add`` (docs/artifact.md 3.3): ``out = requant((a << sa) + (b << sb))`` per element.
 
     A pixel is taken from both inputs in the same cycle (``a.ready`` follows ``b.valid``
-    and the credit; ``b.ready`` likewise), one pixel per cycle.
+    and the credit; ``b.ready`` likewise), one pixel per cycle. Serial (``lanes``): it starts
+    when both are valid, reads both in place, and both transfer with the last group.
 
     Members: ``a``, ``b`` In(signatures of the producers' ``out`` records), ``o`` Out.
     """
