@@ -150,6 +150,13 @@ class _Lowering(abc.ABC):
         """``t[k]``: output pixels the unit can produce once it has ``k`` input pixels of a frame."""
         return np.arange(_pixels(layer["out"]) + 1)
 
+    def held_cycles(self, layer: dict, folds, specs: list[StageSpec], pixels: int) -> int:
+        """Cycles per frame the unit holds its producer's output register, ``pixels`` pixels
+        a frame: an op unit takes a pixel within its credit loop (serial: its one-lane period)."""
+        if self.serial:
+            return pixels * max(OP_CREDIT_LOOP, serial_period(_channels(layer), 1))
+        return pixels * OP_CREDIT_LOOP
+
     def latency(self, layer: dict, folds: list[StageFold], specs: list[StageSpec], lanes: int | None = None) -> int:
         """Cycles from a pixel entering the unit to the output it completes leaving it, with
         the unit otherwise idle: operand register, requantizer, output FIFO (serial: the
@@ -215,6 +222,11 @@ class _MacLowering(_Lowering):
     def cycles(self, layer, folds, fifo_depth=None, lanes=None):
         return max(f.cycles_per_frame for f in folds)
 
+    def held_cycles(self, layer, folds, specs, pixels):
+        # a window generator copies a pixel in a cycle; a 1x1 stage reads it in place for its
+        # whole vector
+        return pixels if specs[0].needs_window else folds[0].cycles_per_frame
+
     def latency(self, layer, folds, specs, lanes=None):
         # per stage (the engine has no input FIFO in a network): the window read, the
         # vector's folds, the MVU pipeline and its output buffer
@@ -274,6 +286,9 @@ class _PoolLowering(_Lowering):
     def cycles(self, layer, folds, fifo_depth=None, lanes=None):
         return _pixels(layer["in"])
 
+    def held_cycles(self, layer, folds, specs, pixels):
+        return pixels                   # a pixel a cycle into the accumulators
+
     def resources(self, layer, component, part):
         out = layer["out"]
         ch, ob = int(out["shape"][0]), int(out["bits"])
@@ -307,6 +322,9 @@ class _MaxPoolLowering(_Lowering):
 
     def cycles(self, layer, folds, fifo_depth=None, lanes=None):
         return max(_pixels(layer["in"]), _pixels(layer["out"]) * int(layer["kernel"]) ** 2)
+
+    def held_cycles(self, layer, folds, specs, pixels):
+        return pixels                   # its window generator copies a pixel in a cycle
 
     def ready_table(self, layer, specs):
         c, h, w = layer["in"]["shape"]
@@ -454,16 +472,9 @@ def _producer_refill(layer: dict, folds: dict) -> int:
 
 def _consume_cycles(user: dict, folds: dict, specs: dict, pixels: int) -> int:
     """Cycles per frame that ``user`` holds a producer's output register (``pixels`` pixels a
-    frame): a window generator or a pool copies a pixel in a cycle; a 1x1 stage reads it in
-    place for its whole vector (its cycles per frame); an op unit takes at most its credit
-    loop or a one-lane serial period per pixel."""
-    low = _lowering(user)
-    if folds.get(user["name"]):
-        first = specs[user["name"]][0]
-        return pixels if first.needs_window else folds[user["name"]][0].cycles_per_frame
-    if low.serial:
-        return pixels * max(OP_CREDIT_LOOP, serial_period(_channels(user), 1))
-    return pixels * (1 if user["op"] in ("global_sum_pool", "maxpool") else OP_CREDIT_LOOP)
+    frame; :meth:`_Lowering.held_cycles`)."""
+    name = user["name"]
+    return _lowering(user).held_cycles(user, folds.get(name, ()), specs.get(name, []), pixels)
 
 
 def _serial_lanes(layer: dict, layers: list[dict], folds: dict, specs: dict, rate: int) -> int | None:
@@ -476,8 +487,11 @@ def _serial_lanes(layer: dict, layers: list[dict], folds: dict, specs: dict, rat
     refill = _producer_refill(layer, folds)
     held = max((_consume_cycles(u, folds, specs, pixels) for u in layers if layer["name"] in u["inputs"]), default=0)
     options = [1 << k for k in range(channels.bit_length()) if 1 << k < channels]
-    return next((n for n in options if pixels * (serial_period(channels, n) + refill) <= rate
-                 and held + pixels * serial_period(channels, n) <= rate), None)
+    for n in options:
+        period = serial_period(channels, n)
+        if pixels * (period + refill) <= rate and held + pixels * period <= rate:
+            return n
+    return None
 
 
 # ----------------------------------------------------------------------------- skip FIFOs

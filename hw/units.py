@@ -327,14 +327,8 @@ class _OpUnit(wiring.Component):
     def _tail(self, m: Module, accs: list, loaded) -> Signal:
         """Requantize ``accs`` (loaded when ``loaded`` was high the cycle before) into the
         output FIFO; return the credit signal (room for one more result)."""
-        ob = self.out_bits
-        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.out_channels * ob, depth=self.fifo_depth)
-        outs = []
-        for c, acc in enumerate(accs):
-            rq = m.submodules[f"requant_{c}"] = Requantizer(len(acc), self.shift, self.lo, self.hi,
-                                                            element_shape(ob, self.out_signed))
-            m.d.comb += rq.acc.eq(acc)
-            outs.append(rq.out[:ob])
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.out_channels * self.out_bits, depth=self.fifo_depth)
+        outs = self._requantizers(m, accs)
         pipe = [loaded]
         for i in range(2):      # the requantizer's two stages
             v = Signal(name=f"rq_valid_{i}")
@@ -345,6 +339,15 @@ class _OpUnit(wiring.Component):
                      fifo.r_stream.ready.eq(self.o.ready)]
         return fifo
 
+    def _requantizers(self, m: Module, accs: list) -> list:
+        """A :class:`hw.requant.Requantizer` per accumulator register (two stages); their outputs."""
+        outs = []
+        for c, acc in enumerate(accs):
+            rq = m.submodules[f"requant_{c}"] = Requantizer(len(acc), self.shift, self.lo, self.hi,
+                                                            element_shape(self.out_bits, self.out_signed))
+            m.d.comb += rq.acc.eq(acc)
+            outs.append(rq.out[:self.out_bits])
+        return outs
 
     def _serial(self, m: Module, inputs: list, operand, acc_bits: int) -> None:
         """The serial datapath: per lane, each input's element of the current group (one
@@ -382,12 +385,7 @@ class _OpUnit(wiring.Component):
                 m.d.sync += acc.eq(operand(*elems))
         m.d.sync += pipe[0].eq(issue)
         m.d.sync += [b.eq(a) for a, b in zip(pipe, pipe[1:])]
-        outs = []
-        for l, acc in enumerate(accs):
-            rq = m.submodules[f"requant_{l}"] = Requantizer(len(acc), self.shift, self.lo, self.hi,
-                                                            element_shape(ob, self.out_signed))
-            m.d.comb += rq.acc.eq(acc)
-            outs.append(rq.out[:ob])
+        outs = self._requantizers(m, accs)
         # the output register shifts a group in from the top at each write (one clock enable,
         # no multiplexer): after the G-th, group g sits at channels g*L.. (the last group's
         # lanes beyond the channels fall off the payload)
