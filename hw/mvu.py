@@ -305,8 +305,8 @@ class MatrixVectorUnit(wiring.Component):
         # (on ECP5 it drives the clock enable of the source's whole window register)
         nf = Signal(range(max(NF, 2)))
         sf = Signal(range(max(SF, 2)))
-        sf_first, at_start = Signal(init=1), Signal(init=1)
-        sf_last, nf_last = Signal(init=SF == 1), Signal(init=NF == 1)
+        sf_first, at_start = Signal(init=1, name="sf_first"), Signal(init=1, name="at_start")
+        sf_last, nf_last = Signal(init=SF == 1, name="sf_last"), Signal(init=NF == 1, name="nf_last")
         last_fold = Signal(init=NF * SF == 1)            # sf_last & nf_last
         credit = Signal(init=1)                          # outstanding < fifo_depth
         go = Signal()
@@ -367,7 +367,7 @@ class MatrixVectorUnit(wiring.Component):
             with m.If(go):
                 m.d.sync += waddr.eq(Mux(last_fold, 0, waddr + 1))
             m.d.comb += [rp.addr.eq(waddr), rp.en.eq(1)]
-            rom_q, wword = Signal(rom_w, reset_less=True), Signal(rom_w, reset_less=True)
+            rom_q, wword = Signal(rom_w, reset_less=True, name="rom_q"), Signal(rom_w, reset_less=True, name="wword")
             m.d.sync += [rom_q.eq(rp.data), wword.eq(rom_q)]
         else:
             wword = Const(self.weight_words()[0], unsigned(rom_w))
@@ -583,7 +583,7 @@ class MatrixVectorUnit(wiring.Component):
         ready, empty, head, push, pop = self._group_fifo(m, group, (self.fifo_depth - 1 - self.hold_buffer) * NF)
 
         count = Signal(range(NF + 1))                   # groups in fill
-        take, bypass = Signal(), Signal()               # fill takes a group from the FIFO / the unit
+        take, bypass = Signal(name="take"), Signal(name="bypass")   # fill takes a group from the FIFO / the unit
         accept = ~full | freed
         m.d.comb += [pop.eq(accept & ready), bypass.eq(accept & r_done & empty), push.eq(r_done & ~bypass),
                      take.eq(pop | bypass)]
@@ -599,8 +599,8 @@ class MatrixVectorUnit(wiring.Component):
         pop)``, ``head`` the oldest group (valid with ``ready``), ``empty`` no group stored
         (written or in flight), ``push`` / ``pop`` to be driven. A bypass (the caller's) is
         only allowed when ``empty``, so the groups stay in order."""
-        ready, empty = Signal(), Signal(init=1)
-        push, pop = Signal(), Signal()
+        ready, empty = Signal(name="ready"), Signal(init=1, name="empty")
+        push, pop = Signal(name="push"), Signal(name="pop")
         if depth > GROUPS_BLOCK_MIN_WORDS:
             # in block RAM (ECP5: one DP16KD for up to 2K x 9 bits); readable two cycles later
             q = m.submodules.groups = BlockFIFO(len(group), depth)
@@ -612,7 +612,7 @@ class MatrixVectorUnit(wiring.Component):
         # in LUT RAM, read asynchronously: readable in the cycle after its write
         mem = m.submodules.groups = Memory(shape=unsigned(len(group)), depth=depth, init=[])
         wp, rp = mem.write_port(), mem.read_port(domain="comb")
-        produce, consume = Signal(range(depth)), Signal(range(depth))
+        produce, consume = Signal(range(depth), name="produce"), Signal(range(depth), name="consume")
         level = Signal(range(depth + 1))
         m.d.comb += [ready.eq(level != 0), empty.eq(level == 0), rp.addr.eq(consume),
                      wp.addr.eq(produce), wp.data.eq(group), wp.en.eq(push)]

@@ -178,7 +178,7 @@ class BlockFIFO(Elaboratable):
         storage = m.submodules.storage = Memory(shape=unsigned(self.width), depth=words, init=[],
                                                 attrs={"ram_style": "block", "no_rw_check": 1})
         wp, rp = storage.write_port(), storage.read_port(domain="sync")
-        produce, consume = Signal(range(words)), Signal(range(words))
+        produce, consume = Signal(range(words), name="produce"), Signal(range(words), name="consume")
         m.d.comb += [wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(do_write),
                      rp.addr.eq(consume), rp.en.eq(do_inner_read), self.r_data.eq(rp.data),
                      self.empty.eq((inner_level == 0) & ~self.r_rdy)]
@@ -229,7 +229,7 @@ class PixelFIFO(wiring.Component):
                          fifo.r_stream.ready.eq(self.o.ready)]
             return m
         fifo = m.submodules.fifo = BlockFIFO(self.width, self.depth - 1)
-        out, out_valid = Signal(self.width, reset_less=True), Signal()
+        out, out_valid = Signal(self.width, reset_less=True, name="out"), Signal(name="out_valid")
         take = Signal()
         m.d.comb += [fifo.w_data.eq(self.i.payload.as_value()), fifo.w_en.eq(self.i.valid),
                      self.i.ready.eq(fifo.w_rdy), take.eq(fifo.r_rdy & (~out_valid | self.o.ready)),
@@ -357,7 +357,7 @@ class _OpUnit(wiring.Component):
         C, L, ob = self.out_channels, self.lanes, self.out_bits
         G = serial_groups(C, L)
         busy = Signal()                             # a pixel's groups after the first are being issued
-        group, last_group = Signal(range(G)), Signal()
+        group, last_group = Signal(range(G), name="group"), Signal(name="last_group")
         full = Signal()                             # the output register holds a pixel
         pipe = [Signal(name=f"lane_valid_{i}") for i in range(SERIAL_LATENCY)]
         start = Signal()
@@ -390,7 +390,7 @@ class _OpUnit(wiring.Component):
         # no multiplexer): after the G-th, group g sits at channels g*L.. (the last group's
         # lanes beyond the channels fall off the payload)
         out = Signal(G * L * ob, name="out_pixel", reset_less=True)
-        write, last_write = Signal(range(G)), Signal(init=G == 1)
+        write, last_write = Signal(range(G), name="write"), Signal(init=G == 1, name="last_write")
         with m.If(pipe[-1]):
             m.d.sync += out.eq(Cat(out[L * ob:], *outs))
             m.d.sync += [write.eq(Mux(last_write, 0, write + 1)), last_write.eq(write == G - 2)]
@@ -503,7 +503,7 @@ class GlobalSumPoolUnit(_OpUnit):
         m = Module()
         accept = Signal()
         count = Signal(range(self.pixels))
-        first, last = Signal(init=1), Signal(init=self.pixels == 1)
+        first, last = Signal(init=1, name="first"), Signal(init=self.pixels == 1, name="last")
         accs = [_acc_register(m, f"sum_{c}", self.acc_bits) for c in range(self.out_channels)]
         with m.If(accept):
             m.d.sync += [acc.eq(Mux(first, 0, acc) + self.i.payload[c]) for c, acc in enumerate(accs)]
@@ -550,7 +550,7 @@ class MaxPoolUnit(wiring.Component):
 
         # read the offered window's pixels 0 .. k*k-1; release it with the last read
         word = Signal(range(words))
-        at_first, at_last = Signal(init=1), Signal(init=words == 1)
+        at_first, at_last = Signal(init=1, name="at_first"), Signal(init=words == 1, name="at_last")
         credit = Signal()
         go = Signal()
         m.d.comb += [go.eq(swg.win_out.valid & (~at_first | credit)), swg.rd.step.eq(go),

@@ -66,6 +66,7 @@ def test_bitstream_ecp5_with_pll(tiny_dir, tmp_path):
     assert rec["resources"]["lut"]["used"] > 0 and rec["resources"]["dsp"]["used"] == rec["multipliers"]
     assert any(abs(c["constraint_mhz"] - 100) < 0.5 for c in rec["clocks"].values())
     assert rec["board_info"]["clk_hz"] == 100_000_000
+    assert rec["utilization"]["DCCA"]["used"] == 2          # the clock's global and the reset's
 
 
 @pytest.mark.slow

@@ -243,3 +243,24 @@ def test_ecp5_pll_params():
     assert abs(p["fout_hz"] - 133e6) < 1e6
     with pytest.raises(ValueError):
         ecp5_pll_params(25e6, 500e6)
+
+
+def test_pll_reset_is_distributed_on_a_global_buffer():
+    """With a PLL the synchronised reset enters a DCCA whose output is the design's reset (a
+    fabric-routed reset to every flip-flop was a whole network's slowest path)."""
+    pytest.importorskip("amaranth_boards")
+    import re
+    from deploy.fpga.boards import get_board
+    from deploy.fpga.top import BoardTop
+    plat = get_board("ulx3s-85f").platform()
+    art = random_tucker2(1, channels=4, out_channels=4, ranks=(2, 2), height=4, width=4, name="tiny")
+    il = plat.build(BoardTop(plat, art, "tiny", clock_mhz=150), do_build=False, name="top").files["top.il"]
+    il = il if isinstance(il, str) else il.decode()
+    cells = re.findall(r"cell \\DCCA \\(\S+)\n((?:    connect .*\n)+)", il)
+    assert len(cells) == 1, cells
+    ports = dict(re.findall(r"connect \\(\S+) (.*)", cells[0][1]))
+    assert ports["CLKO"] == "\\rst" and ports["CLKI"].startswith("\\pll_rst"), ports
+    # and without a PLL there is none: the board clock's own reset stays as it was
+    plat = get_board("ulx3s-85f").platform()
+    il = plat.build(BoardTop(plat, art, "tiny"), do_build=False, name="top").files["top.il"]
+    assert "DCCA" not in (il if isinstance(il, str) else il.decode())

@@ -55,6 +55,16 @@ def crc8_next(crc, byte):
     return Cat(*bits)
 
 
+def _one_hot_select(sel, values: list[int], width: int):
+    """``values[k]`` where bit ``k`` of ``sel`` is the one set (0 when none is): per output
+    bit, the OR of the ``sel`` bits whose value has that bit, instead of a priority chain."""
+    bits = []
+    for b in range(width):
+        terms = [sel[k] for k, v in enumerate(values) if (v >> b) & 1]
+        bits.append(Cat(*terms).any() if terms else Const(0, 1))
+    return Cat(*bits)
+
+
 class HostLink(wiring.Component):
     """UART host link around ``engine`` (see the module doc).
 
@@ -120,14 +130,14 @@ class HostLink(wiring.Component):
         resp_status = Signal(8)
         resp_len = Signal(16)
         resp_src = Signal(2)            # 0: none, 1: info ROM, 2: engine output
-        r_status, r_len, r_src = Signal(8), Signal(16), Signal(2)
+        r_status, r_len, r_src = Signal(8, name="r_status"), Signal(16, name="r_len"), Signal(2, name="r_src")
         r_crc = Signal(8)
         r_count = Signal(16)
         r_final = Signal(16)            # r_len - 1: index of the last payload byte
         tx_idle = Signal()
         info = list(self.info.to_bytes())
         info_rom = Array(Const(b, 8) for b in info)
-        ser_valid, ser_ready, ser_byte = Signal(), Signal(), Signal(8)
+        ser_valid, ser_ready, ser_byte = Signal(name="ser_valid"), Signal(name="ser_ready"), Signal(8, name="ser_byte")
 
         # each answer: the output frame's bytes, then its trailer (class u16, cycles u32)
         in_trailer = Signal()
@@ -141,12 +151,28 @@ class HostLink(wiring.Component):
         with m.If(resp_start):
             m.d.sync += [in_trailer.eq(0), answer_byte.eq(0)]
 
-        tx_byte, tx_valid = Signal(8), Signal()
-        m.d.comb += [utx.i.payload.eq(tx_byte), utx.i.valid.eq(tx_valid)]
-        sent = tx_valid & utx.i.ready
+        # The FSM's byte goes through a one-byte register to the transmitter, and the CRC is
+        # updated from that register a cycle after the byte entered it: the byte multiplexer
+        # (info ROM, trailer, serializer) and the CRC update are two paths instead of one.
+        # A byte on the wire takes ten bit times, so the register costs no throughput, and
+        # the CRC has its last byte long before the CRC state can hand it over.
+        tx_byte, tx_valid = Signal(8, name="tx_byte"), Signal(name="tx_valid")
+        q_byte = Signal(8, name="q_byte", reset_less=True)       # qualified by q_valid
+        q_valid = Signal(name="q_valid")
+        tx_counts = Signal(name="tx_counts")       # the FSM's byte is covered by the CRC
+        crc_pending = Signal(name="crc_pending")   # q_byte entered in the last cycle and counts
+        m.d.comb += [utx.i.payload.eq(q_byte), utx.i.valid.eq(q_valid)]
+        sent = tx_valid & ~q_valid
+        with m.If(sent):
+            m.d.sync += [q_byte.eq(tx_byte), q_valid.eq(1)]
+        with m.Elif(utx.i.ready):
+            m.d.sync += q_valid.eq(0)
+        m.d.sync += crc_pending.eq(sent & tx_counts)
+        with m.If(crc_pending):
+            m.d.sync += r_crc.eq(crc8_next(r_crc, q_byte))
         with m.FSM(name="resp"):
             with m.State("IDLE"):
-                m.d.comb += tx_idle.eq(~resp_start)
+                m.d.comb += tx_idle.eq(~resp_start & ~q_valid)
                 with m.If(resp_start):
                     m.d.sync += [r_status.eq(resp_status), r_len.eq(resp_len), r_src.eq(resp_src), r_crc.eq(0),
                                  r_count.eq(0), r_final.eq(resp_len - 1)]
@@ -158,9 +184,8 @@ class HostLink(wiring.Component):
             for state, value, nxt in (("STATUS", r_status, "LEN0"), ("LEN0", r_len[:8], "LEN1"),
                                       ("LEN1", r_len[8:], None)):
                 with m.State(state):
-                    m.d.comb += [tx_byte.eq(value), tx_valid.eq(1)]
+                    m.d.comb += [tx_byte.eq(value), tx_valid.eq(1), tx_counts.eq(1)]
                     with m.If(sent):
-                        m.d.sync += r_crc.eq(crc8_next(r_crc, value))
                         if nxt:
                             m.next = nxt
                         else:
@@ -171,15 +196,16 @@ class HostLink(wiring.Component):
                 with m.Else():
                     m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
+                m.d.comb += tx_counts.eq(1)
                 with m.If(r_src == 1):
                     m.d.comb += [tx_byte.eq(info_rom[r_count[:max(1, math.ceil(math.log2(len(info))))]]),
                                  tx_valid.eq(1)]
                 with m.Elif(in_trailer):
                     m.d.comb += [tx_byte.eq(trailer_byte), tx_valid.eq(1)]
                 with m.Else():
-                    m.d.comb += [tx_byte.eq(ser_byte), tx_valid.eq(ser_valid), ser_ready.eq(utx.i.ready)]
+                    m.d.comb += [tx_byte.eq(ser_byte), tx_valid.eq(ser_valid), ser_ready.eq(~q_valid)]
                 with m.If(sent):
-                    m.d.sync += [r_crc.eq(crc8_next(r_crc, tx_byte)), r_count.eq(r_count + 1)]
+                    m.d.sync += r_count.eq(r_count + 1)
                     with m.If(r_src == 2):
                         m.d.sync += answer_byte.eq(answer_byte + 1)
                         with m.If(answer_byte == self.out_bytes - 1):
@@ -233,48 +259,25 @@ class HostLink(wiring.Component):
         # multiplexer of constants by ``count`` was the board top's critical path)
         feed_end = Signal(range(self.batch * self.in_bytes + 1))      # input bytes
         answer_len = Signal(16)                                        # answer payload bytes
-        raddr = Signal(range(self.batch * self.in_bytes + 1))
-        pix = Signal(self.in_pix_bytes * 8, reset_less=True)
-        nbyte = Signal(range(self.in_pix_bytes + 1))
-        m.d.comb += [rp.addr.eq(raddr), rp.en.eq(1)]
-        ib = self.in_bits
-        m.d.comb += eng.pix_in.payload.eq(Cat(*(pix[c * self.in_eb * 8:c * self.in_eb * 8 + ib]
-                                                for c in range(self.in_c))))
-        with m.FSM(name="feed"):
-            with m.State("IDLE"):
-                with m.If(feed_start):
-                    m.d.sync += [raddr.eq(0), nbyte.eq(0)]
-                    m.next = "READ"
-            with m.State("READ"):
-                m.next = "CAPTURE"
-            with m.State("CAPTURE"):
-                m.d.sync += [pix.eq(Cat(pix[8:], rp.data)), raddr.eq(raddr + 1), nbyte.eq(nbyte + 1)]
-                with m.If(nbyte == self.in_pix_bytes - 1):
-                    m.next = "PUSH"
-                with m.Else():
-                    m.next = "READ"
-            with m.State("PUSH"):
-                m.d.comb += eng.pix_in.valid.eq(1)
-                with m.If(eng.pix_in.ready):
-                    m.d.sync += nbyte.eq(0)
-                    with m.If(raddr == feed_end):
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "READ"
+        self._feed(m, rp, eng, feed_start, feed_end)
 
         # ---- receive FSM --------------------------------------------------------------
         # the receiver's strobe and byte are registered again here, so that the route from the
         # UART (placed by the pins) to the receive FSM is a path of its own
-        byte, got = Signal(8, reset_less=True), Signal()
+        byte, got = Signal(8, reset_less=True, name="byte"), Signal(name="got")
         m.d.sync += [byte.eq(urx.data), got.eq(urx.valid)]
         # the header is kept as flags, each compared as its byte arrives, so that the CHECK
         # state decides from registers (command and 16-bit length compares were its critical path)
-        is_info, is_infer, is_batch = Signal(), Signal(), Signal()     # command byte
+        # command byte
+        is_info, is_infer, is_batch = Signal(name="is_info"), Signal(name="is_infer"), Signal(name="is_batch")
         len_lo_zero = Signal()                          # length low byte: 0
         len_zero = Signal()                             # length: 0
         # length low byte / whole length == k frames, for k = 1..batch
         len_lo_frames = Signal(self.batch)
         len_frames = Signal(self.batch)
+        ok_info, ok_infer, ok_batch = Signal(name="ok_info"), Signal(name="ok_infer"), Signal(name="ok_batch")
+        known_cmd = Signal(name="known_cmd")
+        crc_ok = Signal(name="crc_ok")                  # the request's CRC byte matched
         sizes = [k * self.in_bytes for k in range(1, self.batch + 1)]
         crc = Signal(8)
         # byte == crc, compared a cycle early from the receiver's byte: crc only changes in a
@@ -317,8 +320,7 @@ class HostLink(wiring.Component):
                                  crc.eq(crc8_next(crc, byte))]
                     m.next = "LEN0"
                 with m.Elif(timed_out):
-                    refuse(P.TIMEOUT)
-                    m.next = "WAIT_TX"
+                    m.next = "TIMEOUT"
             with m.State("LEN0"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(got):
@@ -327,33 +329,36 @@ class HostLink(wiring.Component):
                                  crc.eq(crc8_next(crc, byte))]
                     m.next = "LEN1"
                 with m.Elif(timed_out):
-                    refuse(P.TIMEOUT)
-                    m.next = "WAIT_TX"
+                    m.next = "TIMEOUT"
             with m.State("LEN1"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(got):
                     m.d.sync += [len_zero.eq(len_lo_zero & (byte == 0)),
                                  len_frames.eq(len_lo_frames & Cat(*(byte == n >> 8 for n in sizes))),
                                  crc.eq(crc8_next(crc, byte)), waddr.eq(0)]
-                    m.next = "CHECK"
+                    m.next = "DECODE"
                 with m.Elif(timed_out):
-                    refuse(P.TIMEOUT)
-                    m.next = "WAIT_TX"
+                    m.next = "TIMEOUT"
+            with m.State("DECODE"):
+                # the header's verdicts and the request's sizes as registers, for CHECK
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [ok_info.eq(is_info & len_zero), ok_infer.eq(is_infer & len_frames[0]),
+                             ok_batch.eq(is_batch & len_frames.any()), known_cmd.eq(is_info | is_infer | is_batch)]
+                # len_frames has at most one bit set (the sizes differ), so each size is an OR
+                # of the constants its bit selects (two LUT levels, no priority chain)
+                for reg, per_k in ((count, lambda k: k), (last_waddr, lambda k: k * self.in_bytes - 1),
+                                   (feed_end, lambda k: k * self.in_bytes),
+                                   (answer_len, lambda k: k * self.answer_bytes)):
+                    m.d.sync += reg.eq(_one_hot_select(len_frames, [per_k(k) for k in range(1, self.batch + 1)],
+                                                       len(reg)))
+                m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(is_info & len_zero):
+                with m.If(ok_info):
                     m.next = "RCRC"
-                with m.Elif(is_infer & len_frames[0]):
-                    m.d.sync += [count.eq(1), last_waddr.eq(self.in_bytes - 1), feed_end.eq(self.in_bytes),
-                                 answer_len.eq(self.answer_bytes)]
+                with m.Elif(ok_infer | ok_batch):
                     m.next = "PAYLOAD"
-                with m.Elif(is_batch & len_frames.any()):
-                    for k in range(1, self.batch + 1):     # the one matching length
-                        with m.If(len_frames[k - 1]):
-                            m.d.sync += [count.eq(k), last_waddr.eq(k * self.in_bytes - 1),
-                                         feed_end.eq(k * self.in_bytes), answer_len.eq(k * self.answer_bytes)]
-                    m.next = "PAYLOAD"
-                with m.Elif(is_info | is_infer | is_batch):
+                with m.Elif(known_cmd):
                     refuse(P.BAD_LENGTH)
                     m.next = "DRAIN"
                 with m.Else():
@@ -367,24 +372,33 @@ class HostLink(wiring.Component):
                     with m.If(waddr == last_waddr):
                         m.next = "RCRC"
                 with m.Elif(timed_out):
-                    refuse(P.TIMEOUT)
-                    m.next = "WAIT_TX"
+                    m.next = "TIMEOUT"
             with m.State("RCRC"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(got):
-                    with m.If(~crc_match):
-                        refuse(P.BAD_CRC)
-                    with m.Elif(is_info):
-                        m.d.sync += respond(P.OK, len(info), 1)
-                        m.d.sync += self.error.eq(0)
-                    with m.Else():
-                        m.d.sync += respond(P.OK, answer_len, 2)
-                        m.d.sync += feed_start.eq(1)
-                        m.d.sync += [self.error.eq(0), self.frames.eq(self.frames + count)]
-                    m.next = "WAIT_TX"
+                    m.d.sync += crc_ok.eq(crc_match)
+                    m.next = "VERDICT"
                 with m.Elif(timed_out):
-                    refuse(P.TIMEOUT)
-                    m.next = "WAIT_TX"
+                    m.next = "TIMEOUT"
+            # Every answer is requested from one of three states (VERDICT, CHECK, TIMEOUT),
+            # each deciding from registers, so the response FSM's load enables are a few LUTs
+            # from the receive FSM's state.
+            with m.State("VERDICT"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(~crc_ok):
+                    refuse(P.BAD_CRC)
+                with m.Elif(is_info):
+                    m.d.sync += respond(P.OK, len(info), 1)
+                    m.d.sync += self.error.eq(0)
+                with m.Else():
+                    m.d.sync += respond(P.OK, answer_len, 2)
+                    m.d.sync += feed_start.eq(1)
+                    m.d.sync += [self.error.eq(0), self.frames.eq(self.frames + count)]
+                m.next = "WAIT_TX"
+            with m.State("TIMEOUT"):                 # a request cut short
+                m.d.comb += self.busy.eq(1)
+                refuse(P.TIMEOUT)
+                m.next = "WAIT_TX"
             with m.State("DRAIN"):                   # ignore the rest of a refused frame
                 m.d.comb += self.busy.eq(1)
                 with m.If(timed_out & tx_idle):
@@ -394,6 +408,50 @@ class HostLink(wiring.Component):
                 with m.If(tx_idle):
                     m.next = "HUNT"
         return m
+
+    def _feed(self, m: Module, rp, eng, feed_start, feed_end) -> None:
+        """The pixel assembler: from ``feed_start``, input bytes ``0 .. feed_end - 1`` of the
+        frame buffer (read port ``rp``) go to ``eng.pix_in``, ``in_pix_bytes`` bytes (channels
+        in order, little endian) per beat.
+
+        Reads are pipelined: an address is issued per cycle, and the block RAM's data is
+        registered before it is shifted into the pixel (a block RAM's output without its
+        output register is slow, ~5.8 ns on an ECP5-8, so nothing but a register may follow
+        it), so a pixel takes ``in_pix_bytes + 3`` cycles."""
+        nb = self.in_pix_bytes
+        raddr = Signal(range(self.batch * self.in_bytes + 1), name="feed_raddr")
+        pix = Signal(nb * 8, name="feed_pix", reset_less=True)
+        rdata = Signal(8, name="feed_rdata", reset_less=True)     # qualified by `arrived`
+        issued = Signal(range(nb + 1), name="feed_issued")         # reads issued for this pixel
+        got = Signal(range(nb + 1), name="feed_got")               # bytes shifted into it
+        issue = Signal(name="feed_issue")                  # read raddr this cycle
+        in_flight, arrived = Signal(name="feed_in_flight"), Signal(name="feed_arrived")   # rp.data / rdata valid
+        m.d.comb += [rp.addr.eq(raddr), rp.en.eq(1)]
+        m.d.sync += [rdata.eq(rp.data), in_flight.eq(issue), arrived.eq(in_flight)]
+        ib = self.in_bits
+        m.d.comb += eng.pix_in.payload.eq(Cat(*(pix[c * self.in_eb * 8:c * self.in_eb * 8 + ib]
+                                                for c in range(self.in_c))))
+        with m.FSM(name="feed"):
+            with m.State("IDLE"):
+                with m.If(feed_start):
+                    m.d.sync += [raddr.eq(0), issued.eq(0), got.eq(0)]
+                    m.next = "FILL"
+            with m.State("FILL"):
+                m.d.comb += issue.eq(issued != nb)
+                with m.If(issue):
+                    m.d.sync += [raddr.eq(raddr + 1), issued.eq(issued + 1)]
+                with m.If(arrived):
+                    m.d.sync += [pix.eq(Cat(pix[8:], rdata)), got.eq(got + 1)]
+                    with m.If(got == nb - 1):
+                        m.next = "PUSH"
+            with m.State("PUSH"):
+                m.d.comb += eng.pix_in.valid.eq(1)
+                with m.If(eng.pix_in.ready):
+                    m.d.sync += [issued.eq(0), got.eq(0)]
+                    with m.If(raddr == feed_end):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "FILL"
 
     def _output_queue(self, m: Module, eng, frame_cycles) -> tuple:
         """``(valid, ready, payload, cycles)`` of the engine's output as the serializer takes
