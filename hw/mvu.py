@@ -77,7 +77,7 @@ from .dsp import Multipliers, is_ecp5
 from .requant import Requantizer
 from .spec import HwError, StageSpec
 from .swg import window_read_signature
-from .units import BlockFIFO
+from .units import RegisteredBlockFIFO
 
 __all__ = ["MatrixVectorUnit", "mvu_latency", "default_fifo_depth", "refill_cycles", "flat_words", "to_twos"]
 
@@ -602,8 +602,10 @@ class MatrixVectorUnit(wiring.Component):
         ready, empty = Signal(name="ready"), Signal(init=1, name="empty")
         push, pop = Signal(name="push"), Signal(name="pop")
         if depth > GROUPS_BLOCK_MIN_WORDS:
-            # in block RAM (ECP5: one DP16KD for up to 2K x 9 bits); readable two cycles later
-            q = m.submodules.groups = BlockFIFO(len(group), depth)
+            # in block RAM (ECP5: one DP16KD for up to 2K x 9 bits) behind a register, so that
+            # the block RAM's slow output does not feed the fill multiplexer; readable three
+            # cycles later
+            q = m.submodules.groups = RegisteredBlockFIFO(len(group), depth)
             m.d.comb += [q.w_data.eq(group), q.w_en.eq(push), q.r_en.eq(pop), ready.eq(q.r_rdy),
                          empty.eq(q.empty)]
             return ready, empty, q.r_data, push, pop

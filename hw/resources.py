@@ -385,14 +385,21 @@ def block_fifo(width: int, depth: int, part: str | Part) -> Resources:
     return memory(width, words, part, style="block") + control
 
 
+def registered_block_fifo(width: int, depth: int, part: str | Part) -> Resources:
+    """A :class:`hw.units.RegisteredBlockFIFO`: a block FIFO (:func:`block_fifo`) of
+    ``depth - 1`` words and an output register with its valid flag."""
+    _check_positive(width=width, depth=depth)
+    return block_fifo(width, depth - 1, part) + Resources(luts=2, ffs=width + 1)
+
+
 def pixel_fifo(width: int, depth: int, part: str | Part) -> Resources:
     """A :class:`hw.units.PixelFIFO` of ``depth`` pixels of ``width`` bits: a
     ``SyncFIFOBuffered`` (:func:`fifo`) up to ``BLOCK_FIFO_MIN_WORDS + 1`` pixels, else a
-    block FIFO (:func:`block_fifo`) of ``depth - 1`` and an output register."""
+    registered block FIFO (:func:`registered_block_fifo`)."""
     _check_positive(width=width, depth=depth)
     if depth - 1 <= BLOCK_FIFO_MIN_WORDS:
         return fifo(width, depth, part)
-    return block_fifo(width, depth - 1, part) + Resources(luts=2, ffs=width + 1)
+    return registered_block_fifo(width, depth, part)
 
 
 def requantizer(acc_bits: int, out_bits: int, shift: int, clamp: tuple[int, int] | None = None, *,
@@ -555,7 +562,7 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
         ffs += nf * group_bits + _bits(nf + 1) + 1 + ((out_w + 1) if hold_buffer else 0)
         buffer_bits = _bits(nf + 1)
         if depth > MVU_GROUPS_BLOCK_MIN_WORDS:
-            total += block_fifo(group_bits, depth, p)
+            total += registered_block_fifo(group_bits, depth, p)
         elif depth > 0:
             total += memory(group_bits, depth, p, asynchronous=True)
             ffs += 2 * _bits(depth) + _bits(depth + 1)

@@ -42,7 +42,7 @@ from .requant import Requantizer
 from .spec import HwError
 from .swg import WINDOW_READ_LATENCY, SlidingWindowGenerator
 
-__all__ = ["serial_groups", "serial_period", "OP_SERIAL_OVERHEAD", "SERIAL_LATENCY", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
+__all__ = ["serial_groups", "serial_period", "OP_SERIAL_OVERHEAD", "SERIAL_LATENCY", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "RegisteredBlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
            "RequantUnit", "AddUnit", "GlobalSumPoolUnit", "MaxPoolUnit", "OP_FIFO_DEPTH", "OP_FIFO_DEPTHS",
            "OP_CREDIT_LOOP", "OP_LATENCY", "op_cycles"]
 
@@ -228,16 +228,43 @@ class PixelFIFO(wiring.Component):
                          self.o.payload.eq(fifo.r_stream.payload), self.o.valid.eq(fifo.r_stream.valid),
                          fifo.r_stream.ready.eq(self.o.ready)]
             return m
-        fifo = m.submodules.fifo = BlockFIFO(self.width, self.depth - 1)
-        out, out_valid = Signal(self.width, reset_less=True, name="out"), Signal(name="out_valid")
-        take = Signal()
+        fifo = m.submodules.fifo = RegisteredBlockFIFO(self.width, self.depth)
         m.d.comb += [fifo.w_data.eq(self.i.payload.as_value()), fifo.w_en.eq(self.i.valid),
-                     self.i.ready.eq(fifo.w_rdy), take.eq(fifo.r_rdy & (~out_valid | self.o.ready)),
-                     fifo.r_en.eq(take), self.o.payload.eq(out), self.o.valid.eq(out_valid)]
+                     self.i.ready.eq(fifo.w_rdy), self.o.payload.eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy),
+                     fifo.r_en.eq(self.o.ready)]
+        return m
+
+
+class RegisteredBlockFIFO(Elaboratable):
+    """A first-word-fall-through FIFO of ``depth`` words (``depth >= 3``) with the ports of
+    :class:`BlockFIFO`: a block FIFO of ``depth - 1`` words followed by an output register,
+    so that ``r_data`` is a flip-flop and not the block RAM's output. A block RAM without
+    its output register has a slow clock-to-out (~4.3-5.8 ns on an ECP5-8), so whatever
+    reads ``r_data`` through logic (a multiplexer, an adder) would otherwise start late in
+    the cycle. Full throughput; a word written into an empty FIFO is readable three cycles
+    later (one more than :class:`BlockFIFO`). ``empty``: no word stored, in flight or in
+    the register."""
+
+    def __init__(self, width: int, depth: int):
+        if depth < 3:
+            raise HwError(f"a registered block-RAM FIFO needs a depth of at least 3, got {depth}")
+        self.width, self.depth = width, depth
+        self.w_data, self.w_en, self.w_rdy = Signal(width), Signal(), Signal()
+        self.r_data, self.r_en, self.r_rdy = Signal(width), Signal(), Signal()
+        self.empty = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        fifo = m.submodules.fifo = BlockFIFO(self.width, self.depth - 1)
+        out = Signal(self.width, reset_less=True, name="out")       # qualified by r_rdy
+        take = Signal(name="take")
+        m.d.comb += [fifo.w_data.eq(self.w_data), fifo.w_en.eq(self.w_en), self.w_rdy.eq(fifo.w_rdy),
+                     take.eq(fifo.r_rdy & (~self.r_rdy | self.r_en)), fifo.r_en.eq(take),
+                     self.r_data.eq(out), self.empty.eq(fifo.empty & ~self.r_rdy)]
         with m.If(take):
-            m.d.sync += [out.eq(fifo.r_data), out_valid.eq(1)]
-        with m.Elif(self.o.ready):
-            m.d.sync += out_valid.eq(0)
+            m.d.sync += [out.eq(fifo.r_data), self.r_rdy.eq(1)]
+        with m.Elif(self.r_en):
+            m.d.sync += self.r_rdy.eq(0)
         return m
 
 
