@@ -51,6 +51,7 @@ from artifact import conv_out_hw
 from .requant import round_shift_width
 from .spec import HwError
 from .swg import window_ports, window_words
+from .units import serial_chunk_groups
 
 __all__ = ["Resources", "Part", "BlockConfig", "LutRamConfig", "PARTS", "part", "memory", "rom_columns", "fifo",
            "block_fifo", "pixel_fifo", "mvu", "swg", "requantizer", "elementwise", "accumulate", "running_max", "fork",
@@ -741,7 +742,8 @@ def elementwise(channels: int, in_bits: int, out_bits: int, *, inputs: int = 1, 
     ``lanes`` (a serial unit, :mod:`hw.units`): that datapath ``lanes`` times only, each
     lane's inputs through a multiplexer over the ``ceil(channels / lanes)`` groups, the
     group counters, and the output register (``channels * out_bits``; it is the unit's
-    output, no FIFO follows)."""
+    output, no FIFO follows) with a clock-enable flip-flop per chunk of it
+    (:func:`hw.units.serial_chunk_groups`)."""
     _check_positive(channels=channels, in_bits=in_bits, out_bits=out_bits, inputs=inputs)
     if inputs == 1:
         x_bits = in_bits + (0 if in_signed else 1)
@@ -757,9 +759,11 @@ def elementwise(channels: int, in_bits: int, out_bits: int, *, inputs: int = 1, 
         _check_positive(lanes=lanes)
         groups = -(-channels // lanes)
         counters = 2 * _bits(groups)
+        enables = -(-groups // serial_chunk_groups(lanes * out_bits))     # a flip-flop and a range compare each
         luts = lanes * (adder * _LUTS_PER_ADDER_BIT + rq.luts + inputs * _mux_luts(groups, in_bits)) \
-            + counters * _LUTS_MVU_PER_CONTROL_BIT + _LUTS_OP_CONTROL
-        return Resources(luts=math.ceil(luts), ffs=lanes * (regs + rq.ffs) + channels * out_bits + counters + 8)
+            + counters * _LUTS_MVU_PER_CONTROL_BIT + enables * 2 + _LUTS_OP_CONTROL
+        return Resources(luts=math.ceil(luts),
+                         ffs=lanes * (regs + rq.ffs) + channels * out_bits + counters + enables + 8)
     return Resources(luts=math.ceil(channels * (adder * _LUTS_PER_ADDER_BIT + rq.luts)) + _LUTS_OP_CONTROL,
                      ffs=channels * (regs + rq.ffs) + 8)
 

@@ -42,7 +42,7 @@ from .requant import Requantizer
 from .spec import HwError
 from .swg import WINDOW_READ_LATENCY, SlidingWindowGenerator
 
-__all__ = ["serial_groups", "serial_period", "OP_SERIAL_OVERHEAD", "SERIAL_LATENCY", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "RegisteredBlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
+__all__ = ["serial_groups", "serial_chunk_groups", "SERIAL_ENABLE_FANOUT", "serial_period", "OP_SERIAL_OVERHEAD", "SERIAL_LATENCY", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "RegisteredBlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
            "RequantUnit", "AddUnit", "GlobalSumPoolUnit", "MaxPoolUnit", "OP_FIFO_DEPTH", "OP_FIFO_DEPTHS",
            "OP_CREDIT_LOOP", "OP_LATENCY", "op_cycles"]
 
@@ -77,6 +77,17 @@ OP_SERIAL_OVERHEAD = SERIAL_LATENCY + 1
 def serial_groups(channels: int, lanes: int) -> int:
     """Cycles a serial op unit issues per pixel: ``ceil(channels / lanes)`` groups."""
     return -(-channels // lanes)
+
+
+#: Bits of a serial op unit's output register one clock-enable flip-flop drives (at least
+#: one group's lanes).
+SERIAL_ENABLE_FANOUT = 64
+
+
+def serial_chunk_groups(group_bits: int) -> int:
+    """Groups of ``group_bits`` output bits under one clock enable of a serial op unit's
+    output register (:data:`SERIAL_ENABLE_FANOUT`)."""
+    return max(1, SERIAL_ENABLE_FANOUT // group_bits)
 
 
 def serial_period(channels: int, lanes: int) -> int:
@@ -413,19 +424,29 @@ class _OpUnit(wiring.Component):
         m.d.sync += pipe[0].eq(issue)
         m.d.sync += [b.eq(a) for a, b in zip(pipe, pipe[1:])]
         outs = self._requantizers(m, accs)
-        # the output register shifts a group in from the top at each write (one clock enable,
-        # no multiplexer): after the G-th, group g sits at channels g*L.. (the last group's
-        # lanes beyond the channels fall off the payload)
-        out = Signal(G * L * ob, name="out_pixel", reset_less=True)
+        # the output register, in chunks of groups: a write shifts the group into its chunk
+        # from the top (no multiplexer), under the chunk's own clock enable, a flip-flop set
+        # the cycle before (one enable for the whole pixel was a long, wide net on a full
+        # part). After the G-th write group g sits at channels g*L.. (the last group's lanes
+        # beyond the channels fall off the payload).
+        per_chunk = serial_chunk_groups(L * ob)
+        chunks = [range(g, min(g + per_chunk, G)) for g in range(0, G, per_chunk)]
         write, last_write = Signal(range(G), name="write"), Signal(init=G == 1, name="last_write")
-        with m.If(pipe[-1]):
-            m.d.sync += out.eq(Cat(out[L * ob:], *outs))
-            m.d.sync += [write.eq(Mux(last_write, 0, write + 1)), last_write.eq(write == G - 2)]
-            with m.If(last_write):
-                m.d.sync += full.eq(1)
+        write_next = Mux(pipe[-1], Mux(last_write, 0, write + 1), write)
+        m.d.sync += [write.eq(write_next), last_write.eq(write_next == G - 1)]
+        out = []
+        for k, groups in enumerate(chunks):
+            enable, word = Signal(name=f"out_chunk_{k}_en"), Signal(len(groups) * L * ob, name=f"out_chunk_{k}",
+                                                                    reset_less=True)
+            m.d.sync += enable.eq(pipe[-2] & (write_next >= groups.start) & (write_next < groups.stop))
+            with m.If(enable):
+                m.d.sync += word.eq(Cat(word[L * ob:], *outs))
+            out.append(word)
+        with m.If(pipe[-1] & last_write):
+            m.d.sync += full.eq(1)
         with m.Elif(self.o.valid & self.o.ready):
             m.d.sync += full.eq(0)
-        m.d.comb += [self.o.payload.eq(out[:C * ob]), self.o.valid.eq(full)]
+        m.d.comb += [self.o.payload.eq(Cat(*out)[:C * ob]), self.o.valid.eq(full)]
 
 
 def _lane_element(port, lane: int, lanes: int, groups: int, group):

@@ -25,7 +25,8 @@ from hw.network import NetworkEngine, plan_network, select_layers, skip_depths  
 from hw.simulate import pack_pixels, run_stream, unpack_pixels  # noqa: E402
 from hw.spec import HwError  # noqa: E402
 from hw.units import (AddUnit, Fork, GlobalSumPoolUnit, MaxPoolUnit, PixelFIFO, RequantUnit,  # noqa: E402
-                      connect_pixels, pixel_signature, serial_period)
+                      SERIAL_ENABLE_FANOUT, connect_pixels, pixel_signature, serial_chunk_groups,
+                      serial_groups, serial_period)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "resnet20_digits"
@@ -87,6 +88,30 @@ def test_serial_requant_unit_is_exact_at_its_period(lanes, shift, in_signed, out
     assert set(np.diff(res.out_cycles)) == {serial_period(5, lanes)}, "a pixel per serial_period cycles"
     got2, _ = _run_unit(RequantUnit(layer, lanes=lanes), layer, x, bubble=0.4, stall=0.4, seed=3)
     assert np.array_equal(got2, want)
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_serial_output_register_is_enabled_in_chunks(lanes):
+    """No one flip-flop drives the clock enable of a whole serial pixel (on a full part that
+    net was a long route): the output register is written in chunks of at most
+    SERIAL_ENABLE_FANOUT bits (or one group), each under an enable flip-flop of its own, and
+    the pixel comes out whole (20 channels: chunks of 8, 8, 4 groups with one lane; 7 groups
+    of 3 lanes, the last one short, in chunks of 2)."""
+    import re
+    from amaranth.back import rtlil
+    rng = np.random.default_rng(lanes)
+    rin = _rec([20, 2, 2], 8, True)
+    layer = {"in": rin, "out": _rec([20, 2, 2], 8, True), "requant": {"shift": 2, "clamp": [-128, 127]}}
+    x = _frames(rng, 3, rin)
+    got, res = _run_unit(RequantUnit(layer, lanes=lanes), layer, x, bubble=0.3, stall=0.3, seed=lanes)
+    assert np.array_equal(got, golden.requantize(x, layer["requant"]))
+    text = rtlil.convert(RequantUnit(layer, lanes=lanes), name="dut")
+    widths = [int(w) for w in re.findall(r"wire width (\d+) \\out_chunk_\d+\n", text)]
+    per_chunk = serial_chunk_groups(lanes * 8)
+    groups = serial_groups(20, lanes)
+    assert len(widths) == -(-groups // per_chunk) > 1
+    assert max(widths) <= max(SERIAL_ENABLE_FANOUT, lanes * 8) and sum(widths) == groups * lanes * 8
+    assert len(re.findall(r"wire width 1 \\out_chunk_\d+_en\n", text)) == len(widths)
 
 
 @pytest.mark.filterwarnings("ignore:.*created but never used")
