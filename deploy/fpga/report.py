@@ -109,6 +109,18 @@ def overflow_from_log(text: str) -> list[str]:
     return out
 
 
+def yosys_internal_error(text: str) -> str | None:
+    """The pass and message of an internal assertion in a yosys log (a yosys bug, not the
+    design's), e.g. ``"ABC_OPS_REINTEGRATE: Assert `...' failed in kernel/rtlil.cc:3091"``;
+    None when the log has none."""
+    passes = re.findall(r"^[\d.]+ Executing (\S+) pass", text, flags=re.MULTILINE)
+    assert_line = re.search(r"^ERROR: (Assert .*)$", text, flags=re.MULTILINE)
+    if assert_line is None:
+        return None
+    where = re.sub(r"\S*/(kernel|passes|techlibs|frontends|backends)/", r"\1/", assert_line.group(1).strip())
+    return f"{passes[-1]}: {where}" if passes else where
+
+
 def parse_yosys_stat(data) -> dict:
     """Cell counts of the top module from ``stat -json`` output: ``{cell type: count}``."""
     if isinstance(data, (str, Path)) and not str(data).lstrip().startswith("{"):
