@@ -196,7 +196,7 @@ def test_yosys_internal_error_is_named(tiny_dir, tmp_path, capsys, monkeypatch):
     from amaranth.build.plat import Platform
     from deploy.fpga.report import yosys_internal_error
     assert yosys_internal_error(YOSYS_ASSERT_LOG) == ("ABC_OPS_REINTEGRATE: Assert `GetSize(conn.first) == "
-                                                      "GetSize(conn.second)' failed in kernel/rtlil.cc:3091.")
+                                                      "GetSize(conn.second)' failed in kernel/rtlil.cc:3091")
     assert yosys_internal_error("2.1. Executing HIERARCHY pass\nERROR: Module `foo' not found\n") is None
 
     def fake_build(log):
