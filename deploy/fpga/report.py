@@ -117,7 +117,8 @@ def yosys_internal_error(text: str) -> str | None:
     assert_line = re.search(r"^ERROR: (Assert .*)$", text, flags=re.MULTILINE)
     if assert_line is None:
         return None
-    where = re.sub(r"\S*/(kernel|passes|techlibs|frontends|backends)/", r"\1/", assert_line.group(1).strip()).rstrip(".")
+    message = assert_line.group(1).strip().rstrip(".")
+    where = re.sub(r"\S*/(kernel|passes|techlibs|frontends|backends)/", r"\1/", message)   # the source path
     return f"{passes[-1]}: {where}" if passes else where
 
 
