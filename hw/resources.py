@@ -51,7 +51,7 @@ from artifact import conv_out_hw
 from .requant import round_shift_width
 from .spec import HwError
 from .swg import window_ports, window_words
-from .units import serial_chunk_groups
+from .units import serial_chunks, serial_groups
 
 __all__ = ["Resources", "Part", "BlockConfig", "LutRamConfig", "PARTS", "part", "memory", "rom_columns", "fifo",
            "block_fifo", "pixel_fifo", "mvu", "swg", "requantizer", "elementwise", "accumulate", "running_max", "fork",
@@ -743,7 +743,7 @@ def elementwise(channels: int, in_bits: int, out_bits: int, *, inputs: int = 1, 
     lane's inputs through a multiplexer over the ``ceil(channels / lanes)`` groups, the
     group counters, and the output register (``channels * out_bits``; it is the unit's
     output, no FIFO follows) with a clock-enable flip-flop per chunk of it
-    (:func:`hw.units.serial_chunk_groups`)."""
+    (:func:`hw.units.serial_chunks`)."""
     _check_positive(channels=channels, in_bits=in_bits, out_bits=out_bits, inputs=inputs)
     if inputs == 1:
         x_bits = in_bits + (0 if in_signed else 1)
@@ -757,9 +757,9 @@ def elementwise(channels: int, in_bits: int, out_bits: int, *, inputs: int = 1, 
         adder, regs = (inputs - 1) * x_bits, x_bits
     if lanes is not None:
         _check_positive(lanes=lanes)
-        groups = -(-channels // lanes)
+        groups = serial_groups(channels, lanes)
         counters = 2 * _bits(groups)
-        enables = -(-groups // serial_chunk_groups(lanes * out_bits))     # a flip-flop and a range compare each
+        enables = len(serial_chunks(channels, lanes, out_bits))   # a flip-flop and a range compare each
         luts = lanes * (adder * _LUTS_PER_ADDER_BIT + rq.luts + inputs * _mux_luts(groups, in_bits)) \
             + counters * _LUTS_MVU_PER_CONTROL_BIT + enables * 2 + _LUTS_OP_CONTROL
         return Resources(luts=math.ceil(luts),

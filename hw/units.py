@@ -42,7 +42,7 @@ from .requant import Requantizer
 from .spec import HwError
 from .swg import WINDOW_READ_LATENCY, SlidingWindowGenerator
 
-__all__ = ["serial_groups", "serial_chunk_groups", "SERIAL_ENABLE_FANOUT", "serial_period", "OP_SERIAL_OVERHEAD", "SERIAL_LATENCY", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "RegisteredBlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
+__all__ = ["serial_groups", "serial_chunk_groups", "serial_chunks", "SERIAL_ENABLE_FANOUT", "serial_period", "OP_SERIAL_OVERHEAD", "SERIAL_LATENCY", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "RegisteredBlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
            "RequantUnit", "AddUnit", "GlobalSumPoolUnit", "MaxPoolUnit", "OP_FIFO_DEPTH", "OP_FIFO_DEPTHS",
            "OP_CREDIT_LOOP", "OP_LATENCY", "op_cycles"]
 
@@ -88,6 +88,13 @@ def serial_chunk_groups(group_bits: int) -> int:
     """Groups of ``group_bits`` output bits under one clock enable of a serial op unit's
     output register (:data:`SERIAL_ENABLE_FANOUT`)."""
     return max(1, SERIAL_ENABLE_FANOUT // group_bits)
+
+
+def serial_chunks(channels: int, lanes: int, bits: int) -> list[range]:
+    """The groups of each clock-enable chunk of a serial op unit's output register
+    (``channels`` of ``bits`` bits, ``lanes`` per group), in write order."""
+    groups, per_chunk = serial_groups(channels, lanes), serial_chunk_groups(lanes * bits)
+    return [range(g, min(g + per_chunk, groups)) for g in range(0, groups, per_chunk)]
 
 
 def serial_period(channels: int, lanes: int) -> int:
@@ -429,13 +436,11 @@ class _OpUnit(wiring.Component):
         # the cycle before (one enable for the whole pixel was a long, wide net on a full
         # part). After the G-th write group g sits at channels g*L.. (the last group's lanes
         # beyond the channels fall off the payload).
-        per_chunk = serial_chunk_groups(L * ob)
-        chunks = [range(g, min(g + per_chunk, G)) for g in range(0, G, per_chunk)]
         write, last_write = Signal(range(G), name="write"), Signal(init=G == 1, name="last_write")
         write_next = Mux(pipe[-1], Mux(last_write, 0, write + 1), write)
         m.d.sync += [write.eq(write_next), last_write.eq(write_next == G - 1)]
         out = []
-        for k, groups in enumerate(chunks):
+        for k, groups in enumerate(serial_chunks(C, L, ob)):
             enable, word = Signal(name=f"out_chunk_{k}_en"), Signal(len(groups) * L * ob, name=f"out_chunk_{k}",
                                                                     reset_less=True)
             m.d.sync += enable.eq(pipe[-2] & (write_next >= groups.start) & (write_next < groups.stop))

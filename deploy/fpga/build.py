@@ -246,7 +246,7 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
                                  f"[{layer or 'the whole network'}, {eng.plan.multipliers} multipliers]") from None
         which = "nextpnr" if tim.is_file() else "yosys"
         log_file = tim if tim.is_file() else build_dir / "top.rpt"
-        internal = None if tim.is_file() or not log_file.is_file() else \
+        internal = which == "yosys" and log_file.is_file() and \
             yosys_internal_error(log_file.read_text(errors="replace"))
         if internal:
             raise FlowError(f"yosys stopped on an internal assertion ({internal}): a yosys bug on this netlist, "

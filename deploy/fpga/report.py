@@ -113,10 +113,10 @@ def yosys_internal_error(text: str) -> str | None:
     """The pass and message of an internal assertion in a yosys log (a yosys bug, not the
     design's), e.g. ``"ABC_OPS_REINTEGRATE: Assert `...' failed in kernel/rtlil.cc:3091"``;
     None when the log has none."""
-    passes = re.findall(r"^[\d.]+ Executing (\S+) pass", text, flags=re.MULTILINE)
     assert_line = re.search(r"^ERROR: (Assert .*)$", text, flags=re.MULTILINE)
     if assert_line is None:
         return None
+    passes = re.findall(r"^[\d.]+ Executing (\S+) pass", text[:assert_line.start()], flags=re.MULTILINE)
     message = assert_line.group(1).strip().rstrip(".")
     where = re.sub(r"\S*/(kernel|passes|techlibs|frontends|backends)/", r"\1/", message)   # the source path
     return f"{passes[-1]}: {where}" if passes else where
