@@ -76,7 +76,7 @@ DEFAULT_PART = "LFE5U-85F"
 DESCRIPTION_VERSION = 1
 #: The largest multiplier budget accepted (the largest FPGAs have about 12,000 DSP blocks).
 MAX_MULTIPLIERS = 100_000
-#: The most line buffers per sliding-window generator accepted (the default is kernel + stride + 1).
+#: The most line buffers per sliding-window generator accepted (the default is kernel + stride).
 MAX_LINE_ROWS = 256
 _VERILOG_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
                          "default 1/1.05: cycles within 5%% of ideal; 0: fastest folding in the budget)")
     ap.add_argument("--line-rows", type=int_range(1, MAX_LINE_ROWS), default=None,
                     help=f"line buffers per sliding-window generator (1..{MAX_LINE_ROWS}; at least kernel+stride; "
-                         f"default kernel+stride+1)")
+                         f"default kernel+stride)")
     ap.add_argument("--part", default=None,
                     help="the network must fit this FPGA part by the resource estimate (e.g. LFE5U-85F, LFE5U-25F, "
                          "iCE40UP5K, XC7A35T); default: estimate for LFE5U-85F, not enforced")
