@@ -70,6 +70,21 @@ def test_bitstream_ecp5_with_pll(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_bitstream_ecp5_with_the_abc_lut_mapper(tiny_dir, tmp_path):
+    """`--lut-mapper abc` (the retry when abc9 asserts) synthesizes with abc, not abc9, and
+    the rest of synth_ecp5 still maps the cells: a bitstream that meets its clock."""
+    _needs_tools()
+    from deploy.fpga.build import build
+    rec = build("ulx3s-12f", tiny_dir, "tiny", tmp_path, router="router2", lut_mapper="abc")
+    assert rec["lut_mapper"] == "abc" and rec["synth_opts"] == "-run begin:map_luts"
+    log = (tmp_path / "ulx3s-12f" / "tiny" / "build" / "top.rpt").read_text()
+    assert "Executing ABC pass" in log and "Executing ABC9 pass" not in log
+    assert "Executing OPT_LUT_INS pass" in log                # synth_ecp5's map_cells step ran
+    assert Path(rec["bitstream"]).stat().st_size > 100_000 and rec["timing_pass"]
+    assert rec["resources"]["lut"]["used"] > 0 and rec["resources"]["dsp"]["used"] == rec["multipliers"]
+
+
+@pytest.mark.slow
 def test_design_too_large_for_the_part(tmp_path):
     _needs_tools()
     art = random_tucker2(0, channels=8, out_channels=8, ranks=(4, 4), height=6, width=6, name="t2")

@@ -214,6 +214,41 @@ def test_yosys_internal_error_is_named(tiny_dir, tmp_path, capsys, monkeypatch):
         assert rc != 0 and err.count("\n") == 1 and want in err, err
 
 
+def test_abc9_assertion_retries_with_abc(tiny_dir, tmp_path, capsys, monkeypatch):
+    """An ECP5 build whose abc9 asserts is synthesized again with abc mapping the LUTs
+    (synth_ecp5 up to map_luts, abc, the rest of synth_ecp5), said in one line; an assertion
+    in the retry, or in a build asked for abc, is the one-line error."""
+    from amaranth.build.plat import Platform
+    calls = []
+
+    def build(self, top, name="top", build_dir="build", **kw):
+        calls.append(kw)
+        d = Path(build_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "top.rpt").write_text(YOSYS_ASSERT_LOG)
+        raise subprocess.CalledProcessError(1, ["sh", "build_top.sh"])
+    monkeypatch.setattr(B, "yowasp_env", lambda: {v: v.lower() for v in B.YOWASP})
+    monkeypatch.setattr(Platform, "build", build)
+    args = ["--board", "ulx3s-12f", "--artifact", str(tiny_dir), "--out", str(tmp_path / "o")]
+    rc, out, err = _run(args, capsys)
+    assert rc != 0 and err.count("\n") == 1 and "yosys stopped on an internal assertion" in err, err
+    assert len(calls) == 2 and "synth_opts" not in calls[0] and "abc" not in calls[0]["script_after_synth"]
+    assert "abc9 stopped on an internal assertion (ABC_OPS_REINTEGRATE" in out and "mapping the LUTs with abc" in out
+    retry = calls[1]
+    assert retry["synth_opts"] == "-run begin:map_luts"
+    script = retry["script_after_synth"].splitlines()
+    assert script[:4] == list(B.ABC_LUT_MAPPING) and script[-1].endswith("stat -json")
+    assert retry["nextpnr_opts"] == calls[0]["nextpnr_opts"]
+    calls.clear()                                   # asked for abc: one try, no abc9
+    rc, out, err = _run(args + ["--lut-mapper", "abc"], capsys)
+    assert rc != 0 and len(calls) == 1 and calls[0]["synth_opts"] == "-run begin:map_luts", (calls, err)
+    assert "abc9 stopped" not in out
+    with pytest.raises(SystemExit) as e:
+        B.main(args + ["--lut-mapper", "abc8"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice: 'abc8'" in err and err.count("\n") == 1
+
+
 def test_vivado_build_tree(tiny_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")          # no vivado here
     monkeypatch.delenv("VIVADO", raising=False)

