@@ -249,18 +249,18 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
         overrides["synth_opts"] = "-dsp"          # the engine's multipliers fit the SB_MAC16 blocks
     extra["nextpnr_opts"] = nextpnr_opts
     abc_overrides = {"synth_opts": ABC_SYNTH_OPTS, "script_after_synth": "\n".join(ABC_LUT_MAPPING + (stat,))}
-    ecp5_abc = board.flow == "trellis" and lut_mapper == "abc"
-    extra["lut_mapper"] = "abc" if ecp5_abc else "abc9"
+    abc = board.flow == "trellis" and lut_mapper == "abc"
+    if abc:
+        overrides.update(abc_overrides)
+    extra["lut_mapper"] = "abc" if abc else "abc9"
     try:
-        _open_build(plat, top, build_dir, {**overrides, **abc_overrides} if ecp5_abc else overrides,
-                    device, board, layer, eng, retry=ecp5_abc)
-        overrides.update(abc_overrides if ecp5_abc else {})
+        _open_build(plat, top, build_dir, overrides, device, board, layer, eng, may_fall_back=not abc)
     except _Abc9Assertion as e:
         log(f"yosys: abc9 stopped on an internal assertion ({e}), a yosys bug; mapping the LUTs "
             f"with abc instead (the build goes on)")
         overrides.update(abc_overrides)
         extra.update(lut_mapper="abc", abc9_error=str(e))
-        _open_build(plat, top, build_dir, overrides, device, board, layer, eng, retry=True)
+        _open_build(plat, top, build_dir, overrides, device, board, layer, eng, may_fall_back=False)
     extra["synth_opts"] = overrides.get("synth_opts", "")
     build_s = time.monotonic() - t0
     family = "ecp5" if board.flow == "trellis" else "ice40"
@@ -288,10 +288,10 @@ class _Abc9Assertion(Exception):
 
 
 def _open_build(plat, top, build_dir: Path, overrides: dict, device: str, board, layer, eng, *,
-                retry: bool = False) -> None:
+                may_fall_back: bool) -> None:
     """Run the open flow (yosys, nextpnr, the packer) through the Amaranth platform; a failure
-    becomes a one-line DesignTooLarge / FlowError, or _Abc9Assertion on the first try of an
-    ECP5 build whose abc9 asserted (the caller retries with abc)."""
+    becomes a one-line DesignTooLarge / FlowError, or, with ``may_fall_back``, _Abc9Assertion
+    for an ECP5 build whose abc9 asserted (the caller retries with abc)."""
     try:
         plat.build(top, name="top", build_dir=str(build_dir), do_program=False, **overrides)
     except subprocess.CalledProcessError as e:
@@ -305,7 +305,7 @@ def _open_build(plat, top, build_dir: Path, overrides: dict, device: str, board,
         log_file = tim if tim.is_file() else build_dir / "top.rpt"
         internal = which == "yosys" and log_file.is_file() and \
             yosys_internal_error(log_file.read_text(errors="replace"))
-        if internal and internal.startswith("ABC") and board.flow == "trellis" and not retry:
+        if internal and internal.startswith("ABC") and board.flow == "trellis" and may_fall_back:
             raise _Abc9Assertion(internal) from None
         if internal:
             raise FlowError(f"yosys stopped on an internal assertion ({internal}): a yosys bug on this netlist, "
