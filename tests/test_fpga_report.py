@@ -219,16 +219,23 @@ def test_abc9_assertion_retries_with_abc(tiny_dir, tmp_path, capsys, monkeypatch
     (synth_ecp5 up to map_luts, abc, the rest of synth_ecp5), said in one line; an assertion
     in the retry, or in a build asked for abc, is the one-line error."""
     from amaranth.build.plat import Platform
+    from amaranth.build.run import BuildPlan
     calls = []
+    prepare = Platform.prepare
 
-    def build(self, top, name="top", build_dir="build", **kw):
+    def prepare_and_record(self, top, name="top", **kw):   # the real prepare: one per platform
         calls.append(kw)
-        d = Path(build_dir)
+        return prepare(self, top, name, **kw)
+
+    def execute_local(self, root="build", **kw):            # yosys, stopped on the assertion
+        d = Path(root)
         d.mkdir(parents=True, exist_ok=True)
         (d / "top.rpt").write_text(YOSYS_ASSERT_LOG)
         raise subprocess.CalledProcessError(1, ["sh", "build_top.sh"])
     monkeypatch.setattr(B, "yowasp_env", lambda: {v: v.lower() for v in B.YOWASP})
-    monkeypatch.setattr(Platform, "build", build)
+    monkeypatch.setenv("AMARANTH_ENV_TRELLIS", "")          # no tool check: nothing runs them
+    monkeypatch.setattr(Platform, "prepare", prepare_and_record)
+    monkeypatch.setattr(BuildPlan, "execute_local", execute_local)
     args = ["--board", "ulx3s-12f", "--artifact", str(tiny_dir), "--out", str(tmp_path / "o")]
     rc, out, err = _run(args, capsys)
     assert rc != 0 and err.count("\n") == 1 and "yosys stopped on an internal assertion" in err, err

@@ -176,10 +176,13 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
         multipliers = network_budget(plat, board)
     out_dir = Path(out) / board.name / (layer or "network")
     ours = _check_out(out_dir)
+
+    def board_top(plat):
+        return BoardTop(plat, art, layer, baud=baud, multipliers=multipliers, clock_mhz=clock_mhz,
+                        timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s,
+                        min_utilisation=min_utilisation)
     try:
-        top = BoardTop(plat, art, layer, baud=baud, multipliers=multipliers, clock_mhz=clock_mhz,
-                       timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s,
-                       min_utilisation=min_utilisation)
+        top = board_top(plat)
         estimate = _check_estimate(top, plat, board) if layer is None else None
         router, router_why = _router(router, estimate, board.flow)
     except ValueError as e:                             # HwError, baud, PLL, a part too small: bad input
@@ -260,7 +263,8 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
             f"with abc instead (the build goes on)")
         overrides.update(abc_overrides)
         extra.update(lut_mapper="abc", abc9_error=str(e))
-        _open_build(plat, top, build_dir, overrides, device, board, layer, eng, may_fall_back=False)
+        plat = board.platform(speed)                  # an Amaranth platform prepares one design, once
+        _open_build(plat, board_top(plat), build_dir, overrides, device, board, layer, eng, may_fall_back=False)
     extra["synth_opts"] = overrides.get("synth_opts", "")
     build_s = time.monotonic() - t0
     family = "ecp5" if board.flow == "trellis" else "ice40"
