@@ -379,10 +379,11 @@ def fifo(width: int, depth: int, part: str | Part) -> Resources:
 def block_fifo(width: int, depth: int, part: str | Part) -> Resources:
     """A :class:`hw.units.BlockFIFO` (``SyncFIFOBuffered`` behaviour, storage in block RAM):
     ``depth - 1`` words rounded up to a power of two in block RAM (whose read register is
-    the output), power-of-two pointers, the level and the output flag."""
+    the output), power-of-two pointers, the level, its empty and full flags and the output
+    flag."""
     _check_positive(width=width, depth=depth)
     words = 1 << max(1, _bits(depth - 1))
-    control = Resources(luts=_LUTS_BLOCK_FIFO_CONTROL, ffs=2 * _bits(words) + _bits(depth) + 1)
+    control = Resources(luts=_LUTS_BLOCK_FIFO_CONTROL, ffs=2 * _bits(words) + _bits(depth) + 3)
     return memory(width, words, part, style="block") + control
 
 

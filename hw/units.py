@@ -170,7 +170,11 @@ class BlockFIFO(Elaboratable):
     is the memory's synchronous read port, which a block RAM registers itself, so the words
     take no flip-flops. The memory has a power-of-two number of words (a block RAM has 512
     or more anyway), so that the pointers wrap without a compare; ``empty`` is
-    ``level == 0`` without the adder. The FIFO never reads a word in the cycle it is written
+    ``level == 0`` without the adder. Whether the block RAM holds no word or all of them
+    are flip-flops updated beside its level, not compares of the level: ``w_rdy``,
+    ``empty`` and the read enable start a cycle with one gate, not a compare of
+    ``bits(depth)`` bits (a consumer deciding from ``empty`` in the same cycle, an output
+    buffer's bypass, was a whole network's worst path). The FIFO never reads a word in the cycle it is written
     (a read needs a stored word, a write a free one), so yosys need not emulate the read
     port's old-data collision behaviour, which an ECP5 block RAM does not have across its
     ports (``no_rw_check``: otherwise a register and a multiplexer per bit).
@@ -190,24 +194,27 @@ class BlockFIFO(Elaboratable):
         inner = self.depth - 1
         words = 1 << max(1, (inner - 1).bit_length())
         inner_level = Signal(range(inner + 1))
-        m.d.comb += self.w_rdy.eq(inner_level != inner)
+        inner_empty, inner_full = Signal(init=1, name="inner_empty"), Signal(name="inner_full")
+        m.d.comb += self.w_rdy.eq(~inner_full)
         do_write = self.w_rdy & self.w_en
-        do_inner_read = (inner_level != 0) & (~self.r_rdy | self.r_en)
+        do_inner_read = ~inner_empty & (~self.r_rdy | self.r_en)
         storage = m.submodules.storage = Memory(shape=unsigned(self.width), depth=words, init=[],
                                                 attrs={"ram_style": "block", "no_rw_check": 1})
         wp, rp = storage.write_port(), storage.read_port(domain="sync")
         produce, consume = Signal(range(words), name="produce"), Signal(range(words), name="consume")
         m.d.comb += [wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(do_write),
                      rp.addr.eq(consume), rp.en.eq(do_inner_read), self.r_data.eq(rp.data),
-                     self.empty.eq((inner_level == 0) & ~self.r_rdy)]
+                     self.empty.eq(inner_empty & ~self.r_rdy)]
         with m.If(do_write):
             m.d.sync += produce.eq(produce + 1)
         with m.If(do_inner_read):
             m.d.sync += consume.eq(consume + 1)
         with m.If(do_write & ~do_inner_read):
-            m.d.sync += inner_level.eq(inner_level + 1)
+            m.d.sync += [inner_level.eq(inner_level + 1), inner_empty.eq(0),
+                         inner_full.eq(inner_level == inner - 1)]
         with m.If(do_inner_read & ~do_write):
-            m.d.sync += inner_level.eq(inner_level - 1)
+            m.d.sync += [inner_level.eq(inner_level - 1), inner_full.eq(0),
+                         inner_empty.eq(inner_level == 1)]
         with m.If(do_inner_read):
             m.d.sync += self.r_rdy.eq(1)
         with m.Elif(self.r_en):
