@@ -181,7 +181,8 @@ def _plan(ctx, log):
     from hw.network import NetworkEngine, plan_network, select_layers
     art = load_artifact(ctx.artifact)
     seg = select_layers(art)[0]
-    plan = plan_network(art, seg, ctx.multipliers)
+    # the products beyond the part's DSPs in logic, as generate, rtlsim and bitstream build them
+    plan = plan_network(art, seg, ctx.multipliers, dsps=resources.part(ctx.part).multipliers)
     per_unit, total = NetworkEngine(art, plan).resources(ctx.part)
     record = {**plan.as_dict(), "part": ctx.part, "resources": total.as_dict(),
               "utilisation_of_part": resources.utilisation(total, ctx.part)}
@@ -201,12 +202,15 @@ def _plan(ctx, log):
 
 
 @step("generate", "the whole network as Verilog and its JSON description",
-      reads=lambda c: [c.artifact], options=lambda c: {"multipliers": c.multipliers}, sources=("hw", "artifact"))
+      reads=lambda c: [c.artifact], options=lambda c: {"multipliers": c.multipliers, "part": c.part},
+      sources=("hw", "artifact"))
 def _generate(ctx, log):
     out = ctx.out("hw")
     args = ["-m", "hw.generate", "--artifact", ctx.artifact, "--out", out]
     if ctx.multipliers:
         args += ["--multipliers", ctx.multipliers]
+    if ctx.part_required:                           # else hw.generate's default part, the flow's too
+        args += ["--part", ctx.part]
     _command(ctx, log, args)
     descs = [p for p in out.glob("*.json") if _json(p).get("format") == "elrt-hw-network"]
     _check({}, len(descs) == 1, f"{out} holds {len(descs)} network descriptions, expected 1")
@@ -243,11 +247,13 @@ def _first_output_mismatch(ctx, report: dict, inputs: Path) -> dict | None:
 
 @step("rtlsim", "the RTL in Verilator on the test images (bubbles, back-pressure, reset)",
       reads=lambda c: [c.artifact, c.test_inputs],
-      options=lambda c: {"multipliers": c.multipliers, "images": c.images, "waves": c.waves},
+      options=lambda c: {"multipliers": c.multipliers, "images": c.images, "waves": c.waves, "part": c.part},
       sources=("hw", "sim", "artifact"))
 def _rtlsim(ctx, log):
+    from hw import resources
     out = ctx.out("rtlsim")
-    args = ["-m", "sim", "--artifact", ctx.artifact, "--network", "--out", out]
+    args = ["-m", "sim", "--artifact", ctx.artifact, "--network", "--out", out,
+            "--dsps", resources.part(ctx.part).multipliers]
     if ctx.multipliers:
         args += ["--multipliers", ctx.multipliers]
     inputs = ctx.test_inputs                        # sim takes the run folder's, with its labels

@@ -90,6 +90,8 @@ class LayerEngine(wiring.Component):
         each pixel (:func:`hw.mvu.refill_cycles`) is built without the hold buffer.
     hold_last : bool
         Build the last stage with the hold buffer (its consumer is outside the engine).
+    soft_stages : set of str
+        Stages (by name) whose products are built in logic, not DSPs (:func:`hw.dsp.soft_stages`).
 
     Members
     -------
@@ -98,7 +100,7 @@ class LayerEngine(wiring.Component):
     """
 
     def __init__(self, stages: list[StageSpec], plan: Plan, line_rows: int | None = None, input_fifo: bool = True,
-                 rate: int | None = None, hold_last: bool = True):
+                 rate: int | None = None, hold_last: bool = True, soft_stages=frozenset()):
         check_engine(stages, plan, line_rows)
         self.stages, self.plan, self.line_rows = list(stages), plan, line_rows
         # Build the sub-units now so that their parameters (FIFO depths, buffer sizes) can be reported.
@@ -114,7 +116,7 @@ class LayerEngine(wiring.Component):
                                              spec.stride, spec.padding, rows=line_rows, simd=f.simd,
                                              signed=spec.in_signed, elements=flat_elements(spec, f.flat))
             self.units.append((swg, MatrixVectorUnit(spec, f.pe, f.simd, window=swg is not None, hold_buffer=hold,
-                                                     flat=f.flat)))
+                                                     flat=f.flat, soft=spec.name in soft_stages)))
         super().__init__({
             "pix_in": In(stream.Signature(unsigned(stages[0].in_pixel_bits))),
             "pix_out": Out(stream.Signature(unsigned(stages[-1].out_pixel_bits))),
@@ -131,6 +133,7 @@ class LayerEngine(wiring.Component):
                 "in_bits": spec.in_bits, "in_signed": spec.in_signed, "weight_bits": spec.weight_bits,
                 "out_bits": spec.out_bits, "out_signed": spec.out_signed,
                 "pe": f.pe, "simd": f.simd, "nf": f.nf, "sf": f.sf, "flat": f.flat, "multipliers": f.multipliers,
+                "soft_products": mvu.soft,
                 "cycles_per_vector": f.cycles_per_vector, "cycles_per_frame": f.cycles_per_frame, "macs": f.macs,
                 "acc_bits": spec.acc_bits, "adder_tree_bits": spec.tree_bits,
                 "requant": (None if spec.requant is None else
@@ -170,7 +173,7 @@ class LayerEngine(wiring.Component):
                 spec.out_bits, spec.bias is not None, rq is not None, mvu.fifo_depth, part, in_signed=spec.in_signed,
                 tree_bits=spec.tree_bits, shift=rq[0] if rq is not None else None,
                 clamp=rq[1:] if rq is not None else None, weight_columns=wcols, bias_columns=bcols,
-                window=swg is not None, hold_buffer=mvu.hold_buffer, flat=mvu.flat)
+                window=swg is not None, hold_buffer=mvu.hold_buffer, flat=mvu.flat, soft=mvu.soft)
         return per
 
     def elaborate(self, platform):

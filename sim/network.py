@@ -56,14 +56,14 @@ def random_networks(seed: int, count: int, images: int) -> list[dict]:
     return nets
 
 
-def check_network(artifact, multipliers: int | None = None):
+def check_network(artifact, multipliers: int | None = None, dsps: int | None = None):
     """Plan the whole network before anything is built (HwError, one line, for an op the
     hardware cannot build or a budget below one multiplier per MAC stage); return the plan."""
     from hw.engine import check_engine
     from hw.network import plan_network, select_layers
     from hw.planner import fixed_folding
     seg, _, _ = select_layers(artifact)
-    plan = plan_network(artifact, seg, multipliers)
+    plan = plan_network(artifact, seg, multipliers, dsps=dsps)
     for name, specs in plan.specs.items():      # each layer engine's geometry, without building it
         if specs:
             check_engine(specs, fixed_folding(specs, [f.key for f in plan.folds[name]]))
@@ -131,7 +131,8 @@ def _mismatches(got: np.ndarray, want: np.ndarray) -> int:
 def run_network(artifact, out, *, inputs: np.ndarray | None = None, images: int = 8, seed: int = 0,
                 multipliers: int | None = None, first: str | None = None, last: str | None = None,
                 stress_frames: int = 8, tap_frames: int = 2, labels: np.ndarray | None = None,
-                inject: str | None = None, optimise: bool = True, progress=print) -> dict:
+                inject: str | None = None, optimise: bool = True, dsps: int | None = None,
+                progress=print) -> dict:
     """Verify the network engine of ``artifact`` on ``inputs`` (or ``images`` seeded random
     images) in Verilator; write ``out/network.json`` and ``out/outputs.npy``; return the report.
 
@@ -145,7 +146,9 @@ def run_network(artifact, out, *, inputs: np.ndarray | None = None, images: int 
     ``outputs`` (path of the int64 ``.npy``), ``phases`` (per phase: frames, mismatches,
     bubble/stall), ``taps`` (per layer: beats and mismatches), ``accuracy`` (with
     ``labels``), ``build_s`` / ``sim_s``. ``inject="weight"`` builds the RTL from an
-    artifact with one weight changed (the comparison must then fail).
+    artifact with one weight changed (the comparison must then fail). ``dsps``: the part's
+    DSP multipliers (:func:`hw.network.plan_network`): the products beyond them are built in
+    logic, as in a bitstream for that part.
     """
     from amaranth.back import verilog
 
@@ -160,7 +163,7 @@ def run_network(artifact, out, *, inputs: np.ndarray | None = None, images: int 
         random_images(artifact, images, seed, entry_rec)
     n = x.shape[0]
     hw_art = _inject_weight(artifact, seg, x) if inject == "weight" else artifact
-    plan = plan_network(hw_art, seg, multipliers)   # the stage specs carry the weights the RTL is built from
+    plan = plan_network(hw_art, seg, multipliers, dsps=dsps)   # the stage specs carry the weights the RTL is built from
     net = NetworkEngine(hw_art, plan, first, last)
     out_rec = seg[-1]["out"]
     beats_in = int(np.prod(entry_rec["shape"][1:])) if len(entry_rec["shape"]) == 3 else 1

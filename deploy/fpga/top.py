@@ -68,11 +68,13 @@ class BoardTop(Elaboratable):
 
     ``clock_mhz`` (None: the board clock) must be a finite positive number (ValueError
     otherwise); a clock other than the board's needs an ECP5 PLL (see :func:`ecp5_pll_params`).
+    ``dsps``: the part's DSP multipliers; a whole network's products beyond them are built
+    in logic (:func:`hw.network.plan_network`; None: all DSPs).
     """
 
     def __init__(self, platform, artifact, layer: str, *, baud: int = 115200, multipliers: int | None = None,
                  clock_mhz: float | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 min_utilisation: float | None = None):
+                 min_utilisation: float | None = None, dsps: int | None = None):
         self.board_hz = float(platform.default_clk_frequency)
         self.pll = None
         family = getattr(platform, "family", None)
@@ -87,7 +89,7 @@ class BoardTop(Elaboratable):
         else:
             self.clk_hz = self.board_hz
         self.link = host_link_for(artifact, layer, clk_hz=self.clk_hz, baud=baud, multipliers=multipliers,
-                                  timeout_s=timeout_s, min_utilisation=min_utilisation)
+                                  timeout_s=timeout_s, min_utilisation=min_utilisation, dsps=dsps)
 
     def elaborate(self, platform):
         m = Module()
