@@ -13,7 +13,7 @@ image holds ``pad``.
 A window is not copied anywhere: its reader (a matrix-vector unit) reads it in place
 from the line buffers, a word of ``simd`` elements per cycle:
 
-* ``win_out`` is a stream of window tokens: ``valid`` says that the next window in
+* ``win_out`` is a stream of window tokens: ``valid`` (a register) says that the next window in
   raster order can be read (its last needed input pixel is in the line buffers); the
   transfer releases it, so the reader raises ``ready`` with its last read. The 1-bit
   payload is 1 for the last window of a frame.
@@ -314,11 +314,19 @@ class SlidingWindowGenerator(wiring.Component):
             if (o_y, o_x) == (Ho - 1, Wo - 1):
                 return H * W - 1
             return min(o_y * S - P + K - 1, H - 1) * W + min(o_x * S - P + K - 1, W - 1)
-        need = Signal(range(H * W), init=need_of(0, 0))
+        # `need_after` holds the next window's `need` (loaded on a take from a table two
+        # windows ahead), so that the valid register's next value compares registers only.
+        n_windows = Ho * Wo
+        need_at = [need_of(*divmod(i, Wo)) for i in range(n_windows)]
+        need = Signal(range(H * W), init=need_at[0])
+        need_after = Signal(range(H * W), init=need_at[1 % n_windows])
+        # win_out.valid = (ahead != 0) | (widx > need), as a register: it enables the reader's
+        # fold counters, and a compare before that would be the whole network's critical path
+        valid = Signal()
         take = Signal()
-        m.d.comb += [self.win_out.valid.eq((ahead != 0) | (widx > need)),
+        m.d.comb += [self.win_out.valid.eq(valid),
                      self.win_out.payload.eq((oy == Ho - 1) & (ox == Wo - 1)),
-                     take.eq(self.win_out.valid & self.win_out.ready)]
+                     take.eq(valid & self.win_out.ready)]
 
         # Write permission: the slot of row wy holds row wy - B (of this or the previous frame);
         # it is free when every window still to be released starts below that row, i.e. when
@@ -386,12 +394,12 @@ class SlidingWindowGenerator(wiring.Component):
         m.d.sync += [stepped.eq(row_step), stepped_rows.eq(_table([tops[o + 1] - tops[o] for o in range(Ho)],
                                                                   range(H + 1))[oy]),
                      frame_read_d.eq(frame_read), frame_read_r.eq(frame_read_d)]
-        next_need = Array(_table([need_of(*divmod((o_y * Wo + o_x + 1) % (Ho * Wo), Wo)) for o_x in range(Wo)],
-                                 range(H * W)) for o_y in range(Ho))
+        need_two_after = Array(_table([need_at[(o_y * Wo + o_x + 2) % n_windows] for o_x in range(Wo)],
+                                      range(H * W)) for o_y in range(Ho))
         next_cols = [cols((o_x + 1) % Wo) for o_x in range(Wo)]
         next_rows = [rows_ok((o_y + 1) % Ho) for o_y in range(Ho)]
         with m.If(take):
-            m.d.sync += need.eq(next_need[oy][ox])
+            m.d.sync += [need.eq(need_after), need_after.eq(need_two_after[oy][ox])]
             for kx in range(K):
                 m.d.sync += [col_lo[kx].eq(_table([c[kx][0] for c in next_cols], col_bits)[ox]),
                              col_ok[kx].eq(_table([c[kx][1] for c in next_cols], 1)[ox])]
@@ -409,6 +417,14 @@ class SlidingWindowGenerator(wiring.Component):
                 m.d.sync += ox.eq(ox + 1)
 
         m.d.sync += ahead.eq(ahead + frame_written - frame_read)
+
+        # valid's next value: ahead' != 0, or widx' > need' (widx' = 0 after the frame's last
+        # pixel, widx + 1 after another write; need' = need_after after a take)
+        def written_past(n):
+            return Mux(write, ~at_last & (widx >= n), widx > n)
+        ahead_next_nonzero = Mux(frame_written, ~frame_read | (ahead != 0),
+                                 Mux(frame_read, ahead == 2, ahead != 0))
+        m.d.sync += valid.eq(ahead_next_nonzero | Mux(take, written_past(need_after), written_past(need)))
 
         # ---- word sequence: port r reads window pixel p0 + r -------------------------------
         # Word w starts at element w*SIMD: pixel p0 = w*SIMD // C, channel u*g = w*SIMD % C
