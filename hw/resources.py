@@ -700,7 +700,8 @@ def _swg_terms(channels: int, bits: int, width: int, kernel: int, stride: int, r
         ffs += pw + 3
     # counters: writer (row, column, frame index, slot, distance, released rows, flags),
     # reader (window position, ring base, slot / in-image flag / column per kernel row and
-    # column, dependency: this window's and the next window's needed pixel), word sequence (word, offset, pixel, per port the kernel position)
+    # column, dependency: this window's and the next window's needed pixel), word sequence
+    # (word, offset, pixel, per port the kernel position)
     counters = _bits(h) + col_bits + _bits(h * w) + _bits(rows) + (max(h, ho * stride, padding).bit_length() + 4) \
         + 2 * _bits(h + 1) + _bits(ho) + _bits(wo) + (K + 1) * _bits(rows) + K * col_bits + 2 * _bits(h * w) \
         + _bits(max(window_words(C, K, S, elements), 2)) + u_bits + _bits(n_pix) + ports * (2 * _bits(K) + 1)
