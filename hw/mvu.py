@@ -69,7 +69,6 @@ import numpy as np
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -77,7 +76,7 @@ from .dsp import Multipliers, is_ecp5
 from .requant import Requantizer
 from .spec import HwError, StageSpec
 from .swg import window_read_signature
-from .units import RegisteredBlockFIFO
+from .units import RegisteredBlockFIFO, credited_fifo
 
 __all__ = ["MatrixVectorUnit", "mvu_latency", "default_fifo_depth", "refill_cycles", "flat_words", "to_twos"]
 
@@ -490,7 +489,7 @@ class MatrixVectorUnit(wiring.Component):
 
     def _pixel_fifo(self, m: Module, group, r_done, out_w: int) -> None:
         """The output buffer of a unit with one group per pixel: a FIFO of ``fifo_depth`` pixels."""
-        fifo = m.submodules.fifo = SyncFIFOBuffered(width=out_w, depth=self.fifo_depth)
+        fifo = m.submodules.fifo = credited_fifo(out_w, self.fifo_depth)
         m.d.comb += [fifo.w_data.eq(group[:out_w]), fifo.w_en.eq(r_done),
                      self.pix_out.payload.eq(fifo.r_data), self.pix_out.valid.eq(fifo.r_rdy),
                      fifo.r_en.eq(self.pix_out.ready)]

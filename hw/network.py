@@ -48,7 +48,7 @@ from .resources import Resources
 from .spec import HwError, StageSpec, layer_stages
 from .swg import WINDOW_READ_LATENCY
 from .units import (OP_CREDIT_LOOP, OP_FIFO_DEPTH, OP_FIFO_DEPTHS, OP_LATENCY, AddUnit, Fork, GlobalSumPoolUnit, MaxPoolUnit, PixelFIFO, RawStreamAdapter,
-                    RequantUnit, SERIAL_LATENCY, connect_pixels, op_cycles, serial_groups, serial_period, signature_of)
+                    RequantUnit, SERIAL_LATENCY, connect_pixels, credited_fifo_depth, op_cycles, serial_groups, serial_period, signature_of)
 
 __all__ = ["DEFAULT_NETWORK_MULTIPLIERS", "SKIP_MARGIN", "select_layers", "NetworkPlan", "plan_network",
            "skip_depths", "NetworkEngine", "rtl_name"]
@@ -139,13 +139,14 @@ class _Lowering(abc.ABC):
         stages have their products in logic, see :class:`hw.engine.LayerEngine`)."""
 
     def cycles(self, layer: dict, folds: list[StageFold], fifo_depth: int | None = None,
-               lanes: int | None = None) -> int:
-        """Cycles per frame: one pixel per cycle, or what ``fifo_depth`` credits pass
-        (:func:`hw.units.op_cycles`), or a pixel per :func:`hw.units.serial_period`."""
+               lanes: int | None = None, held: int = 0) -> int:
+        """Cycles per frame: one pixel per cycle, or what ``fifo_depth`` credits pass with its
+        consumers holding the output ``held`` cycles a frame (:func:`hw.units.op_cycles`), or
+        a pixel per :func:`hw.units.serial_period`."""
         pixels = _pixels(layer["in"] if "in" in layer else layer["out"])
         if lanes is not None:
             return pixels * serial_period(_channels(layer), lanes)
-        return pixels if fifo_depth is None else op_cycles(pixels, fifo_depth)
+        return pixels if fifo_depth is None else op_cycles(pixels, fifo_depth, held)
 
     def ready_table(self, layer: dict, specs: list[StageSpec]) -> np.ndarray:
         """``t[k]``: output pixels the unit can produce once it has ``k`` input pixels of a frame."""
@@ -174,7 +175,7 @@ class _Lowering(abc.ABC):
         body = resources.elementwise(int(out["shape"][0]), int(layer["in"]["bits"]), int(out["bits"]),
                                      shift=int(rq["shift"]), clamp=_clamp(layer),
                                      in_signed=bool(layer["in"]["signed"]), lanes=component.lanes)
-        return body if component.lanes else body + resources.fifo(width, component.fifo_depth, part)
+        return body if component.lanes else body + resources.fifo(width, credited_fifo_depth(component.fifo_depth), part)
 
 
 def _clamp(layer: dict) -> tuple[int, int]:
@@ -221,7 +222,7 @@ class _MacLowering(_Lowering):
                              soft_stages=soft_stages)
         return RawStreamAdapter(engine, signature_of(operands[0]), signature_of(layer["out"]))
 
-    def cycles(self, layer, folds, fifo_depth=None, lanes=None):
+    def cycles(self, layer, folds, fifo_depth=None, lanes=None, held=0):
         return max(f.cycles_per_frame for f in folds)
 
     def held_cycles(self, layer, folds, specs, pixels):
@@ -273,7 +274,7 @@ class _AddLowering(_Lowering):
         body = resources.elementwise(ch, max(r["bits"] for r in component.records), ob, inputs=2,
                                      acc_bits=int(layer["acc"]["bits"]), shift=int(layer["requant"]["shift"]),
                                      clamp=_clamp(layer), lanes=component.lanes)
-        return body if component.lanes else body + resources.fifo(ch * ob, component.fifo_depth, part)
+        return body if component.lanes else body + resources.fifo(ch * ob, credited_fifo_depth(component.fifo_depth), part)
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
               lanes=None, soft_stages=frozenset()):
@@ -285,7 +286,7 @@ class _PoolLowering(_Lowering):
     # keeps one pixel per cycle with the output register alone
     fifo_depths = (1,)
 
-    def cycles(self, layer, folds, fifo_depth=None, lanes=None):
+    def cycles(self, layer, folds, fifo_depth=None, lanes=None, held=0):
         return _pixels(layer["in"])
 
     def held_cycles(self, layer, folds, specs, pixels):
@@ -296,7 +297,7 @@ class _PoolLowering(_Lowering):
         ch, ob = int(out["shape"][0]), int(out["bits"])
         body = resources.accumulate(ch, int(layer["acc"]["bits"]), ob, shift=int(layer["requant"]["shift"]),
                                     pixels=_pixels(layer["in"]), clamp=_clamp(layer))
-        return body + resources.fifo(ch * ob, component.fifo_depth, part)
+        return body + resources.fifo(ch * ob, credited_fifo_depth(component.fifo_depth), part)
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
               lanes=None, soft_stages=frozenset()):
@@ -322,7 +323,7 @@ class _MaxPoolLowering(_Lowering):
               lanes=None, soft_stages=frozenset()):
         return MaxPoolUnit(layer, line_rows)
 
-    def cycles(self, layer, folds, fifo_depth=None, lanes=None):
+    def cycles(self, layer, folds, fifo_depth=None, lanes=None, held=0):
         return max(_pixels(layer["in"]), _pixels(layer["out"]) * int(layer["kernel"]) ** 2)
 
     def held_cycles(self, layer, folds, specs, pixels):
@@ -461,14 +462,16 @@ def plan_network(artifact, layers: list[dict], multipliers: int | None = None, *
         folds[name] = tuple(next(chosen) for _ in specs[name])
         cycles[name] = _lowering(layer).cycles(layer, folds[name])
     # an op unit's output FIFO: the shallowest that does not slow the network below the rate
-    # its slowest unit sets at full depth
+    # its slowest unit sets at full depth, its consumers' holding of the output counted
     rate = max(cycles.values())
     depths = {}
     for layer in layers:
         low, name = _lowering(layer), layer["name"]
         if low.fifo_depths:
-            depths[name] = next((d for d in low.fifo_depths if low.cycles(layer, (), d) <= rate), low.fifo_depths[-1])
-            cycles[name] = low.cycles(layer, (), depths[name])
+            held = _held_by_consumers(layer, layers, folds, specs)
+            depths[name] = next((d for d in low.fifo_depths if low.cycles(layer, (), d, held=held) <= rate),
+                                low.fifo_depths[-1])
+            cycles[name] = low.cycles(layer, (), depths[name], held=held)
     lanes = {}
     for layer in layers:
         low, name = _lowering(layer), layer["name"]
@@ -495,6 +498,12 @@ def _consume_cycles(user: dict, folds: dict, specs: dict, pixels: int) -> int:
     return _lowering(user).held_cycles(user, folds.get(name, ()), specs.get(name, []), pixels)
 
 
+def _held_by_consumers(layer: dict, layers: list[dict], folds: dict, specs: dict) -> int:
+    """The most cycles per frame one consumer of ``layer``'s output holds its output register."""
+    pixels = _pixels(layer["out"])
+    return max((_consume_cycles(u, folds, specs, pixels) for u in layers if layer["name"] in u["inputs"]), default=0)
+
+
 def _serial_lanes(layer: dict, layers: list[dict], folds: dict, specs: dict, rate: int) -> int | None:
     """The fewest lanes (powers of two below the channels) with which a serial op unit
     keeps ``rate`` cycles per frame; None: none does (the unit stays one requantizer per
@@ -503,7 +512,7 @@ def _serial_lanes(layer: dict, layers: list[dict], folds: dict, specs: dict, rat
     (a 1x1 stage reading it in place) adds its holding time to the unit's periods."""
     channels, pixels = _channels(layer), _pixels(layer["out"])
     refill = _producer_refill(layer, folds)
-    held = max((_consume_cycles(u, folds, specs, pixels) for u in layers if layer["name"] in u["inputs"]), default=0)
+    held = _held_by_consumers(layer, layers, folds, specs)
     options = [1 << k for k in range(channels.bit_length()) if 1 << k < channels]
     for n in options:
         period = serial_period(channels, n)

@@ -51,7 +51,7 @@ from artifact import conv_out_hw
 from .requant import round_shift_width
 from .spec import HwError
 from .swg import window_ports, window_words
-from .units import serial_chunks, serial_groups
+from .units import credited_fifo_depth, serial_chunks, serial_groups
 
 __all__ = ["Resources", "Part", "BlockConfig", "LutRamConfig", "PARTS", "part", "memory", "rom_columns", "fifo",
            "soft_product",
@@ -591,7 +591,7 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
     group_bits, out_w = pe * out_bits, out_ch * out_bits
     buffer_bits = 0
     if nf == 1:
-        total += fifo(out_w, fifo_depth, p)
+        total += fifo(out_w, credited_fifo_depth(fifo_depth), p)
     else:
         depth = (fifo_depth - 1 - hold_buffer) * nf
         ffs += nf * group_bits + _bits(nf + 1) + 1 + ((out_w + 1) if hold_buffer else 0)

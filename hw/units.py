@@ -42,9 +42,9 @@ from .requant import Requantizer
 from .spec import HwError
 from .swg import WINDOW_READ_LATENCY, SlidingWindowGenerator
 
-__all__ = ["serial_groups", "serial_chunk_groups", "serial_chunks", "SERIAL_ENABLE_FANOUT", "serial_period", "OP_SERIAL_OVERHEAD", "SERIAL_LATENCY", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "RegisteredBlockFIFO", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
+__all__ = ["serial_groups", "serial_chunk_groups", "serial_chunks", "SERIAL_ENABLE_FANOUT", "serial_period", "OP_SERIAL_OVERHEAD", "SERIAL_LATENCY", "element_shape", "pixel_layout", "pixel_signature", "payload_width", "signature_of", "connect_pixels", "PixelFIFO", "BlockFIFO", "RegisteredBlockFIFO", "credited_fifo", "credited_fifo_depth", "BLOCK_FIFO_MIN_WORDS", "Fork", "RawStreamAdapter",
            "RequantUnit", "AddUnit", "GlobalSumPoolUnit", "MaxPoolUnit", "OP_FIFO_DEPTH", "OP_FIFO_DEPTHS",
-           "OP_CREDIT_LOOP", "OP_LATENCY", "op_cycles"]
+           "OP_CREDIT_LOOP", "OP_LATENCY", "OP_REFILL", "op_cycles"]
 
 #: The op units' credit loop (accept -> operand register -> requantizer -> FIFO write ->
 #: FIFO output register -> pop -> credit register), in cycles: ``depth`` credits pass
@@ -58,13 +58,23 @@ OP_FIFO_DEPTH = 8
 OP_FIFO_DEPTHS = (1, 2, 4, OP_FIFO_DEPTH)
 
 
-def op_cycles(pixels: int, fifo_depth: int) -> int:
-    """Cycles per frame of ``pixels`` pixels through an op unit with ``fifo_depth`` credits:
-    one pixel per cycle at most, ``fifo_depth`` per :data:`OP_CREDIT_LOOP` cycles."""
-    return pixels if fifo_depth > OP_CREDIT_LOOP else -(-pixels * OP_CREDIT_LOOP // fifo_depth)
 #: Cycles from accepting a pixel to its result entering the output FIFO: an operand
 #: register, then the requantizer's two stages.
 OP_LATENCY = 3
+#: Cycles a one-deep output FIFO stays empty after a pop: the credit register, then
+#: :data:`OP_LATENCY` until the next result is in.
+OP_REFILL = OP_LATENCY + 1
+
+
+def op_cycles(pixels: int, fifo_depth: int, held: int = 0) -> int:
+    """Cycles per frame of ``pixels`` pixels through an op unit with ``fifo_depth`` credits:
+    one pixel per cycle at most, ``fifo_depth`` per :data:`OP_CREDIT_LOOP` cycles. With one
+    credit the output register is the FIFO: a consumer holding it ``held`` cycles per frame
+    (a 1x1 stage reads it in place for its whole vector) then waits :data:`OP_REFILL` after
+    each pop, so a frame takes at least ``held + pixels * OP_REFILL``; a deeper FIFO has the
+    next pixel queued behind the held one."""
+    credited = pixels if fifo_depth > OP_CREDIT_LOOP else -(-pixels * OP_CREDIT_LOOP // fifo_depth)
+    return max(credited, held + pixels * OP_REFILL) if fifo_depth == 1 else credited
 #: Cycles from a serial op unit issuing a group to its results entering the output
 #: register: the group's elements, the operand register, the requantizer's two stages.
 SERIAL_LATENCY = OP_LATENCY + 1
@@ -154,6 +164,22 @@ def _credit(m: Module, accept, popped, depth: int) -> Signal:
     nxt = outstanding + accept - popped
     m.d.sync += [outstanding.eq(nxt), credit.eq(nxt < depth)]
     return credit
+
+
+def credited_fifo_depth(credits: int) -> int:
+    """Entries of the ``SyncFIFOBuffered`` behind ``credits`` credits (:func:`credited_fifo`):
+    ``credits``, but 3 for 2. A depth-2 ``SyncFIFOBuffered`` takes its first write into its
+    one-word inner memory, which is still full in the next cycle while the output register
+    loads from it, so a second write then would be lost; from depth 3 on the inner memory is
+    never full with the output register empty."""
+    return 3 if credits == 2 else credits
+
+
+def credited_fifo(width: int, credits: int) -> SyncFIFOBuffered:
+    """The output FIFO of a unit that writes it without looking at ``w_rdy``, because a credit
+    counter keeps at most ``credits`` results accepted and not yet popped: one that takes
+    ``credits`` writes on consecutive cycles."""
+    return SyncFIFOBuffered(width=width, depth=credited_fifo_depth(credits))
 
 
 #: A FIFO with more words than this in storage keeps them in block RAM (:class:`BlockFIFO`):
@@ -379,7 +405,7 @@ class _OpUnit(wiring.Component):
     def _tail(self, m: Module, accs: list, loaded) -> Signal:
         """Requantize ``accs`` (loaded when ``loaded`` was high the cycle before) into the
         output FIFO; return the credit signal (room for one more result)."""
-        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.out_channels * self.out_bits, depth=self.fifo_depth)
+        fifo = m.submodules.fifo = credited_fifo(self.out_channels * self.out_bits, self.fifo_depth)
         outs = self._requantizers(m, accs)
         pipe = [loaded]
         for i in range(2):      # the requantizer's two stages

@@ -13,7 +13,12 @@ work in RTL and the testbench (:mod:`sim.tb_network`) works per beat:
   result memories, read back through ``rd_addr`` / ``rd_data`` / ``rd_time``;
 * every internal layer stream named in ``taps`` is captured (payload of each transfer)
   into a memory of ``tap_depth`` beats, read through ``tap_sel`` / ``tap_addr`` /
-  ``tap_data``; ``tap_count`` tells how many beats the selected tap holds.
+  ``tap_data``; ``tap_count`` tells how many beats the selected tap holds;
+* every stream named in ``probes`` (any stream inside the engine, the stages' included)
+  has two counters since reset, read through ``probe_sel``: ``probe_fire``, the cycles
+  it transferred a beat (``valid & ready``), and ``probe_wait``, the cycles its producer
+  waited on its consumer (``valid & ~ready``); the rest of the cycles it was empty. The
+  stream behind the unit that sets the rate waits; the streams after it are empty.
 
 A synchronous reset clears the counters and the generators' state (the memories keep
 their contents), so a run can be cut mid-frame and restarted.
@@ -57,15 +62,18 @@ class NetworkHarness(wiring.Component):
         Internal streams to capture (their ``valid``, ``ready``, ``payload``).
     tap_depth : int
         Beats kept per tap (the first ``tap_depth`` transfers after reset).
+    probes : list of (name, stream interface)
+        Streams whose transfer and wait cycles are counted (their ``valid``, ``ready``).
     """
 
-    def __init__(self, net, in_depth: int, out_depth: int, taps=(), tap_depth: int = 1):
+    def __init__(self, net, in_depth: int, out_depth: int, taps=(), tap_depth: int = 1, probes=()):
         self.net, self.in_depth, self.out_depth = net, in_depth, out_depth
         self.taps, self.tap_depth = list(taps), max(1, tap_depth)
+        self.probes = list(probes)
         self.in_width = Value.cast(net.pix_in.payload).shape().width
         self.out_width = Value.cast(net.pix_out.payload).shape().width
         self.tap_width = max([Value.cast(s.payload).shape().width for _, s in self.taps] or [1])
-        n_taps = max(1, len(self.taps))
+        n_taps, n_probes = max(1, len(self.taps)), max(1, len(self.probes))
         super().__init__({
             "clk": In(1), "rst": In(1), "load_en": In(1), "load_addr": In(range(in_depth)), "load_data": In(self.in_width),
             "go": In(1), "start_addr": In(range(in_depth)), "n_beats": In(COUNTER_BITS),
@@ -75,6 +83,7 @@ class NetworkHarness(wiring.Component):
             "rd_addr": In(range(out_depth)), "rd_data": Out(self.out_width), "rd_time": Out(COUNTER_BITS),
             "tap_sel": In(range(n_taps)), "tap_addr": In(range(self.tap_depth)),
             "tap_data": Out(self.tap_width), "tap_count": Out(range(self.tap_depth + 1)),
+            "probe_sel": In(range(n_probes)), "probe_fire": Out(COUNTER_BITS), "probe_wait": Out(COUNTER_BITS),
         })
 
     def elaborate(self, platform):
@@ -161,4 +170,20 @@ class NetworkHarness(wiring.Component):
                 for k in range(len(self.taps)):
                     with m.Case(k):
                         m.d.comb += [self.tap_data.eq(tap_data[k]), self.tap_count.eq(tap_count[k])]
+
+        # stream probes: transfer and wait cycles
+        counters = []
+        for k, (name, s) in enumerate(self.probes):
+            fire = Signal(COUNTER_BITS, name=f"probe_fire_{k}")
+            wait = Signal(COUNTER_BITS, name=f"probe_wait_{k}")
+            with m.If(s.valid & s.ready):
+                m.d.sync += fire.eq(fire + 1)
+            with m.Elif(s.valid):
+                m.d.sync += wait.eq(wait + 1)
+            counters.append((fire, wait))
+        if self.probes:
+            with m.Switch(self.probe_sel):
+                for k, (fire, wait) in enumerate(counters):
+                    with m.Case(k):
+                        m.d.comb += [self.probe_fire.eq(fire), self.probe_wait.eq(wait)]
         return top

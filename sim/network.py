@@ -170,8 +170,9 @@ def run_network(artifact, out, *, inputs: np.ndarray | None = None, images: int 
     beats_out = int(np.prod(out_rec["shape"][1:])) if len(out_rec["shape"]) == 3 else 1
     taps = [(u.name, u.component.o) for u in net.units if u.name != net.output]
     tap_depth = max([tap_frames * _beats(u.layer["out"]) for u in net.units] + [1])
+    probes = stream_probes(net)
     stress = min(stress_frames, n)
-    harness = NetworkHarness(net, n * beats_in, n * beats_out, taps, tap_depth)
+    harness = NetworkHarness(net, n * beats_in, n * beats_out, taps, tap_depth, probes)
     rtl = out / "rtl"
     if check_rtl_folder(rtl):           # an earlier run's RTL (never a folder this tool did not write)
         shutil.rmtree(rtl)
@@ -190,7 +191,7 @@ def run_network(artifact, out, *, inputs: np.ndarray | None = None, images: int 
     stim = out / "test" / "stimulus.hex"
     atomic_write_text(stim, "\n".join(format(w, "x") for w in words) + "\n")
     per_frame = plan.cycles_per_frame + 20 * (beats_in + beats_out) + 2000
-    phases = [{"kind": "clean", "frames": n, "max_cycles": 4 * (n + 2) * per_frame}]
+    phases = [{"kind": "clean", "frames": n, "probes": True, "max_cycles": 4 * (n + 2) * per_frame}]
     if stress:
         phases.append({"kind": "stress", "frames": stress, "bubble": STRESS_LEVEL, "stall": STRESS_LEVEL,
                        "taps": True, "max_cycles": 8 * (stress + 2) * per_frame})
@@ -198,6 +199,7 @@ def run_network(artifact, out, *, inputs: np.ndarray | None = None, images: int 
         phases.append({"kind": "reset", "frames": 2, "first_frame": 0, "max_cycles": 8 * 4 * per_frame})
     tb_plan = {"name": "network", "seed": seed, "stimulus": str(stim.resolve()), "beats_in": beats_in,
                "beats_out": beats_out, "phases": phases, "taps": [name for name, _ in taps],
+               "probes": [name for name, _ in probes],
                "design": {"top": top}}
     t1 = time.monotonic()
     progress(f"sim network: built in {build_s:.0f} s; simulating {n} image(s) ...")
@@ -221,6 +223,44 @@ def run_network(artifact, out, *, inputs: np.ndarray | None = None, images: int 
         report["outputs"] = str((out / "outputs.npy").resolve())
     atomic_write_text(out / NETWORK_REPORT, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def stream_probes(net) -> list[tuple[str, object]]:
+    """Every stream of ``net`` worth counting, in stream order, as ``(name, interface)``:
+    the input, each skip FIFO's input, each unit's inputs (``UNIT.PORT``, after the fork or
+    skip FIFO) and output (``UNIT``), and inside a layer engine each stage's window
+    (``UNIT.STAGE.window``) and output (``UNIT.STAGE``; the last stage's is ``UNIT``)."""
+    from hw.engine import LayerEngine
+    from hw.network import _lowering
+    from hw.units import RawStreamAdapter
+
+    probes = [("pix_in", net.pix_in)]
+    for (add, k), fifo in net.skip_fifos.items():
+        probes.append((f"skip:{add}[{k}]", fifo.i))
+    for u in net.units:
+        comp = u.component
+        probes += [(f"{u.name}.{port}", getattr(comp, port)) for port in _lowering(u.layer).in_ports]
+        inner = comp.inner if isinstance(comp, RawStreamAdapter) else None
+        if isinstance(inner, LayerEngine):
+            for i, (spec, (swg, mvu)) in enumerate(zip(inner.stages, inner.units)):
+                if swg is not None:
+                    probes.append((f"{u.name}.{spec.name}.window", swg.win_out))
+                if i < len(inner.units) - 1:
+                    probes.append((f"{u.name}.{spec.name}", mvu.pix_out))
+        probes.append((u.name, comp.o))
+    return probes
+
+
+def stream_profile(counts: dict, window: int) -> dict:
+    """Per probed stream, over ``window`` cycles (first input beat to last output beat of
+    the clean phase): ``transfer`` (cycles a beat moved), ``wait`` (its producer waited on
+    its consumer) and ``empty`` (no beat offered), each a fraction of the window."""
+    out = {}
+    for name, (fire, wait) in counts.items():
+        out[name] = {"transfers": fire, "wait": round(wait / window, 4) if window else 0.0,
+                     "transfer": round(fire / window, 4) if window else 0.0,
+                     "empty": round(max(0, window - fire - wait) / window, 4) if window else 0.0}
+    return out
 
 
 def _beats(record: dict) -> int:
@@ -255,6 +295,8 @@ def _score(results: dict, want: dict, seg, entry, out_rec, plan, n, beats_out, t
                 report["cycles_per_frame_measured"] = (ends[-1] - ends[warm]) / (frames - 1 - warm)
             if ends:
                 report["latency_cycles"] = ends[0] - r["first_in_cycle"]
+            if ends and r.get("probes"):
+                report["streams"] = stream_profile(r["probes"], ends[-1] - r["first_in_cycle"])
             if got is not None and got.shape == ref.shape:
                 g, w = got.reshape(frames, -1), ref.reshape(frames, -1)
                 report["classes_identical"] = bool((g.argmax(1) == w.argmax(1)).all())

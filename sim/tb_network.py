@@ -10,7 +10,8 @@ too), so they act one cycle after they are driven; that shifts nothing that is m
 (cycles count from the registered reset). The golden model's
 comparison happens in the runner, on what this testbench writes to the plan's
 ``results`` file (JSON): per phase, the output beats (hex), the cycle each left at, the
-cycle of the first input beat, and the captured internal streams.
+cycle of the first input beat, the captured internal streams, and (clean phase) each
+probed stream's transfer and wait cycles.
 
 Phases (each starts from a reset):
 
@@ -101,6 +102,16 @@ async def _read_taps(dut, names: list[str]) -> dict:
     return taps
 
 
+async def _read_probes(dut, names: list[str]) -> dict:
+    """``{stream: [transfer cycles, wait cycles]}`` since the phase's reset."""
+    counts = {}
+    for k, name in enumerate(names):
+        dut.probe_sel.value = k
+        await Timer(1, unit="ns")
+        counts[name] = [int(dut.probe_fire.value), int(dut.probe_wait.value)]
+    return counts
+
+
 @cocotb.test()
 async def network(dut):
     plan = json.loads(Path(os.environ["ELRT_SIM_PLAN"]).read_text())
@@ -129,6 +140,8 @@ async def network(dut):
         rec["outputs"], rec["times"] = beats, times
         if phase.get("taps"):
             rec["taps"] = await _read_taps(dut, plan["taps"])
+        if phase.get("probes"):
+            rec["probes"] = await _read_probes(dut, plan["probes"])
         results[kind] = rec
     Path(plan["results"]).write_text(json.dumps(results))
     assert all(not r["timeout"] for r in results.values()), \

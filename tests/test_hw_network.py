@@ -26,6 +26,7 @@ from hw.simulate import pack_pixels, run_stream, unpack_pixels  # noqa: E402
 from hw.spec import HwError  # noqa: E402
 from hw.units import (AddUnit, Fork, GlobalSumPoolUnit, MaxPoolUnit, PixelFIFO, RequantUnit,  # noqa: E402
                       SERIAL_ENABLE_FANOUT, connect_pixels, pixel_signature, serial_chunk_groups,
+                      OP_CREDIT_LOOP, OP_FIFO_DEPTHS, OP_REFILL, credited_fifo_depth, op_cycles,
                       serial_groups, serial_period)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +71,82 @@ def test_requant_unit_is_exact_and_one_pixel_per_cycle(shift, in_signed, out_sig
     assert gaps.max() == 1, "frames back to back must leave one pixel per cycle"
     got2, _ = _run_unit(RequantUnit(layer), layer, x, bubble=0.4, stall=0.4, seed=3)
     assert np.array_equal(got2, want)
+
+
+def _pop_intervals(unit, held: int, pixels: int = 12) -> list[int]:
+    """Cycles between pops of ``unit``'s output by a consumer that reads each pixel in place
+    for ``held`` cycles (``ready`` low for ``held - 1`` cycles after ``valid``, then high),
+    its input always offered."""
+    pops = []
+
+    async def bench(ctx):
+        ctx.set(unit.i.valid, 1)
+        cycle, seen = 0, 0
+        while len(pops) < pixels:
+            ctx.set(unit.o.ready, seen >= held - 1)
+            _, _, valid, ready = await ctx.tick().sample(unit.o.valid, unit.o.ready)
+            if valid and ready:
+                pops.append(cycle)
+                seen = 0
+            elif valid:
+                seen += 1
+            cycle += 1
+            assert cycle < 100 * pixels * held
+
+    top = Module()
+    top.domains.sync = ClockDomain("sync")
+    top.submodules.unit = unit
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return list(np.diff(pops[2:]))
+
+
+@pytest.mark.parametrize("held", [1, 5, 32])
+def test_op_cycles_models_a_consumer_that_holds_the_output(held):
+    """A one-deep op unit refills OP_REFILL cycles after each pop; a deeper one has the next
+    pixel queued, so the consumer sets the pace (hw.units.op_cycles, the planner's model: an
+    upper bound, equal for one slot)."""
+    layer = {"in": _rec([4, 1, 1], 6, True), "out": _rec([4, 1, 1], 6, True), "requant": {"shift": 1, "clamp": [-32, 31]}}
+    pixels = 12
+    for depth in OP_FIFO_DEPTHS:
+        gaps = _pop_intervals(RequantUnit(layer, fifo_depth=depth), held, pixels)
+        model = op_cycles(len(gaps), depth, held=len(gaps) * held)
+        if depth == 1:
+            assert set(gaps) == {held + OP_REFILL}
+        # deeper: the consumer's own holding (its unit's cycles) or the credits, whichever is slower
+        assert sum(gaps) <= max(model, len(gaps) * held), (depth, held, gaps)
+        if held >= OP_CREDIT_LOOP:
+            assert depth == 1 or set(gaps) == {held}
+    assert op_cycles(64, 1, held=64 * 32) == 64 * (32 + OP_REFILL)
+    assert op_cycles(64, 2, held=64 * 32) == op_cycles(64, 2) == 224
+    assert op_cycles(64, 8, held=64 * 32) == 64
+
+
+@pytest.mark.parametrize("depth", OP_FIFO_DEPTHS)
+def test_op_unit_keeps_every_result_at_every_fifo_depth(depth):
+    """Inputs back to back fill the credits on consecutive cycles; the output FIFO must take
+    each result (a plain two-deep SyncFIFOBuffered drops the second: hw.units.credited_fifo)."""
+    rin = _rec([3, 2, 3], 7, True)
+    layer = {"in": rin, "out": _rec([3, 2, 3], 6, True), "requant": {"shift": 1, "clamp": [-32, 31]}}
+    x = _frames(np.random.default_rng(depth), 3, rin)
+    got, _ = _run_unit(RequantUnit(layer, fifo_depth=depth), layer, x)
+    assert np.array_equal(got, golden.requantize(x, layer["requant"]))
+    got, _ = _run_unit(RequantUnit(layer, fifo_depth=depth), layer, x, stall=0.5, seed=depth)
+    assert np.array_equal(got, golden.requantize(x, layer["requant"]))
+    assert credited_fifo_depth(depth) >= depth
+
+
+def test_planner_gives_an_op_unit_two_slots_before_an_in_place_reader():
+    """``layer1.0.add`` feeds ``layer2.0.conv1``'s U1, which reads each pixel in place near the
+    network's rate: one slot would slow the network (tests/test_sim_network.py measures it)."""
+    art = random_resnet(10, channels=(2, 6), height=(6, 8), width=(6, 8), stages=2, blocks=1, shortcut="strided",
+                        maxpool=False)
+    seg, _, _ = select_layers(art)
+    plan = plan_network(art, seg, 32)
+    assert plan.fifo_depths["layer1.0.add"] == 2 and "layer1.0.add" not in plan.op_lanes
+    assert plan.unit_cycles["layer1.0.add"] <= plan.cycles_per_frame
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
