@@ -73,6 +73,17 @@ def test_requant_unit_is_exact_and_one_pixel_per_cycle(shift, in_signed, out_sig
     assert np.array_equal(got2, want)
 
 
+def _simulate(dut, bench) -> None:
+    """Run the async testbench ``bench`` against ``dut`` in a ``sync`` domain."""
+    top = Module()
+    top.domains.sync = ClockDomain("sync")
+    top.submodules.dut = dut
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 def _pop_intervals(unit, held: int, pixels: int = 12) -> list[int]:
     """Cycles between pops of ``unit``'s output by a consumer that reads each pixel in place
     for ``held`` cycles (``ready`` low for ``held - 1`` cycles after ``valid``, then high),
@@ -93,13 +104,7 @@ def _pop_intervals(unit, held: int, pixels: int = 12) -> list[int]:
             cycle += 1
             assert cycle < 100 * pixels * held
 
-    top = Module()
-    top.domains.sync = ClockDomain("sync")
-    top.submodules.unit = unit
-    sim = Simulator(top)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(unit, bench)
     return list(np.diff(pops[2:]))
 
 
@@ -233,13 +238,7 @@ def _two_input_run(dut, a_words, b_words, n_out, *, bubble=0.0, stall=0.0, seed=
                 return
         raise AssertionError(f"only {len(outs)} of {n_out} outputs in {max_cycles} cycles")
 
-    top = Module()
-    top.domains.sync = ClockDomain("sync")
-    top.submodules.dut = dut
-    sim = Simulator(top)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(dut, bench)
     return outs
 
 
@@ -323,13 +322,7 @@ def test_fork_delivers_every_beat_to_every_output(n):
                 return
         raise AssertionError("fork did not deliver every beat")
 
-    top = Module()
-    top.domains.sync = ClockDomain("sync")
-    top.submodules.fork = fork
-    sim = Simulator(top)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(fork, bench)
     assert all(g == words for g in got)
 
 
