@@ -143,7 +143,7 @@ class _Lowering(abc.ABC):
         """Cycles per frame: one pixel per cycle, or what ``fifo_depth`` credits pass with its
         consumers holding the output ``held`` cycles a frame (:func:`hw.units.op_cycles`), or
         a pixel per :func:`hw.units.serial_period`."""
-        pixels = _pixels(layer["in"] if "in" in layer else layer["out"])
+        pixels = _stream_pixels(layer)
         if lanes is not None:
             return pixels * serial_period(_channels(layer), lanes)
         return pixels if fifo_depth is None else op_cycles(pixels, fifo_depth, held)
@@ -191,6 +191,11 @@ def _channels(layer: dict) -> int:
 def _pixels(record: dict) -> int:
     shape = record["shape"]
     return int(shape[1]) * int(shape[2]) if len(shape) == 3 else 1
+
+
+def _stream_pixels(layer: dict) -> int:
+    """Pixels per frame through an op unit: its input's (a pool's output is one beat)."""
+    return _pixels(layer["in"] if "in" in layer else layer["out"])
 
 
 def _window_table(h: int, w: int, kernel: int, stride: int, padding: int, oh: int, ow: int) -> np.ndarray:
@@ -283,25 +288,26 @@ class _AddLowering(_Lowering):
 
 class _PoolLowering(_Lowering):
     # one result per frame: a credit is needed only for a frame's last pixel, so the pool
-    # keeps one pixel per cycle with the output register alone
+    # keeps one pixel per cycle with the output register alone (serial: a pixel per period)
     fifo_depths = (1,)
+    serial = True
 
     def cycles(self, layer, folds, fifo_depth=None, lanes=None, held=0):
-        return _pixels(layer["in"])
-
-    def held_cycles(self, layer, folds, specs, pixels):
-        return pixels                   # a pixel a cycle into the accumulators
+        return super().cycles(layer, folds, None, lanes)
 
     def resources(self, layer, component, part):
         out = layer["out"]
         ch, ob = int(out["shape"][0]), int(out["bits"])
         body = resources.accumulate(ch, int(layer["acc"]["bits"]), ob, shift=int(layer["requant"]["shift"]),
-                                    pixels=_pixels(layer["in"]), clamp=_clamp(layer))
+                                    pixels=_pixels(layer["in"]), clamp=_clamp(layer), lanes=component.lanes,
+                                    in_bits=int(layer["in"]["bits"]))
+        if component.lanes:
+            return body
         return body + resources.fifo(ch * ob, credited_fifo_depth(component.fifo_depth), part)
 
     def build(self, layer, operands, folds, line_rows, specs, fifo_depth=None, rate=None, hold_last=True,
               lanes=None, soft_stages=frozenset()):
-        return GlobalSumPoolUnit(layer, fifo_depth or OP_FIFO_DEPTH)
+        return GlobalSumPoolUnit(layer, fifo_depth or OP_FIFO_DEPTH, lanes)
 
     def ready_table(self, layer, specs):
         n = _pixels(layer["in"])
@@ -510,7 +516,7 @@ def _serial_lanes(layer: dict, layers: list[dict], folds: dict, specs: dict, rat
     channel). Its inputs: a pixel per period plus its producers' refill. Its output: it
     starts a pixel only once the last has left, so a consumer that holds the output register
     (a 1x1 stage reading it in place) adds its holding time to the unit's periods."""
-    channels, pixels = _channels(layer), _pixels(layer["out"])
+    channels, pixels = _channels(layer), _stream_pixels(layer)
     refill = _producer_refill(layer, folds)
     held = _held_by_consumers(layer, layers, folds, specs)
     options = [1 << k for k in range(channels.bit_length()) if 1 << k < channels]

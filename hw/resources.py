@@ -51,7 +51,7 @@ from artifact import conv_out_hw
 from .requant import round_shift_width
 from .spec import HwError
 from .swg import window_ports, window_words
-from .units import credited_fifo_depth, serial_chunks, serial_groups
+from .units import SERIAL_LATENCY, credited_fifo_depth, serial_chunks, serial_groups
 
 __all__ = ["Resources", "Part", "BlockConfig", "LutRamConfig", "PARTS", "part", "memory", "rom_columns", "fifo",
            "soft_product",
@@ -805,17 +805,34 @@ def elementwise(channels: int, in_bits: int, out_bits: int, *, inputs: int = 1, 
 
 
 def accumulate(channels: int, acc_bits: int, out_bits: int, *, shift: int = 0, pixels: int | None = None,
-               clamp: tuple[int, int] | None = None) -> Resources:
+               clamp: tuple[int, int] | None = None, lanes: int | None = None, in_bits: int | None = None) -> Resources:
     """A :class:`hw.units.GlobalSumPoolUnit` over ``channels`` channels without its output
     FIFO: per channel an ``acc_bits`` accumulator (adder, clear multiplexer, register)
     summing a frame of ``pixels`` pixels, then a requantizer (``shift``, ``clamp``) to
     ``out_bits``; one beat out per frame. ``pixels`` sizes the frame counter (None leaves
-    it out: a few flip-flops)."""
+    it out: a few flip-flops).
+
+    ``lanes`` (serial): the accumulator registers stay, the adders and requantizers are
+    ``lanes``, each behind two multiplexers over the ``ceil(channels / lanes)`` groups (the
+    input element of ``in_bits``, default 8, and the accumulator), with a write-enable
+    compare per group, the serial group counters and the chunked output register
+    (``channels * out_bits``; no FIFO follows)."""
     _check_positive(channels=channels, acc_bits=acc_bits, out_bits=out_bits)
     rq = requantizer(acc_bits, out_bits, shift, clamp)
     counter = 0 if pixels is None else _bits(pixels)
-    luts = channels * (acc_bits * (_LUTS_PER_ADDER_BIT + _LUTS_PER_MUX2) + rq.luts) \
-        + counter * _LUTS_MVU_PER_CONTROL_BIT + _LUTS_OP_CONTROL
+    adder = acc_bits * (_LUTS_PER_ADDER_BIT + _LUTS_PER_MUX2)          # clear multiplexer + adder
+    if lanes is not None:
+        _check_positive(lanes=lanes)
+        in_bits = 8 if in_bits is None else in_bits
+        groups = serial_groups(channels, lanes)
+        counters = 3 * _bits(groups)                   # issue, write-back and output-write groups
+        enables = len(serial_chunks(channels, lanes, out_bits))
+        luts = lanes * (adder + rq.luts + _mux_luts(groups, in_bits) + _mux_luts(groups, acc_bits)) \
+            + groups * 2 + (counters + counter) * _LUTS_MVU_PER_CONTROL_BIT + enables * 2 + _LUTS_OP_CONTROL
+        ffs = channels * acc_bits + lanes * (in_bits + 2 * acc_bits + rq.ffs) + channels * out_bits \
+            + counters + counter + enables + 2 * SERIAL_LATENCY + 12
+        return Resources(luts=math.ceil(luts), ffs=ffs)
+    luts = channels * (adder + rq.luts) + counter * _LUTS_MVU_PER_CONTROL_BIT + _LUTS_OP_CONTROL
     return Resources(luts=math.ceil(luts), ffs=channels * (acc_bits + rq.ffs) + counter + 10)
 
 

@@ -20,7 +20,8 @@ smallest of :data:`OP_FIFO_DEPTHS` that keeps its planned rate) passes ``depth``
 per :data:`OP_CREDIT_LOOP` cycles (:func:`op_cycles`; the pool needs a credit only for a
 frame's last pixel); ``maxpool`` takes ``kernel**2`` cycles per window.
 
-Serial op units (``lanes`` < channels, ``requant`` and ``add``): ``lanes`` requantizers
+Serial op units (``lanes`` < channels; ``requant``, ``add`` and ``global_sum_pool``, whose
+accumulators stay registers and whose output is its frame's last pixel): ``lanes`` requantizers
 work through a pixel ``lanes`` channels a cycle (:func:`serial_groups` groups), reading
 the input in place (``ready`` is raised with the last group, so the producer holds the
 pixel meanwhile, as stream sources do) and writing each group's results into the output
@@ -432,14 +433,23 @@ class _OpUnit(wiring.Component):
         multiplexer per input, into a register), ``operand(*elements)`` of them into a lane
         register of ``acc_bits``, the lanes' requantizers, each group's results into the
         output register."""
-        C, L, ob = self.out_channels, self.lanes, self.out_bits
-        G = serial_groups(C, L)
+        full = Signal(name="full")                  # the output register holds a pixel
+        issue, group, pipe = self._serial_issue(m, inputs, ~full)
+        accs = self._serial_lanes(m, inputs, operand, acc_bits, issue, group, pipe[0])
+        self._serial_output(m, self._requantizers(m, accs), pipe, full)
+
+    def _serial_issue(self, m: Module, inputs: list, may_start) -> tuple:
+        """The group counter of the serial datapath: ``(issue, group, pipe)``. A pixel starts
+        when every input is valid, ``may_start`` is high and the last pixel's groups have left
+        the pipeline; its groups issue one a cycle (``issue`` high, ``group`` counting), and the
+        inputs, read in place, transfer with the last group. ``pipe[i]`` is ``issue`` delayed
+        ``i + 1`` cycles (:data:`SERIAL_LATENCY` stages)."""
+        G = serial_groups(self.out_channels, self.lanes)
         busy = Signal()                             # a pixel's groups after the first are being issued
         group, last_group = Signal(range(G), name="group"), Signal(name="last_group")
-        full = Signal()                             # the output register holds a pixel
         pipe = [Signal(name=f"lane_valid_{i}") for i in range(SERIAL_LATENCY)]
         start = Signal()
-        m.d.comb += start.eq(~busy & ~full & ~Cat(*pipe).any() & Cat(*(p.valid for p in inputs)).all())
+        m.d.comb += start.eq(~busy & may_start & ~Cat(*pipe).any() & Cat(*(p.valid for p in inputs)).all())
         issue = start | busy
         with m.If(issue):
             with m.If(last_group):
@@ -448,8 +458,17 @@ class _OpUnit(wiring.Component):
                 m.d.sync += [group.eq(group + 1), last_group.eq(group == G - 2), busy.eq(1)]
         # the inputs are read in place: they transfer with the last group (registers only)
         m.d.comb += [p.ready.eq(busy & last_group) for p in inputs]
-        # the group multiplexers and the operand's adder each get a cycle (a 64-way multiplexer
-        # and an adder behind it did not fit 6.7 ns on ECP5)
+        m.d.sync += pipe[0].eq(issue)
+        m.d.sync += [b.eq(a) for a, b in zip(pipe, pipe[1:])]
+        return issue, group, pipe
+
+    def _serial_lanes(self, m: Module, inputs: list, operand, acc_bits: int, issue, group, load) -> list:
+        """Per lane, each input's element of ``group`` into a register when ``issue`` is high,
+        then ``operand(*elements)`` into the lane register when ``load`` is (the next cycle);
+        returns the lane registers. The group multiplexers and the operand's adder each get a
+        cycle (a 64-way multiplexer and an adder behind it did not fit 6.7 ns on ECP5).
+        ``inputs`` need only a ``payload`` (an array of the channels' elements)."""
+        L, G = self.lanes, serial_groups(self.out_channels, self.lanes)
         accs = [_acc_register(m, f"lane_{l}", acc_bits) for l in range(L)]
         for l, acc in enumerate(accs):
             elems = []
@@ -459,16 +478,19 @@ class _OpUnit(wiring.Component):
                 with m.If(issue):
                     m.d.sync += r.eq(e)
                 elems.append(r)
-            with m.If(pipe[0]):
+            with m.If(load):
                 m.d.sync += acc.eq(operand(*elems))
-        m.d.sync += pipe[0].eq(issue)
-        m.d.sync += [b.eq(a) for a, b in zip(pipe, pipe[1:])]
-        outs = self._requantizers(m, accs)
-        # the output register, in chunks of groups: a write shifts the group into its chunk
-        # from the top (no multiplexer), under the chunk's own clock enable, a flip-flop set
-        # the cycle before (one enable for the whole pixel was a long, wide net on a full
-        # part). After the G-th write group g sits at channels g*L.. (the last group's lanes
-        # beyond the channels fall off the payload).
+        return accs
+
+    def _serial_output(self, m: Module, outs: list, pipe: list, full) -> None:
+        """The output register, in chunks of groups: a write (``pipe[-1]``: the group's
+        requantized results ``outs``) shifts the group into its chunk from the top (no
+        multiplexer), under the chunk's own clock enable, a flip-flop set the cycle before
+        (one enable for the whole pixel was a long, wide net on a full part). After the G-th
+        write group g sits at channels g*L.. (the last group's lanes beyond the channels fall
+        off the payload) and ``full`` is set until the pixel leaves."""
+        C, L, ob = self.out_channels, self.lanes, self.out_bits
+        G = serial_groups(C, L)
         write, last_write = Signal(range(G), name="write"), Signal(init=G == 1, name="last_write")
         write_next = Mux(pipe[-1], Mux(last_write, 0, write + 1), write)
         m.d.sync += [write.eq(write_next), last_write.eq(write_next == G - 1)]
@@ -575,26 +597,42 @@ class GlobalSumPoolUnit(_OpUnit):
     """``op: global_sum_pool`` (docs/artifact.md 3.6): per channel, the sum over the frame's
     ``H*W`` pixels, requantized; one output beat (the ``[C]`` vector) per frame.
 
+    One pixel per cycle into an accumulator and a requantizer per channel; serial (``lanes``):
+    a pixel per :func:`serial_period` cycles, its groups added ``lanes`` channels a cycle into
+    the accumulators (registers read through the lanes' multiplexers and written back group
+    by group), and the frame's last pixel through the lanes' requantizers into the output
+    register: one adder and one requantizer per lane instead of per channel.
+
     Members: ``i`` In(signature of ``layer['in']``), ``o`` Out(signature of ``layer['out']``).
     """
 
-    def __init__(self, layer: dict, fifo_depth: int = OP_FIFO_DEPTH):
+    def __init__(self, layer: dict, fifo_depth: int = OP_FIFO_DEPTH, lanes: int | None = None):
         self.in_record = layer["in"]
         self.pixels = int(layer["in"]["shape"][1]) * int(layer["in"]["shape"][2])
         self.acc_bits = int(layer["acc"]["bits"])
         super().__init__({"i": In(signature_of(layer["in"])), "o": Out(signature_of(layer["out"]))},
-                         layer["out"], layer["requant"], fifo_depth)
+                         layer["out"], layer["requant"], fifo_depth, lanes)
+
+    def _frame_position(self, m: Module, advance) -> tuple:
+        """``(first, last)``: whether the next pixel to arrive is its frame's first or last;
+        they move on when ``advance`` is high (a pixel transfers)."""
+        count = Signal(range(self.pixels))
+        first, last = Signal(init=1, name="first"), Signal(init=self.pixels == 1, name="last")
+        with m.If(advance):
+            m.d.sync += [count.eq(Mux(last, 0, count + 1)), first.eq(last),
+                         last.eq((self.pixels == 1) | (count == self.pixels - 2))]
+        return first, last
 
     def elaborate(self, platform):
         m = Module()
+        if self.lanes:
+            self._serial_pool(m)
+            return m
         accept = Signal()
-        count = Signal(range(self.pixels))
-        first, last = Signal(init=1, name="first"), Signal(init=self.pixels == 1, name="last")
+        first, last = self._frame_position(m, accept)
         accs = [_acc_register(m, f"sum_{c}", self.acc_bits) for c in range(self.out_channels)]
         with m.If(accept):
             m.d.sync += [acc.eq(Mux(first, 0, acc) + self.i.payload[c]) for c, acc in enumerate(accs)]
-            m.d.sync += [count.eq(Mux(last, 0, count + 1)), first.eq(last),
-                         last.eq((self.pixels == 1) | (count == self.pixels - 2))]
         loaded = Signal()
         m.d.sync += loaded.eq(accept & last)
         fifo = self._tail(m, accs, loaded)
@@ -602,6 +640,41 @@ class GlobalSumPoolUnit(_OpUnit):
         # Only a frame's last pixel needs room in the FIFO; the others are always taken.
         m.d.comb += [self.i.ready.eq(~last | credit), accept.eq(self.i.valid & (~last | credit))]
         return m
+
+    def _serial_pool(self, m: Module) -> None:
+        C, L = self.out_channels, self.lanes
+        G = serial_groups(C, L)
+        sums = Signal(data.ArrayLayout(signed(self.acc_bits), C), name="sums")
+        full = Signal(name="full")
+        first, last = self._frame_position(m, self.i.valid & self.i.ready)
+        # a frame's last pixel waits for the output register; the others only for the lanes
+        issue, group, pipe = self._serial_issue(m, [self.i], ~last | ~full)
+        first_in = Signal(name="first_in")          # of the pixel whose group the lane inputs hold
+        with m.If(issue):
+            m.d.sync += first_in.eq(first)
+        accs = self._serial_lanes(m, [self.i, _Payload(sums)], lambda x, s: Mux(first_in, 0, s) + x,
+                                  self.acc_bits, issue, group, pipe[0])
+        # write-back: the lane registers (loaded at pipe[0]) into their group's accumulators;
+        # the next pixel starts only once the pipeline is empty, so it reads the new sums
+        in_group, lane_group = Signal(range(G), name="in_group"), Signal(range(G), name="lane_group")
+        with m.If(issue):
+            m.d.sync += in_group.eq(group)
+        m.d.sync += lane_group.eq(in_group)
+        for g in range(G):
+            with m.If(pipe[1] & (lane_group == g)):
+                m.d.sync += [sums[g * L + l].eq(accs[l]) for l in range(L) if g * L + l < C]
+        # the output register takes the requantized groups of a frame's last pixel only
+        out_pipe = [Signal(name=f"out_valid_{i}") for i in range(SERIAL_LATENCY)]
+        m.d.sync += out_pipe[0].eq(issue & last)
+        m.d.sync += [b.eq(a) for a, b in zip(out_pipe, out_pipe[1:])]
+        self._serial_output(m, self._requantizers(m, accs), out_pipe, full)
+
+
+class _Payload:
+    """A register array read in place by the serial lanes as if it were a stream's payload."""
+
+    def __init__(self, payload):
+        self.payload = payload
 
 
 class MaxPoolUnit(wiring.Component):

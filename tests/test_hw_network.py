@@ -27,7 +27,7 @@ from hw.spec import HwError  # noqa: E402
 from hw.units import (AddUnit, Fork, GlobalSumPoolUnit, MaxPoolUnit, PixelFIFO, RequantUnit,  # noqa: E402
                       SERIAL_ENABLE_FANOUT, connect_pixels, pixel_signature, serial_chunk_groups,
                       OP_CREDIT_LOOP, OP_FIFO_DEPTHS, OP_REFILL, credited_fifo_depth, op_cycles,
-                      serial_groups, serial_period)
+                      SERIAL_LATENCY, serial_groups, serial_period)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "resnet20_digits"
@@ -261,17 +261,40 @@ def test_add_unit_aligns_adds_and_requantizes_exactly(align):
             assert np.array_equal(got, want), f"lanes {lanes}, bubble {bubble}"
 
 
+@pytest.mark.parametrize("lanes", [None, 1, 2])
 @pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (4, 4)])
-def test_global_sum_pool_unit_is_exact(h, w):
+def test_global_sum_pool_unit_is_exact(h, w, lanes):
+    """Parallel and serial (1 lane; 2 lanes over 3 channels, the last group short), with
+    bubbles and stalls: every frame's sums start from zero."""
     rng = np.random.default_rng(h * w)
     rin = _rec([3, h, w], 5, True)
     divisor = (h * w - 1).bit_length()
     layer = {"in": rin, "out": _rec([3], 8, False), "acc": {"bits": 5 + divisor + 1, "exponent": 0},
              "divisor_log2": divisor, "requant": {"shift": divisor, "clamp": [0, 255]}}
     x = _frames(rng, 4, rin)
-    got, _ = _run_unit(GlobalSumPoolUnit(layer), layer, x, bubble=0.3, stall=0.3, seed=1)
+    unit = GlobalSumPoolUnit(layer, lanes=lanes)
+    assert unit.lanes == lanes
+    got, _ = _run_unit(unit, layer, x, bubble=0.3, stall=0.3, seed=1)
     want = golden.requantize(x.sum(axis=(2, 3)), layer["requant"])
     assert np.array_equal(got.reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_serial_pool_takes_a_pixel_per_serial_period(lanes):
+    """Input and output always ready: a frame of ``H*W`` pixels in at most ``H*W *
+    serial_period`` cycles (what the planner counts for a serial pool); only the last pixel
+    waits for the output register, so the others take a cycle less."""
+    rng = np.random.default_rng(lanes)
+    rin = _rec([5, 2, 3], 6, False)
+    layer = {"in": rin, "out": _rec([5], 8, False), "acc": {"bits": 10, "exponent": 0}, "divisor_log2": 3,
+             "requant": {"shift": 3, "clamp": [0, 255]}}
+    x = _frames(rng, 3, rin)
+    got, res = _run_unit(GlobalSumPoolUnit(layer, lanes=lanes), layer, x)
+    want = golden.requantize(x.sum(axis=(2, 3)), layer["requant"])
+    assert np.array_equal(got.reshape(want.shape), want)
+    groups = serial_groups(5, lanes)
+    assert set(np.diff(res.out_cycles)) == {6 * (groups + SERIAL_LATENCY)}
+    assert 6 * (groups + SERIAL_LATENCY) <= 6 * serial_period(5, lanes)
 
 
 @pytest.mark.parametrize("kernel,stride,padding,signed", [(2, 2, 0, False), (3, 2, 1, True), (3, 1, 1, False)])

@@ -253,6 +253,17 @@ def test_elementwise_and_accumulate():
     assert pool.ffs >= 64 * (14 + 8) and pool.multipliers == 0 and pool.bram_blocks == 0
 
 
+def test_serial_pool_keeps_the_accumulators_and_the_output_register():
+    """The serial pool: the accumulator registers and the output register stay, the adders and
+    requantizers are per lane; yosys (bench/network_fit.py --units pool, the default
+    ResNet-20's 64 channels, 11-bit sums) measured 1,498 LUT4 / 1,309 FF serial against
+    3,408 / 2,378 with one requantizer per channel."""
+    par = R.accumulate(64, 11, 8, shift=2, pixels=4, clamp=(0, 255))
+    one, two = (R.accumulate(64, 11, 8, shift=2, pixels=4, clamp=(0, 255), lanes=n) for n in (1, 2))
+    assert 1_100 < one.luts < 1_800 and 1_100 < one.ffs < 1_500
+    assert one.luts < par.luts / 2 and one.ffs >= 64 * (11 + 8) and two.ffs > one.ffs
+
+
 def test_serial_elementwise_keeps_the_output_register_only():
     """A serial unit: ``lanes`` datapaths, a multiplexer per input and lane over the groups,
     the pixel-wide output register; yosys (bench/network_fit.py, the default ResNet-20's
