@@ -434,46 +434,59 @@ class _OpUnit(wiring.Component):
         register of ``acc_bits``, the lanes' requantizers, each group's results into the
         output register."""
         full = Signal(name="full")                  # the output register holds a pixel
-        issue, group, pipe = self._serial_issue(m, inputs, ~full)
-        accs = self._serial_lanes(m, inputs, operand, acc_bits, issue, group, pipe[0])
+        issue, _, last_group, pipe = self._serial_issue(m, inputs, ~full)
+        accs = self._serial_lanes(m, inputs, operand, acc_bits, issue, last_group, pipe[0])
         self._serial_output(m, self._requantizers(m, accs), pipe, full)
 
     def _serial_issue(self, m: Module, inputs: list, may_start) -> tuple:
-        """The group counter of the serial datapath: ``(issue, group, pipe)``. A pixel starts
-        when every input is valid, ``may_start`` is high and the last pixel's groups have left
-        the pipeline; its groups issue one a cycle (``issue`` high, ``group`` counting), and the
-        inputs, read in place, transfer with the last group. ``pipe[i]`` is ``issue`` delayed
-        ``i + 1`` cycles (:data:`SERIAL_LATENCY` stages)."""
+        """The group sequence of the serial datapath: ``(issue, group, last_group, pipe)``. A
+        pixel starts when every input is valid, ``may_start`` is high and the last pixel's
+        groups have left the pipeline; its groups issue one a cycle (``issue`` high, ``group``
+        counting, ``last_group`` high with the last), and the inputs, read in place, transfer
+        with the last group. ``pipe[i]`` is ``issue`` delayed ``i + 1`` cycles
+        (:data:`SERIAL_LATENCY` stages)."""
         G = serial_groups(self.out_channels, self.lanes)
         busy = Signal()                             # a pixel's groups after the first are being issued
-        group, last_group = Signal(range(G), name="group"), Signal(name="last_group")
+        issue, last_group = Signal(name="issue"), Signal(name="last_group")
+        group = self._group_counter(m, "group", issue, last_group)
         pipe = [Signal(name=f"lane_valid_{i}") for i in range(SERIAL_LATENCY)]
         start = Signal()
         m.d.comb += start.eq(~busy & may_start & ~Cat(*pipe).any() & Cat(*(p.valid for p in inputs)).all())
-        issue = start | busy
+        m.d.comb += issue.eq(start | busy)
         with m.If(issue):
             with m.If(last_group):
-                m.d.sync += [group.eq(0), last_group.eq(0), busy.eq(0)]
+                m.d.sync += [last_group.eq(0), busy.eq(0)]
             with m.Else():
-                m.d.sync += [group.eq(group + 1), last_group.eq(group == G - 2), busy.eq(1)]
+                m.d.sync += [last_group.eq(group == G - 2), busy.eq(1)]
         # the inputs are read in place: they transfer with the last group (registers only)
         m.d.comb += [p.ready.eq(busy & last_group) for p in inputs]
         m.d.sync += pipe[0].eq(issue)
         m.d.sync += [b.eq(a) for a, b in zip(pipe, pipe[1:])]
-        return issue, group, pipe
+        return issue, group, last_group, pipe
 
-    def _serial_lanes(self, m: Module, inputs: list, operand, acc_bits: int, issue, group, load) -> list:
-        """Per lane, each input's element of ``group`` into a register when ``issue`` is high,
-        then ``operand(*elements)`` into the lane register when ``load`` is (the next cycle);
-        returns the lane registers. The group multiplexers and the operand's adder each get a
-        cycle (a 64-way multiplexer and an adder behind it did not fit 6.7 ns on ECP5).
-        ``inputs`` need only a ``payload`` (an array of the channels' elements)."""
+    def _group_counter(self, m: Module, name: str, issue, last_group) -> Signal:
+        """A register counting the issued groups of a pixel (0 after the last)."""
+        group = Signal(range(serial_groups(self.out_channels, self.lanes)), name=name)
+        with m.If(issue):
+            m.d.sync += group.eq(Mux(last_group, 0, group + 1))
+        return group
+
+    def _serial_lanes(self, m: Module, inputs: list, operand, acc_bits: int, issue, last_group, load) -> list:
+        """Per lane, each input's element of the issued group into a register when ``issue``
+        is high, then ``operand(*elements)`` into the lane register when ``load`` is (the next
+        cycle); returns the lane registers. The group multiplexers and the operand's adder
+        each get a cycle (a 64-way multiplexer and an adder behind it did not fit 6.7 ns on
+        ECP5), and each input's multiplexers have a group counter of their own, which the
+        placer can put by that input's payload (one counter for all was a worst path, a long
+        route to the far input's multiplexers). ``inputs`` need only a ``payload`` (an array
+        of the channels' elements)."""
         L, G = self.lanes, serial_groups(self.out_channels, self.lanes)
+        selects = [self._group_counter(m, f"group_in_{k}", issue, last_group) for k in range(len(inputs))]
         accs = [_acc_register(m, f"lane_{l}", acc_bits) for l in range(L)]
         for l, acc in enumerate(accs):
             elems = []
             for k, p in enumerate(inputs):
-                e = _lane_element(p, l, L, G, group)
+                e = _lane_element(p, l, L, G, selects[k])
                 r = Signal(e.shape(), name=f"lane_{l}_in_{k}", reset_less=True)
                 with m.If(issue):
                     m.d.sync += r.eq(e)
@@ -648,12 +661,12 @@ class GlobalSumPoolUnit(_OpUnit):
         full = Signal(name="full")
         first, last = self._frame_position(m, self.i.valid & self.i.ready)
         # a frame's last pixel waits for the output register; the others only for the lanes
-        issue, group, pipe = self._serial_issue(m, [self.i], ~last | ~full)
+        issue, group, last_group, pipe = self._serial_issue(m, [self.i], ~last | ~full)
         first_in = Signal(name="first_in")          # of the pixel whose group the lane inputs hold
         with m.If(issue):
             m.d.sync += first_in.eq(first)
         accs = self._serial_lanes(m, [self.i, _Payload(sums)], lambda x, s: Mux(first_in, 0, s) + x,
-                                  self.acc_bits, issue, group, pipe[0])
+                                  self.acc_bits, issue, last_group, pipe[0])
         # write-back: the lane registers (loaded at pipe[0]) into their group's accumulators;
         # the next pixel starts only once the pipeline is empty, so it reads the new sums
         in_group, lane_group = Signal(range(G), name="in_group"), Signal(range(G), name="lane_group")
