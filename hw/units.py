@@ -449,7 +449,7 @@ class _OpUnit(wiring.Component):
         busy = Signal()                             # a pixel's groups after the first are being issued
         issue, last_group = Signal(name="issue"), Signal(name="last_group")
         group = self._group_counter(m, "group", issue, last_group)
-        pipe = [Signal(name=f"lane_valid_{i}") for i in range(SERIAL_LATENCY)]
+        pipe = _valid_pipe(m, issue, "lane_valid")
         start = Signal()
         m.d.comb += start.eq(~busy & may_start & ~Cat(*pipe).any() & Cat(*(p.valid for p in inputs)).all())
         m.d.comb += issue.eq(start | busy)
@@ -460,8 +460,6 @@ class _OpUnit(wiring.Component):
                 m.d.sync += [last_group.eq(group == G - 2), busy.eq(1)]
         # the inputs are read in place: they transfer with the last group (registers only)
         m.d.comb += [p.ready.eq(busy & last_group) for p in inputs]
-        m.d.sync += pipe[0].eq(issue)
-        m.d.sync += [b.eq(a) for a, b in zip(pipe, pipe[1:])]
         return issue, group, last_group, pipe
 
     def _group_counter(self, m: Module, name: str, issue, last_group) -> Signal:
@@ -520,6 +518,13 @@ class _OpUnit(wiring.Component):
         with m.Elif(self.o.valid & self.o.ready):
             m.d.sync += full.eq(0)
         m.d.comb += [self.o.payload.eq(Cat(*out)[:C * ob]), self.o.valid.eq(full)]
+
+
+def _valid_pipe(m: Module, source, name: str) -> list:
+    """``source`` delayed 1 .. :data:`SERIAL_LATENCY` cycles: the serial datapath's stage flags."""
+    pipe = [Signal(name=f"{name}_{i}") for i in range(SERIAL_LATENCY)]
+    m.d.sync += [b.eq(a) for a, b in zip([source, *pipe], pipe)]
+    return pipe
 
 
 def _lane_element(port, lane: int, lanes: int, groups: int, group):
@@ -677,9 +682,7 @@ class GlobalSumPoolUnit(_OpUnit):
             with m.If(pipe[1] & (lane_group == g)):
                 m.d.sync += [sums[g * L + l].eq(accs[l]) for l in range(L) if g * L + l < C]
         # the output register takes the requantized groups of a frame's last pixel only
-        out_pipe = [Signal(name=f"out_valid_{i}") for i in range(SERIAL_LATENCY)]
-        m.d.sync += out_pipe[0].eq(issue & last)
-        m.d.sync += [b.eq(a) for a, b in zip(out_pipe, out_pipe[1:])]
+        out_pipe = _valid_pipe(m, issue & last, "out_valid")
         self._serial_output(m, self._requantizers(m, accs), out_pipe, full)
 
 
