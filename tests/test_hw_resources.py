@@ -256,7 +256,7 @@ def test_elementwise_and_accumulate():
 def test_serial_pool_keeps_the_accumulators_and_the_output_register():
     """The serial pool: the accumulator registers and the output register stay, the adders and
     requantizers are per lane; yosys (bench/network_fit.py --units pool, the default
-    ResNet-20's 64 channels, 11-bit sums) measured 1,498 LUT4 / 1,309 FF serial against
+    ResNet-20's 64 channels, 11-bit sums) measured 1,274 LUT4 / 1,324 FF serial against
     3,408 / 2,378 with one requantizer per channel."""
     par = R.accumulate(64, 11, 8, shift=2, pixels=4, clamp=(0, 255))
     one, two = (R.accumulate(64, 11, 8, shift=2, pixels=4, clamp=(0, 255), lanes=n) for n in (1, 2))
