@@ -85,6 +85,10 @@ TREE_LEVELS = 2     # adder-tree levels between pipeline registers (after the fi
 #: ROMs under 2 Kbit in LUTs: 2**(address bits - 4) LUT4 per output bit, 128 for a 144 x 8
 #: ROM, where one DP16KD of the 208 would do).
 ROM_BLOCK_MIN_BITS = 1024
+#: Rows of a folded block ROM (:meth:`MatrixVectorUnit._weight_rom`): an ECP5 DP16KD is
+#: 1K words deep at its widest true-dual-port width (18 bits). A power of two, so that a
+#: word's row and slice are bit fields of its address.
+ROM_ROWS = 1024
 #: The output buffer's group FIFO (:meth:`MatrixVectorUnit._group_buffer`) is a block RAM
 #: beyond this many groups: in LUT RAM it would take 6 LUT4 positions per 4 bits of each
 #: 16-group range and a multiplexer between the ranges, more than a block FIFO's control.
@@ -256,6 +260,45 @@ class MatrixVectorUnit(wiring.Component):
         """``ram_style`` of a ROM of ``bits`` bits: block RAM on ECP5 from ROM_BLOCK_MIN_BITS."""
         return {"ram_style": "block"} if is_ecp5(platform) and bits >= ROM_BLOCK_MIN_BITS else None
 
+    def rom_geometry(self, platform) -> tuple[int, int]:
+        """``(words per row, rows)`` of the weight ROM as :meth:`_weight_rom` builds it for
+        ``platform``: ``(1, words)`` unless it is a block ROM of more than ROM_ROWS words."""
+        words = len(self.weight_words())
+        if self._rom_attrs(platform, self.rom_width * words) and words > ROM_ROWS:
+            return -(-words // ROM_ROWS), ROM_ROWS
+        return 1, words
+
+    def _weight_rom(self, m: Module, platform, go, last_fold) -> Signal:
+        """The weight word of the fold issued with ``go``, in cycle 3 after the issue: the ROM's
+        synchronous read (cycle 1), its first register (cycle 2; on ECP5 the block RAM's own
+        output register, deploy/fpga/outreg.py) and the second (cycle 3). A block ROM of more
+        than ROM_ROWS words is folded to ROM_ROWS rows of ``ceil(words / ROM_ROWS)`` words
+        (word ``w`` in row ``w % ROM_ROWS``, slice ``w // ROM_ROWS``), as yosys would map it
+        anyway, but with the slice multiplexer after the first register rather than between
+        the block RAMs and it, so that the register can be the block RAM's."""
+        rom_w, words = self.rom_width, self.weight_words()
+        attrs = self._rom_attrs(platform, rom_w * len(words))
+        fold, rows = self.rom_geometry(platform)
+        init = [sum(words[r + k * rows] << (k * rom_w) for k in range(fold) if r + k * rows < len(words))
+                for r in range(rows)]
+        rom = m.submodules.weights = Memory(shape=unsigned(rom_w * fold), depth=rows, init=init, attrs=attrs)
+        rp = rom.read_port(domain="sync")
+        # ROM address nf*SF + sf as a counter (no `index * constant` multiplier)
+        waddr = Signal(range(len(words)))
+        with m.If(go):
+            m.d.sync += waddr.eq(Mux(last_fold, 0, waddr + 1))
+        m.d.comb += [rp.addr.eq(waddr[:rp.addr.shape().width]), rp.en.eq(1)]
+        rom_q = Signal(rom_w * fold, reset_less=True, name="rom_q")
+        wword = Signal(rom_w, reset_less=True, name="wword")
+        m.d.sync += rom_q.eq(rp.data)
+        if fold == 1:
+            m.d.sync += wword.eq(rom_q)
+            return wword
+        slice_1, slice_2 = Signal(range(fold), name="rom_slice_1"), Signal(range(fold), name="rom_slice_2")
+        m.d.sync += [slice_1.eq(waddr >> (ROM_ROWS.bit_length() - 1)), slice_2.eq(slice_1),
+                     wword.eq(rom_q.word_select(slice_2, rom_w))]
+        return wword
+
     def _input_slice(self, m: Module, go, sf, sf_last) -> Signal:
         """Fold ``sf``'s slice of the vector held on ``vec_in``, in cycle 3 after the issue: a
         two-level multiplexer (cycle 1 registers, for every group of ``X_GROUP`` folds, its
@@ -357,21 +400,11 @@ class MatrixVectorUnit(wiring.Component):
         ctrl = ctrl_delay(go, sf_first, sf_last, nf, acc_cycle)
 
         # weight ROM (synchronous read: data in cycle 1, registered in cycles 2 and 3: on ECP5
-        # the block RAM's clock-to-out is 4.3 ns, which leaves room for a short route only, so
-        # the first register can sit by the block RAM and the second anywhere on the way to
-        # the multipliers)
+        # the first register becomes the block RAM's output register, the second may sit
+        # anywhere on the way to the multipliers)
         rom_w = self.rom_width
         if NF * SF > 1:
-            rom = m.submodules.weights = Memory(shape=unsigned(rom_w), depth=NF * SF, init=self.weight_words(),
-                                                attrs=self._rom_attrs(platform, rom_w * NF * SF))
-            rp = rom.read_port(domain="sync")
-            # ROM address nf*SF + sf as a counter (no `index * constant` multiplier)
-            waddr = Signal(range(NF * SF))
-            with m.If(go):
-                m.d.sync += waddr.eq(Mux(last_fold, 0, waddr + 1))
-            m.d.comb += [rp.addr.eq(waddr), rp.en.eq(1)]
-            rom_q, wword = Signal(rom_w, reset_less=True, name="rom_q"), Signal(rom_w, reset_less=True, name="wword")
-            m.d.sync += [rom_q.eq(rp.data), wword.eq(rom_q)]
+            wword = self._weight_rom(m, platform, go, last_fold)
         else:
             wword = Const(self.weight_words()[0], unsigned(rom_w))
 
@@ -441,8 +474,9 @@ class MatrixVectorUnit(wiring.Component):
             brom = m.submodules.bias = Memory(shape=unsigned(PE * ab), depth=NF, init=self.bias_words(),
                                               attrs=self._rom_attrs(platform, PE * ab * NF))
             bp = brom.read_port(domain="sync")
-            # read two cycles ahead and registered: a block RAM's clock-to-out before the
-            # accumulator's adder was the whole network's critical path on ECP5
+            # read two cycles ahead and registered (on ECP5 in the block RAM's output
+            # register): a block RAM's read latch before the accumulator's adder was the
+            # whole network's critical path on ECP5
             m.d.comb += [bp.addr.eq(ctrl[acc_cycle - 2][3]), bp.en.eq(1)]
             bword = Signal(PE * ab, name="bias_word", reset_less=True)
             m.d.sync += bword.eq(bp.data)

