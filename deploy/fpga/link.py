@@ -496,9 +496,11 @@ class HostLink(wiring.Component):
         """``label``: the index of the largest output value of the pixel being serialized
         (the first of equal ones), or :data:`~deploy.fpga.protocol.NO_CLASS` for an output
         of more than one pixel. Each value is compared as its first byte leaves: the
-        serializer's ``word`` then holds it, sign-extended, in its low bytes. The last
-        comparison is a byte time before the trailer is sent (every value takes at least
-        one byte of 10 bit times), so ``label`` is settled by then."""
+        serializer's ``word`` then holds it, sign-extended, in its low bytes; the value, its
+        channel and whether it is the first are registered, and compared in the next cycle
+        (the compare's carry chain and the enable of ``best`` and ``label`` have a cycle of
+        their own). The last comparison is a byte time before the trailer is sent (every
+        value takes at least one byte of 10 bit times), so ``label`` is settled by then."""
         if self.out_h * self.out_w != 1:
             m.d.comb += label.eq(P.NO_CLASS)
             return
@@ -510,10 +512,13 @@ class HostLink(wiring.Component):
         index = Signal(range(max(2, self.out_c)))       # the channel whose bytes are leaving
         byte_in_value = Signal(range(max(2, eb)))
         first = left == self.out_pix_bytes
+        compare, first_r = Signal(name="compare"), Signal(name="compare_first")
+        value_r, index_r = Signal(shape, name="compare_value"), Signal.like(index, name="compare_index")
+        m.d.sync += [compare.eq((left != 0) & taken & (byte_in_value == 0)), first_r.eq(first),
+                     value_r.eq(value), index_r.eq(index)]
+        with m.If(compare & (first_r | (value_r > best))):
+            m.d.sync += [best.eq(value_r), label.eq(index_r)]
         with m.If((left != 0) & taken):
-            with m.If(byte_in_value == 0):
-                with m.If(first | (value > best)):
-                    m.d.sync += [best.eq(value), label.eq(index)]
             with m.If(byte_in_value == eb - 1):
                 m.d.sync += [byte_in_value.eq(0), index.eq(index + 1)]
             with m.Else():
