@@ -281,11 +281,14 @@ class SlidingWindowGenerator(wiring.Component):
         # (4.3 ns on ECP5) would leave too little of the padding/shift cycle (iCE40 has no LUT RAM)
         lut_ram = (depth <= DISTRIBUTED_MAX_DEPTH and not _is_ice40(platform)) if self.lut_ram is None \
             else self.lut_ram
-        attrs = {"ram_style": "distributed"} if lut_ram else None
+        # (no_rw_check: the reader never reads a pixel the writer is writing; yosys honours it
+        # where it merges a read register into the port, and otherwise adds a write-data bypass)
+        attrs = {"ram_style": "distributed"} if lut_ram else {"no_rw_check": 1}
         ring = m.submodules.ring = Memory(shape=unsigned(pw), depth=depth, init=[], attrs=attrs)
         wport = ring.write_port()
-        # (LUT RAM reads asynchronously: its read register is built below, with the padding)
-        rports = [ring.read_port(domain="comb" if lut_ram else "sync") for _ in range(NP)]
+        # read asynchronously: LUT RAM's read register is built below, with the padding; a block
+        # RAM's is a register of its own there, which yosys merges into the port
+        rports = [ring.read_port(domain="comb") for _ in range(NP)]
 
         # ---- write side: position of the next input pixel ------------------------------
         wy = Signal(range(H), name="wy")
@@ -475,12 +478,12 @@ class SlidingWindowGenerator(wiring.Component):
             if lut_ram:
                 m.d.sync += q.eq(Mux(inside, port.data, pad_word))
                 return q
-            # a block RAM's read data (cycle 1) goes straight into a register (cycle 2), the
-            # padding its synchronous set/reset: its clock-to-out (4.3 ns on ECP5) leaves no
-            # room for logic behind it
+            # a block RAM's read data (its read register, cycle 1) goes straight into a register
+            # (cycle 2), the padding its synchronous set/reset: its clock-to-out (4.3 ns on
+            # ECP5) leaves no room for logic behind it
             ok = Signal(name=f"ok_{r}")                 # in step with the read data (cycle 1)
-            m.d.comb += port.en.eq(1)
-            m.d.sync += [ok.eq(inside), q.eq(Mux(ok, port.data, pad_word))]
+            data = Signal(pw, name=f"ring_data_{r}", reset_less=True)
+            m.d.sync += [data.eq(port.data), ok.eq(inside), q.eq(Mux(ok, data, pad_word))]
             return q
 
         pixel_cycle = 1 if lut_ram else 2               # the cycle whose registers hold the padded pixels
