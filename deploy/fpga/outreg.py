@@ -181,11 +181,16 @@ def _why_not(ram: dict, port: str, regmodes, used, cells: dict, sinks) -> str | 
 
 
 def _atomic_write_json(path: str, obj) -> None:
+    """``obj`` as JSON to ``path`` through a temporary file and a rename, keeping an existing
+    file's mode (artifact.files.atomic_write does the same; this script imports nothing of the
+    package, so that it runs from the build tree on its own)."""
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".outreg-", suffix=".json", dir=d)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f)
+        if os.path.exists(path):
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
