@@ -122,8 +122,13 @@ class HostLink(wiring.Component):
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
 
         # ---- input frame buffer ------------------------------------------------------
-        buf = m.submodules.inbuf = Memory(shape=8, depth=self.batch * self.in_bytes, init=[])
-        wp, rp = buf.write_port(), buf.read_port()
+        # no_rw_check: the receiver writes only while no frame is being fed (PAYLOAD comes
+        # after the last answer has gone out); the port reads asynchronously into a register
+        # (_feed), which yosys merges into it honouring that, where from a synchronous port it
+        # would add a write-data bypass behind the block RAM
+        buf = m.submodules.inbuf = Memory(shape=8, depth=self.batch * self.in_bytes, init=[],
+                                          attrs={"no_rw_check": 1})
+        wp, rp = buf.write_port(), buf.read_port(domain="comb")
 
         # ---- response FSM (drives the UART transmitter) ------------------------------
         resp_start = Signal()
@@ -414,10 +419,12 @@ class HostLink(wiring.Component):
         frame buffer (read port ``rp``) go to ``eng.pix_in``, ``in_pix_bytes`` bytes (channels
         in order, little endian) per beat.
 
-        Reads are pipelined: an address is issued per cycle, and the block RAM's data is
-        registered before it is shifted into the pixel (a block RAM's output without its
-        output register is slow, ~5.8 ns on an ECP5-8, so nothing but a register may follow
-        it), so a pixel takes ``in_pix_bytes + 3`` cycles."""
+        Reads are pipelined: an address is issued per cycle, read into a register (the block
+        RAM's read register) and registered again before it is shifted into the pixel (a
+        block RAM's output without its output register is slow, ~5.8 ns on an ECP5-8, so
+        nothing but a register may follow it; on ECP5 that register is the block RAM's
+        output register, deploy/fpga/outreg.py), so a pixel takes ``in_pix_bytes + 3``
+        cycles."""
         nb = self.in_pix_bytes
         raddr = Signal(range(self.batch * self.in_bytes + 1), name="feed_raddr")
         pix = Signal(nb * 8, name="feed_pix", reset_less=True)
@@ -426,8 +433,9 @@ class HostLink(wiring.Component):
         got = Signal(range(nb + 1), name="feed_got")               # bytes shifted into it
         issue = Signal(name="feed_issue")                  # read raddr this cycle
         in_flight, arrived = Signal(name="feed_in_flight"), Signal(name="feed_arrived")   # rp.data / rdata valid
-        m.d.comb += [rp.addr.eq(raddr), rp.en.eq(1)]
-        m.d.sync += [rdata.eq(rp.data), in_flight.eq(issue), arrived.eq(in_flight)]
+        read = Signal(8, name="feed_read", reset_less=True)        # the read register: valid with in_flight
+        m.d.comb += rp.addr.eq(raddr)
+        m.d.sync += [read.eq(rp.data), rdata.eq(read), in_flight.eq(issue), arrived.eq(in_flight)]
         ib = self.in_bits
         m.d.comb += eng.pix_in.payload.eq(Cat(*(pix[c * self.in_eb * 8:c * self.in_eb * 8 + ib]
                                                 for c in range(self.in_c))))
