@@ -51,6 +51,7 @@ from artifact import conv_out_hw
 from .requant import round_shift_width
 from .spec import HwError
 from .swg import window_ports, window_words
+from .mvu import accumulate_cycle
 from .units import SERIAL_LATENCY, credited_fifo_depth, serial_chunks, serial_groups
 
 __all__ = ["Resources", "Part", "BlockConfig", "LutRamConfig", "PARTS", "part", "memory", "rom_columns", "fifo",
@@ -562,6 +563,7 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
         mux_bits = (sum(n - 1 for n in groups) + len(groups) - 1) * slice_bits
     if not in_dsp and not soft:                         # operand and product registers
         ffs += slice_bits + word_regs + products * product_bits
+    ffs += products * product_bits                      # the products' fabric register
     # adder trees; accumulators (first fold: bias, else the running sum; plus the tree)
     adders, tree_regs, tree_stages = _adder_tree(simd, product_bits, tree_bits)
     ffs += pe * (tree_regs + acc_bits)
@@ -577,10 +579,10 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
         flat_mux = simd * product_bits + acc_bits
         flat_adders = adders + acc_bits
     # control: fold counters and flags, ROM address, credit counter; the valid/first/last
-    # pipeline to the accumulator (5 + tree stages; where there is a bias ROM, the fold
+    # pipeline to the accumulator (hw.mvu.accumulate_cycle; where there is a bias ROM, the fold
     # index beside it up to the ROM's read and the registered bias word), the result flag
     # and its requantizer stages
-    acc_cycle = 5 + tree_stages
+    acc_cycle = accumulate_cycle(simd)
     ctrl_bits = nf_bits + sf_bits + fold_bits + _bits(fifo_depth + 1)
     ffs += ctrl_bits + 6 + 3 * acc_cycle + (nf_bits * (acc_cycle - 2) + pe * acc_bits if bias_rom else 0) + (3 if requant else 1)
 
