@@ -208,4 +208,9 @@ def format_summary(rec: dict) -> str:
     if rec.get("build_s") is not None:
         router = f", nextpnr {rec['router'] or 'router1'} ({rec['router_reason']})" if rec.get("router_reason") else ""
         lines.append(f"  built in {rec['build_s']:.0f} s{router}")
+    if rec.get("outreg"):
+        o = rec["outreg"]
+        left = sum(o["skipped"].values())
+        lines.append(f"  block RAM output registers: {o['ports']} read ports ({o['flip_flops']} flip-flops "
+                     f"absorbed), {left} left as they were")
     return "\n".join(lines)
