@@ -31,10 +31,7 @@ tensor of 4 pixels in a frame of thousands of cycles) this trades idle width for
 """
 from __future__ import annotations
 
-import functools
-import operator
-
-from amaranth import Cat, Elaboratable, Module, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth import Cat, Const, Elaboratable, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -446,8 +443,8 @@ class _OpUnit(wiring.Component):
         register of ``acc_bits``, the lanes' requantizers, each group's results into the
         output register."""
         full = Signal(name="full")                  # the output register holds a pixel
-        issue, _, _, pipe = self._serial_issue(m, inputs, ~full)
-        accs = self._serial_lanes(m, inputs, operand, acc_bits, issue, pipe[0])
+        issue, _, last_group, pipe = self._serial_issue(m, inputs, ~full)
+        accs = self._serial_lanes(m, inputs, operand, acc_bits, issue, last_group, pipe[0])
         self._serial_output(m, self._requantizers(m, accs), pipe, full)
 
     def _serial_issue(self, m: Module, inputs: list, may_start) -> tuple:
@@ -481,27 +478,17 @@ class _OpUnit(wiring.Component):
             m.d.sync += group.eq(Mux(last_group, 0, group + 1))
         return group
 
-    def _group_ring(self, m: Module, name: str, issue) -> Signal:
-        """The issued group of a pixel as a one-hot register (bit ``g`` for group ``g``):
-        rotated by one at each issue, so that it wraps to group 0 after the last."""
-        ring = Signal(serial_groups(self.out_channels, self.lanes), init=1, name=name)
-        with m.If(issue):
-            m.d.sync += ring.eq(ring.rotate_left(1))
-        return ring
-
-    def _serial_lanes(self, m: Module, inputs: list, operand, acc_bits: int, issue, load) -> list:
+    def _serial_lanes(self, m: Module, inputs: list, operand, acc_bits: int, issue, last_group, load) -> list:
         """Per lane, each input's element of the issued group into a register when ``issue``
         is high, then ``operand(*elements)`` into the lane register when ``load`` is (the next
         cycle); returns the lane registers. The group multiplexers and the operand's adder
         each get a cycle (a 64-way multiplexer and an adder behind it did not fit 6.7 ns on
-        ECP5), and each input's multiplexers have a one-hot group select of their own
-        (:meth:`_group_ring`): each select bit drives only its group's elements, which sit
-        together, where a binary counter's bits drove every bit of every multiplexer (one
-        counter for all, then one per input, were the worst paths of full-part builds: long
-        routes from the counter to the multiplexers). ``inputs`` need only a ``payload`` (an
-        array of the channels' elements)."""
+        ECP5), and each input's multiplexers have a group counter of their own, which the
+        placer can put by that input's payload (one counter for all was a worst path, a long
+        route to the far input's multiplexers). ``inputs`` need only a ``payload`` (an array
+        of the channels' elements)."""
         L, G = self.lanes, serial_groups(self.out_channels, self.lanes)
-        selects = [self._group_ring(m, f"group_in_{k}", issue) for k in range(len(inputs))]
+        selects = [self._group_counter(m, f"group_in_{k}", issue, last_group) for k in range(len(inputs))]
         accs = [_acc_register(m, f"lane_{l}", acc_bits) for l in range(L)]
         for l, acc in enumerate(accs):
             elems = []
@@ -549,16 +536,15 @@ def _valid_pipe(m: Module, source, name: str) -> list:
     return pipe
 
 
-def _lane_element(port, lane: int, lanes: int, groups: int, select):
-    """Element ``g * lanes + lane`` of ``port``'s pixel (zero past its channels), as the
-    element's shape, for the group ``g`` whose bit is set in the one-hot ``select``: an
-    AND-OR multiplexer over the ``groups`` channels of the lane."""
+def _lane_element(port, lane: int, lanes: int, groups: int, group):
+    """Element ``group * lanes + lane`` of ``port``'s pixel (zero past its channels), as the
+    element's shape: a multiplexer over the ``groups`` channels of the lane."""
     layout = port.payload.shape()
     elem = Shape.cast(layout.elem_shape)
     raw = Value.cast(port.payload)
-    words = [raw[c * elem.width:(c + 1) * elem.width] for c in range(lane, groups * lanes, lanes)
-             if c < layout.length]
-    word = functools.reduce(operator.or_, (w & select[g].replicate(elem.width) for g, w in enumerate(words)))
+    words = [raw[c * elem.width:(c + 1) * elem.width] if c < layout.length else Const(0, elem.width)
+             for c in range(lane, groups * lanes, lanes)]
+    word = Cat(*words).word_select(group, elem.width)
     return word.as_signed() if elem.signed else word
 
 
@@ -694,7 +680,7 @@ class GlobalSumPoolUnit(_OpUnit):
         with m.If(issue):
             m.d.sync += first_in.eq(first)
         accs = self._serial_lanes(m, [self.i, _Payload(sums)], lambda x, s: Mux(first_in, 0, s) + x,
-                                  self.acc_bits, issue, pipe[0])
+                                  self.acc_bits, issue, last_group, pipe[0])
         # write-back: the lane registers (loaded at pipe[0]) into their group's accumulators;
         # the next pixel starts only once the pipeline is empty, so it reads the new sums
         in_group, lane_group = Signal(range(G), name="in_group"), Signal(range(G), name="lane_group")
