@@ -42,8 +42,7 @@ Pipeline (every path registered): issue (weight ROM read) -> two ROM output regi
 step with the second -> operand registers (so the block-RAM read, the routes to the
 multipliers and the multiplier each get a whole cycle) -> multiply (registered
 products; on ECP5 the operand and product registers are a MULT18X18D's own, see
-:mod:`hw.dsp`) -> the products' fabric register (the route out of the DSP columns gets a
-cycle) -> adder tree (a register after the first level, then every
+:mod:`hw.dsp`) -> adder tree (a register after the first level, then every
 ``TREE_LEVELS`` levels) -> accumulate (with bias on the first fold) -> requantize
 (2 stages: rounding shift, clamp) -> output buffer: the ``NF`` groups of ``PE`` results
 collected into one output pixel (a FIFO of pixels for ``NF = 1``).
@@ -112,9 +111,9 @@ def _tree_regs(simd: int, levels: int = TREE_LEVELS) -> int:
 def accumulate_cycle(simd: int) -> int:
     """The cycle after a fold's issue in which the accumulator adds its products: ROM data /
     input slice groups or window read (1), ROM output / input word registers (2), operand
-    registers (1), the multiply's register (1, on ECP5 the MULT18X18D's), the products'
-    fabric register (1), then the adder tree's registers."""
-    return 1 + 2 + 1 + 1 + 1 + _tree_regs(simd)
+    registers (1), the multiply's register (1, on ECP5 the MULT18X18D's), then the adder
+    tree's registers."""
+    return 1 + 2 + 1 + 1 + _tree_regs(simd)
 
 
 def mvu_latency(simd: int, requant: bool = True) -> int:
@@ -437,21 +436,10 @@ class MatrixVectorUnit(wiring.Component):
             v = word[i * bits:(i + 1) * bits]
             return v.as_signed() if is_signed else v.as_unsigned()
 
-        # ---- multiply (registered products, cycle 5), then a fabric register (cycle 6) ---
-        # the DSPs sit in fixed columns, often far from the logic that adds their products:
-        # a register of its own for the route out of the DSP (it was the worst path of the
-        # 192-multiplier ResNet-8 build: a MULT18X18D -> 4.93 ns of route -> its first adder)
+        # ---- multiply (registered products, cycle 5) -----------------------------------
         pw = min(wb + ib + (0 if s.in_signed else 1), s.tree_bits)
-        products = []
-        for pe in range(PE):
-            row = []
-            for j in range(SIMD):
-                p = mul.product(w_op.elem(pe * SIMD + j, wb, True), x_op.elem(j, ib, s.in_signed), signed(pw),
-                                f"p_{pe}_{j}")
-                r = Signal.like(p, name=f"p_{pe}_{j}_r", reset_less=True)
-                m.d.sync += r.eq(p)
-                row.append(r)
-            products.append(row)
+        products = [[mul.product(w_op.elem(pe * SIMD + j, wb, True), x_op.elem(j, ib, s.in_signed), signed(pw),
+                                 f"p_{pe}_{j}") for j in range(SIMD)] for pe in range(PE)]
 
         # ---- adder tree (registers after the first level, so that the route out of the ---
         # DSPs gets one adder only, then every TREE_LEVELS levels; root is combinational)
@@ -550,14 +538,14 @@ class MatrixVectorUnit(wiring.Component):
         """A flat fold's accumulator (module doc): ``(r_done, group)``, the requantized
         output channel and its valid flag, one channel per emit in output order.
 
-        The lane mask travels with the weights to the products' fabric registers (cycle 6), the emit
+        The lane mask travels with the weights to the product registers (cycle 5), the emit
         bit to the accumulator (``acc_cycle``). ``o`` counts the outputs of the vector and
         ``bias_next`` holds the bias of output ``o + 1`` (a table indexed by ``o``, loaded on
         each emit), so no adder or ROM read precedes the accumulator's adders."""
         s, M, wb, ab, ob = self.spec, self.simd, self.spec.weight_bits, self.spec.acc_bits, self.spec.out_bits
         out = s.out_ch
         mask, emit = wword[M * wb:M * wb + M], wword[M * wb + M]
-        for i in range(4, 7):                           # in step with the operand, product and fabric registers
+        for i in range(4, 6):                           # in step with the operand, then product registers
             r = Signal(M, name=f"lanes_d{i}", reset_less=True)
             m.d.sync += r.eq(mask)
             mask = r

@@ -563,7 +563,6 @@ def _mvu_terms(pe: int, simd: int, nf: int, sf: int, in_bits: int, weight_bits: 
         mux_bits = (sum(n - 1 for n in groups) + len(groups) - 1) * slice_bits
     if not in_dsp and not soft:                         # operand and product registers
         ffs += slice_bits + word_regs + products * product_bits
-    ffs += products * product_bits                      # the products' fabric register
     # adder trees; accumulators (first fold: bias, else the running sum; plus the tree)
     adders, tree_regs, tree_stages = _adder_tree(simd, product_bits, tree_bits)
     ffs += pe * (tree_regs + acc_bits)
