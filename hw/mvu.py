@@ -108,6 +108,12 @@ def _tree_regs(simd: int, levels: int = TREE_LEVELS) -> int:
     return 0 if depth < 2 else (depth - 2) // levels + 1
 
 
+def _rom_fold(words: int, block: bool) -> tuple[int, int]:
+    """``(words per row, rows)`` of a weight ROM of ``words`` words: a block ROM deeper than
+    ROM_ROWS is folded to ROM_ROWS rows (:meth:`MatrixVectorUnit._weight_rom`)."""
+    return (-(-words // ROM_ROWS), ROM_ROWS) if block and words > ROM_ROWS else (1, words)
+
+
 def accumulate_cycle(simd: int) -> int:
     """The cycle after a fold's issue in which the accumulator adds its products: ROM data /
     input slice groups or window read (1), ROM output / input word registers (2), operand
@@ -271,9 +277,7 @@ class MatrixVectorUnit(wiring.Component):
         """``(words per row, rows)`` of the weight ROM as :meth:`_weight_rom` builds it for
         ``platform``: ``(1, words)`` unless it is a block ROM of more than ROM_ROWS words."""
         words = len(self.weight_words())
-        if self._rom_attrs(platform, self.rom_width * words) and words > ROM_ROWS:
-            return -(-words // ROM_ROWS), ROM_ROWS
-        return 1, words
+        return _rom_fold(words, self._rom_attrs(platform, self.rom_width * words) is not None)
 
     def _weight_rom(self, m: Module, platform, go, last_fold) -> Signal:
         """The weight word of the fold issued with ``go``, in cycle 3 after the issue: the ROM's
@@ -285,7 +289,7 @@ class MatrixVectorUnit(wiring.Component):
         the block RAMs and it, so that the register can be the block RAM's."""
         rom_w, words = self.rom_width, self.weight_words()
         attrs = self._rom_attrs(platform, rom_w * len(words))
-        fold, rows = self.rom_geometry(platform)
+        fold, rows = _rom_fold(len(words), attrs is not None)
         init = [sum(words[r + k * rows] << (k * rom_w) for k in range(fold) if r + k * rows < len(words))
                 for r in range(rows)]
         rom = m.submodules.weights = Memory(shape=unsigned(rom_w * fold), depth=rows, init=init, attrs=attrs)

@@ -303,8 +303,8 @@ class RegisteredBlockFIFO(Elaboratable):
     reads ``r_data`` through logic (a multiplexer, an adder) would otherwise start late in
     the cycle. On ECP5 the output register becomes the block RAM's own (deploy/fpga/outreg.py),
     whose clock-to-out is 0.72 ns. Full throughput; a word written into an empty FIFO is
-    readable three cycles later (one more than :class:`BlockFIFO`). ``empty``: no word stored, in flight or in
-    the register."""
+    readable three cycles later (one more than :class:`BlockFIFO`). ``empty``: no word
+    stored, in flight or in the register."""
 
     def __init__(self, width: int, depth: int):
         if depth < 3:
